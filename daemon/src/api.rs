@@ -1,0 +1,209 @@
+//! The local API (`meshnet.v1.Local`) served to the CNI plugin on a unix socket.
+//!
+//! Maps requests onto the [`Reconciler`] and its errors onto `tonic::Status` in exactly one place
+//! ([`status_of`]): invalid requests are `InvalidArgument`, store outages `Unavailable`, link
+//! failures `Internal` — the CNI plugin turns those into CNI error codes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use meshnet_proto::v1::local_server::Local;
+use meshnet_proto::v1::{
+    GcReply, GcRequest, LinkReport, LinkState as PbState, PodReply, PodRequest, StatusReply,
+    StatusRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::netns;
+use crate::reconcile::{PodReport, ReconcileError, Reconciler};
+use crate::store::StoreError;
+use crate::topology::{LinkState, PodKey};
+
+/// The `Local` service.
+#[derive(Debug, Clone)]
+pub struct LocalApi {
+    reconciler: Arc<Reconciler>,
+    ready: Arc<AtomicBool>,
+}
+
+impl LocalApi {
+    pub fn new(reconciler: Arc<Reconciler>, ready: Arc<AtomicBool>) -> Self {
+        LocalApi { reconciler, ready }
+    }
+}
+
+fn status_of(e: ReconcileError) -> Status {
+    match e {
+        ReconcileError::Store(e @ (StoreError::Io { .. } | StoreError::Backend(_))) => {
+            Status::unavailable(format!("topology store unavailable: {e}"))
+        }
+        ReconcileError::Store(e @ StoreError::Invalid { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ReconcileError::Store(e) => Status::internal(e.to_string()),
+        ReconcileError::Link { .. } => Status::internal(e.to_string()),
+        ReconcileError::Invalid(m) => Status::failed_precondition(m),
+    }
+}
+
+fn report_pb(r: &PodReport) -> Vec<LinkReport> {
+    r.statuses()
+        .into_iter()
+        .zip(&r.links)
+        .map(|(s, (p, _))| LinkReport {
+            uid: s.uid,
+            local_intf: s.local_intf,
+            peer_pod: s.peer_pod,
+            peer_intf: match &p.action {
+                crate::plan::Action::Veth(v) => {
+                    if v.a.ifname == p.local_intf {
+                        v.b.ifname.clone()
+                    } else {
+                        v.a.ifname.clone()
+                    }
+                }
+                _ => String::new(),
+            },
+            kind: s.kind,
+            state: match s.state {
+                LinkState::Pending => PbState::Pending,
+                LinkState::Up => PbState::Up,
+                LinkState::Error => PbState::Error,
+            } as i32,
+            message: s.message,
+        })
+        .collect()
+}
+
+/// Checks the fields every pod request needs, naming the first one that is wrong.
+fn pod_key(req: &PodRequest) -> Result<PodKey, Status> {
+    if req.name.is_empty() {
+        return Err(Status::invalid_argument("pod name is empty (K8S_POD_NAME)"));
+    }
+    if req.container_id.is_empty() {
+        return Err(Status::invalid_argument(
+            "container id is empty (CNI_CONTAINERID)",
+        ));
+    }
+    Ok(PodKey::new(&req.namespace, &req.name))
+}
+
+fn observe(op: &'static str, started: Instant, ok: bool) {
+    metrics::histogram!("meshnet_cni_request_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("meshnet_cni_requests_total", "op" => op, "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+#[tonic::async_trait]
+impl Local for LocalApi {
+    async fn add(&self, request: Request<PodRequest>) -> Result<Response<PodReply>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = async {
+            let key = pod_key(&req)?;
+            if req.net_ns.is_empty() {
+                return Err(Status::invalid_argument("network namespace is empty (CNI_NETNS)"));
+            }
+            netns::check(Path::new(&req.net_ns))
+                .await
+                .map_err(|e| Status::invalid_argument(format!("CNI_NETNS: {e}")))?;
+            tracing::info!(pod = %key, container_id = %req.container_id, net_ns = %req.net_ns, "ADD");
+            let report = self
+                .reconciler
+                .add(&key, &req.container_id, &req.net_ns, &req.ifname)
+                .await
+                .map_err(status_of)?;
+            Ok(PodReply {
+                managed: report.is_some(),
+                links: report.as_ref().map(report_pb).unwrap_or_default(),
+            })
+        }
+        .await;
+        observe("add", started, r.is_ok());
+        if let Err(e) = &r {
+            tracing::warn!(pod = %req.name, namespace = %req.namespace, error = %e.message(), "ADD failed");
+        }
+        r.map(Response::new)
+    }
+
+    async fn del(&self, request: Request<PodRequest>) -> Result<Response<PodReply>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = async {
+            if req.name.is_empty() {
+                // Nothing identifies a pod: nothing of ours can be attached to it.
+                return Ok(PodReply::default());
+            }
+            let key = PodKey::new(&req.namespace, &req.name);
+            tracing::info!(pod = %key, container_id = %req.container_id, "DEL");
+            let managed = self
+                .reconciler
+                .del(&key, &req.container_id, &req.net_ns)
+                .await
+                .map_err(status_of)?;
+            Ok(PodReply {
+                managed,
+                links: Vec::new(),
+            })
+        }
+        .await;
+        observe("del", started, r.is_ok());
+        r.map(Response::new)
+    }
+
+    async fn check(&self, request: Request<PodRequest>) -> Result<Response<PodReply>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = async {
+            let key = pod_key(&req)?;
+            let report = self
+                .reconciler
+                .check(&key, &req.container_id)
+                .await
+                .map_err(status_of)?;
+            Ok(PodReply {
+                managed: report.is_some(),
+                links: report.as_ref().map(report_pb).unwrap_or_default(),
+            })
+        }
+        .await;
+        observe("check", started, r.is_ok());
+        r.map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let ready = self.ready.load(Ordering::Acquire);
+        Ok(Response::new(StatusReply {
+            ready,
+            message: if ready {
+                String::new()
+            } else {
+                "initial sync with the topology store has not completed".into()
+            },
+            node_name: self.reconciler.node().name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn gc(&self, request: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
+        let started = Instant::now();
+        let valid: HashSet<String> = request
+            .into_inner()
+            .valid_attachments
+            .into_iter()
+            .map(|a| a.container_id)
+            .collect();
+        let r = self.reconciler.gc(&valid).await.map_err(status_of);
+        observe("gc", started, r.is_ok());
+        Ok(Response::new(GcReply {
+            released: r?.into_iter().map(|k| k.to_string()).collect(),
+        }))
+    }
+}

@@ -1,0 +1,179 @@
+//! `meshnetd`, the meshnet node daemon, as a library: the binary parses configuration and calls
+//! [`run`] with already-bound listeners and a shutdown future, so tests can run a daemon on a
+//! temporary socket.
+//!
+//! Modules: [`topology`] (the resource and its checks), [`store`] (where topologies live),
+//! [`plan`] (pure: what this node must build), [`links`] and [`netns`] (the kernel),
+//! [`reconcile`] (driving the kernel toward the plan), [`api`] (the CNI-facing gRPC service),
+//! [`http`] (metrics and health).
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+
+pub mod api;
+pub mod http;
+pub mod links;
+pub mod netns;
+pub mod plan;
+pub mod reconcile;
+pub mod store;
+pub mod topology;
+
+use reconcile::{Depth, NodeIdentity, Reconciler};
+use store::SharedStore;
+
+/// How cross-node links are carried (`INTER_NODE_LINK_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterNodeLink {
+    Vxlan,
+    Grpc,
+}
+
+impl std::str::FromStr for InterNodeLink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "vxlan" | "" => Ok(InterNodeLink::Vxlan),
+            "grpc" => Ok(InterNodeLink::Grpc),
+            other => Err(format!(
+                "INTER_NODE_LINK_TYPE {other:?}: want VXLAN or GRPC"
+            )),
+        }
+    }
+}
+
+/// Where topologies are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The file store in this directory.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for StoreConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("file", dir)) if !dir.is_empty() => Ok(StoreConfig::File(dir.into())),
+            _ => Err(format!("store {s:?}: want file:DIR")),
+        }
+    }
+}
+
+/// Daemon configuration (see `meshnetd --help`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// The node's address: written as `src_ip`, and how daemons tell nodes apart.
+    pub host_ip: IpAddr,
+    pub store: StoreConfig,
+    /// Full reconcile (verify every link in the kernel) at this interval.
+    pub resync: Duration,
+    pub inter_node_link: InterNodeLink,
+}
+
+/// Sockets the daemon serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The local API for the CNI plugin.
+    pub local: UnixListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: Option<TcpListener>,
+}
+
+/// Opens the configured store.
+///
+/// # Errors
+/// The store cannot be opened.
+pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<SharedStore> {
+    match cfg {
+        StoreConfig::File(dir) => Ok(Arc::new(
+            store::file::FileStore::open(dir)
+                .with_context(|| format!("opening file store {}", dir.display()))?,
+        )),
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves.
+///
+/// # Errors
+/// Start-up failures (store, netlink); a server that stops with an error.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    metrics_handle: Option<PrometheusHandle>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&config.store)?;
+    let ops = Arc::new(links::Kernel::new().context("netlink socket in the node namespace")?);
+    let reconciler = Arc::new(Reconciler::new(
+        NodeIdentity {
+            name: config.node_name.clone(),
+            ip: config.host_ip,
+        },
+        store,
+        ops,
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    // Initial sync: until it succeeds the daemon is not ready.
+    {
+        let (reconciler, ready) = (Arc::clone(&reconciler), Arc::clone(&ready));
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match reconciler.run(Depth::Full).await {
+                    Ok(_) => {
+                        ready.store(true, Ordering::Release);
+                        tracing::info!("initial sync complete");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "initial sync failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+    let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
+
+    let http = listeners.http.map(|l| {
+        let app = http::router(metrics_handle, Arc::clone(&ready));
+        let s = stopped();
+        tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
+    });
+
+    let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(meshnet_proto::v1::local_server::LocalServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.local), stopped());
+    tracing::info!(node = %config.node_name, host_ip = %config.host_ip, ?config.inter_node_link, "meshnetd serving");
+
+    let grpc = tokio::spawn(grpc);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    grpc.await?.context("local API server")?;
+    if let Some(h) = http {
+        h.await?.context("HTTP server")?;
+    }
+    watch.await?;
+    Ok(())
+}

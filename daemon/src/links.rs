@@ -1,0 +1,522 @@
+//! Link ends in the kernel: what exists, and making it match what is declared.
+//!
+//! The reconciler decides *what* to build; [`LinkOps`] is the narrow interface through which it
+//! touches the kernel (youki's `Syscall` idea), and [`Kernel`] is the real netlink implementation,
+//! tested in real namespaces.
+//!
+//! Ownership: every interface meshnet makes carries an alias (`IFLA_IFALIAS`, shown by
+//! `ip link`) of the form `meshnet|NAMESPACE|UID|KIND|TAG`. The tag names the sandboxes the end
+//! was built for, so a link whose peer sandbox changed is recognised as stale. Meshnet deletes or
+//! replaces only interfaces that carry such an alias — never one it did not make.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+
+use crate::netns::{self, NetnsError};
+use crate::topology::MacAddr;
+
+/// Prefix of the alias of every interface meshnet made.
+pub const ALIAS_PREFIX: &str = "meshnet|";
+
+/// The alias that marks an interface as meshnet's: `meshnet|NS|UID|KIND|TAG`.
+pub fn alias(namespace: &str, uid: i64, kind: &str, tag: &str) -> String {
+    format!("{ALIAS_PREFIX}{namespace}|{uid}|{kind}|{tag}")
+}
+
+/// Parsed alias of a meshnet interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedAlias {
+    pub namespace: String,
+    pub uid: i64,
+    pub kind: String,
+    pub tag: String,
+}
+
+impl OwnedAlias {
+    pub fn parse(alias: &str) -> Option<Self> {
+        let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+        let mut it = rest.splitn(4, '|');
+        let namespace = it.next()?.to_string();
+        let uid = it.next()?.parse().ok()?;
+        let kind = it.next()?.to_string();
+        let tag = it.next().unwrap_or_default().to_string();
+        Some(OwnedAlias {
+            namespace,
+            uid,
+            kind,
+            tag,
+        })
+    }
+}
+
+/// One end of a link: where it lives and how it is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndSpec {
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub ip: Option<IpNet>,
+    pub mac: Option<MacAddr>,
+}
+
+/// A veth pair between two pods of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VethSpec {
+    pub alias: String,
+    pub mtu: Option<u32>,
+    pub a: EndSpec,
+    pub b: EndSpec,
+}
+
+/// What the kernel has under one interface name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceState {
+    pub index: u32,
+    pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub link: Option<u32>,
+    pub alias: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub up: bool,
+    pub addrs: Vec<IpNet>,
+}
+
+/// Whether [`LinkOps::ensure_veth`] may change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Build or repair toward the spec.
+    Repair,
+    /// Only report whether the kernel matches the spec (CNI CHECK).
+    Verify,
+}
+
+/// What ensuring a link did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already as declared.
+    Unchanged,
+    /// Existed, attributes corrected (address, MTU, up).
+    Repaired,
+    /// Built (or rebuilt) from scratch.
+    Created,
+}
+
+/// Errors of link plumbing; each names the interface and namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{op} {ifname} in {netns}: {source}")]
+    Netlink {
+        op: &'static str,
+        ifname: String,
+        netns: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("interface {ifname} already exists in {netns} and was not made by meshnet")]
+    Occupied { ifname: String, netns: String },
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl LinkError {
+    fn netlink(op: &'static str, ifname: &str, netns: &Path, source: rtnetlink::Error) -> Self {
+        LinkError::Netlink {
+            op,
+            ifname: ifname.to_string(),
+            netns: netns.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The kernel operations the reconciler needs.
+#[async_trait]
+pub trait LinkOps: Send + Sync + 'static {
+    /// Makes (or in [`Mode::Verify`], checks) a veth pair as `spec` says.
+    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    /// Interfaces in `netns` that carry a meshnet alias: `(ifname, alias)`.
+    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
+    /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
+    async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
+}
+
+/// Netlink errno of an rtnetlink error, if it is one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn state_of(msg: &LinkMessage) -> IfaceState {
+    let mut s = IfaceState {
+        index: msg.header.index,
+        kind: None,
+        link: None,
+        alias: None,
+        mtu: None,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        addrs: Vec::new(),
+    };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfAlias(x) => s.alias = Some(x.clone()),
+            LinkAttribute::Link(i) => s.link = Some(*i),
+            LinkAttribute::Mtu(m) => s.mtu = Some(*m),
+            LinkAttribute::Address(b) if b.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(b);
+                s.mac = Some(m);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        s.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Looks up `name` with `handle` (bound to some namespace), with its addresses.
+pub async fn get_iface(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<IfaceState>, rtnetlink::Error> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut s = state_of(&msg);
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(s.index)
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        let plen = a.header.prefix_len;
+        for attr in &a.attributes {
+            let ip = match attr {
+                AddressAttribute::Local(ip) => *ip,
+                AddressAttribute::Address(ip) if matches!(ip, IpAddr::V6(_)) => *ip,
+                _ => continue,
+            };
+            if let Ok(n) = IpNet::new(ip, plen)
+                && !s.addrs.contains(&n)
+            {
+                s.addrs.push(n);
+            }
+        }
+    }
+    Ok(Some(s))
+}
+
+/// Brings an existing interface to its spec: alias, address, MTU, up. Extra addresses a user
+/// added (e.g. a router's own configuration) are left alone.
+pub async fn configure_end(
+    handle: &Handle,
+    st: &IfaceState,
+    alias: &str,
+    ip: Option<IpNet>,
+    mtu: Option<u32>,
+) -> Result<bool, rtnetlink::Error> {
+    let mut changed = false;
+    let mut msg = LinkUnspec::new_with_index(st.index);
+    let mut set = false;
+    if st.alias.as_deref() != Some(alias) {
+        msg = msg.alias(alias);
+        set = true;
+    }
+    if let Some(m) = mtu
+        && st.mtu != Some(m)
+    {
+        msg = msg.mtu(m);
+        set = true;
+    }
+    if set {
+        handle.link().set(msg.build()).execute().await?;
+        changed = true;
+    }
+    if let Some(ip) = ip
+        && !st.addrs.contains(&ip)
+    {
+        match handle
+            .address()
+            .add(st.index, ip.addr(), ip.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        changed = true;
+    }
+    if !st.up {
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(st.index).up().build())
+            .execute()
+            .await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// The real kernel, through netlink.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// Handle in the daemon's own (the node's) namespace, where pairs are created.
+    node: Handle,
+}
+
+impl Kernel {
+    /// Opens a netlink connection in the calling thread's namespace (the node's).
+    ///
+    /// # Errors
+    /// The netlink socket cannot be created.
+    pub fn new() -> std::io::Result<Self> {
+        let (conn, node, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Kernel { node })
+    }
+
+    async fn lookup(netns: &Path, ifname: &str) -> Result<Option<IfaceState>, LinkError> {
+        let name = ifname.to_string();
+        let (ns, n2) = (netns.to_path_buf(), name.clone());
+        netns::in_netns(netns, move |h| async move { get_iface(&h, &n2).await })
+            .await?
+            .map_err(|e| LinkError::netlink("look up", &name, &ns, e))
+    }
+
+    async fn configure(end: &EndSpec, alias: &str, mtu: Option<u32>) -> Result<bool, LinkError> {
+        let (name, ip, alias_s) = (end.ifname.clone(), end.ip, alias.to_string());
+        let ns = end.netns.clone();
+        netns::in_netns(&end.netns, move |h| async move {
+            let st = get_iface(&h, &name)
+                .await
+                .map_err(|e| LinkError::netlink("look up", &name, &ns, e))?
+                .ok_or_else(|| {
+                    LinkError::Mismatch(format!(
+                        "{name} vanished from {} while configuring it",
+                        ns.display()
+                    ))
+                })?;
+            configure_end(&h, &st, &alias_s, ip, mtu)
+                .await
+                .map_err(|e| LinkError::netlink("configure", &name, &ns, e))
+        })
+        .await?
+    }
+
+    async fn delete_in(netns: &Path, ifname: &str) -> Result<(), LinkError> {
+        let name = ifname.to_string();
+        let ns = netns.to_path_buf();
+        netns::in_netns(netns, move |h| async move {
+            let Some(st) = get_iface(&h, &name)
+                .await
+                .map_err(|e| LinkError::netlink("look up", &name, &ns, e))?
+            else {
+                return Ok(());
+            };
+            if !st
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+            {
+                return Err(LinkError::Occupied {
+                    ifname: name,
+                    netns: ns.display().to_string(),
+                });
+            }
+            match h.link().del(st.index).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+                Err(e) => Err(LinkError::netlink("delete", &name, &ns, e)),
+            }
+        })
+        .await?
+    }
+
+    async fn create_veth(&self, spec: &VethSpec) -> Result<(), LinkError> {
+        let fa = netns::open(&spec.a.netns)?;
+        let fb = netns::open(&spec.b.netns)?;
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.b.ifname.clone())
+            .setns_by_fd(fb.as_raw_fd());
+        if let Some(m) = spec.mtu {
+            peer = peer.mtu(m);
+        }
+        if let Some(mac) = spec.b.mac {
+            peer = peer.address(mac.0.to_vec());
+        }
+        let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.a.ifname.clone())
+            .setns_by_fd(fa.as_raw_fd())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(m) = spec.mtu {
+            msg = msg.mtu(m);
+        }
+        if let Some(mac) = spec.a.mac {
+            msg = msg.address(mac.0.to_vec());
+        }
+        let r = self.node.link().add(msg.build()).execute().await;
+        // The namespace fds must outlive the request.
+        drop((fa, fb));
+        r.map_err(|e| LinkError::netlink("create veth", &spec.a.ifname, &spec.a.netns, e))
+    }
+}
+
+fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
+    a.kind.as_deref() == Some("veth")
+        && b.kind.as_deref() == Some("veth")
+        && a.alias.as_deref() == Some(spec.alias.as_str())
+        && b.alias.as_deref() == Some(spec.alias.as_str())
+        && a.link == Some(b.index)
+        && b.link == Some(a.index)
+        && spec.a.mac.is_none_or(|m| a.mac == Some(m.0))
+        && spec.b.mac.is_none_or(|m| b.mac == Some(m.0))
+}
+
+fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
+    if !st.up {
+        return Some(format!("{} is down", end.ifname));
+    }
+    if let Some(ip) = end.ip
+        && !st.addrs.contains(&ip)
+    {
+        return Some(format!("{} lacks address {ip}", end.ifname));
+    }
+    if let Some(m) = mtu
+        && st.mtu != Some(m)
+    {
+        return Some(format!("{} has mtu {:?}, want {m}", end.ifname, st.mtu));
+    }
+    None
+}
+
+fn is_owned(st: &IfaceState) -> bool {
+    st.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+}
+
+#[async_trait]
+impl LinkOps for Kernel {
+    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError> {
+        let a = Self::lookup(&spec.a.netns, &spec.a.ifname).await?;
+        let b = Self::lookup(&spec.b.netns, &spec.b.ifname).await?;
+        if let (Some(a), Some(b)) = (&a, &b)
+            && veth_matches(spec, a, b)
+        {
+            let drift = end_drift(&spec.a, a, spec.mtu).or_else(|| end_drift(&spec.b, b, spec.mtu));
+            return match (drift, mode) {
+                (None, _) => Ok(Outcome::Unchanged),
+                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(_), Mode::Repair) => {
+                    Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
+                    Self::configure(&spec.b, &spec.alias, spec.mtu).await?;
+                    Ok(Outcome::Repaired)
+                }
+            };
+        }
+        if mode == Mode::Verify {
+            let what = |end: &EndSpec, st: &Option<IfaceState>| match st {
+                None => format!("{} missing in {}", end.ifname, end.netns.display()),
+                Some(_) => format!(
+                    "{} in {} is not this link's veth",
+                    end.ifname,
+                    end.netns.display()
+                ),
+            };
+            return Err(LinkError::Mismatch(format!(
+                "{}; {}",
+                what(&spec.a, &a),
+                what(&spec.b, &b)
+            )));
+        }
+        // Refuse before touching anything if a name is taken by an interface we did not make.
+        for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
+            if let Some(st) = st
+                && !is_owned(st)
+            {
+                return Err(LinkError::Occupied {
+                    ifname: end.ifname.clone(),
+                    netns: end.netns.display().to_string(),
+                });
+            }
+        }
+        for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
+            if st.is_some() {
+                Self::delete_in(&end.netns, &end.ifname).await?;
+            }
+        }
+        self.create_veth(spec).await?;
+        let configured = async {
+            Self::configure(&spec.a, &spec.alias, None).await?;
+            Self::configure(&spec.b, &spec.alias, None).await
+        }
+        .await;
+        if let Err(e) = configured {
+            // Leave no half-built pair behind: deleting one end removes both.
+            if let Err(e2) = Self::delete_in(&spec.a.netns, &spec.a.ifname).await {
+                tracing::warn!(error = %e2, "cleanup of half-built veth failed");
+            }
+            return Err(e);
+        }
+        Ok(Outcome::Created)
+    }
+
+    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
+        let ns = netns.to_path_buf();
+        netns::in_netns(netns, move |h| async move {
+            let mut out = Vec::new();
+            let mut links = h.link().get().execute();
+            loop {
+                match links.try_next().await {
+                    Ok(Some(msg)) => {
+                        let mut name = None;
+                        let mut alias = None;
+                        for a in &msg.attributes {
+                            match a {
+                                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                                LinkAttribute::IfAlias(x) => alias = OwnedAlias::parse(x),
+                                _ => {}
+                            }
+                        }
+                        if let (Some(n), Some(a)) = (name, alias) {
+                            out.push((n, a));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(LinkError::netlink("list links", "*", &ns, e)),
+                }
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
+        Self::delete_in(netns, ifname).await
+    }
+}

@@ -1,0 +1,126 @@
+//! `meshnetd` binary: configuration, logging, listeners, then [`meshnet_daemon::run`].
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use meshnet_daemon::{Config, InterNodeLink, Listeners, StoreConfig};
+
+/// The meshnet node daemon.
+#[derive(Debug, Parser)]
+#[command(name = "meshnetd", version, about)]
+struct Args {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// This node's address (written as `src_ip`; peers reach this node's links there).
+    #[arg(long, env = "HOST_IP")]
+    host_ip: IpAddr,
+    /// Unix socket of the local API (mode 0600).
+    #[arg(
+        long,
+        env = "MESHNET_SOCKET",
+        default_value = "/run/meshnet/meshnetd.sock"
+    )]
+    socket: PathBuf,
+    /// Address for /metrics, /healthz and /readyz ("" disables).
+    #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "0.0.0.0:51112")]
+    http_addr: String,
+    /// Topology store: `file:DIR`.
+    #[arg(long, env = "MESHNET_STORE")]
+    store: StoreConfig,
+    /// Seconds between full reconciles (every link verified in the kernel).
+    #[arg(long, env = "MESHNET_RESYNC_SECONDS", default_value_t = 30)]
+    resync_seconds: u64,
+    /// How cross-node links are carried: VXLAN or GRPC.
+    #[arg(long, env = "INTER_NODE_LINK_TYPE", default_value = "VXLAN")]
+    inter_node_link_type: InterNodeLink,
+    /// Log format: text or json.
+    #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn bind_unix(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(l)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let local = bind_unix(&args.socket)?;
+    let http = if args.http_addr.is_empty() {
+        None
+    } else {
+        let addr: SocketAddr = args.http_addr.parse().context("--http-addr")?;
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        )
+    };
+    let config = Config {
+        node_name: args.node_name,
+        host_ip: args.host_ip,
+        store: args.store,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        inter_node_link: args.inter_node_link_type,
+    };
+    let r = meshnet_daemon::run(
+        config,
+        Listeners { local, http },
+        Some(metrics),
+        shutdown_signal(),
+    )
+    .await;
+    let _ = std::fs::remove_file(&args.socket);
+    r
+}

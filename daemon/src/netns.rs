@@ -1,0 +1,117 @@
+//! Running netlink work inside another network namespace.
+//!
+//! `setns(2)` changes only the calling thread, so namespace work never runs on a tokio worker or
+//! the blocking pool (their threads are reused by unrelated tasks). [`in_netns`] starts a
+//! dedicated OS thread, enters the namespace there, opens a netlink socket (a socket stays bound to
+//! the namespace it was created in), runs the caller's future on a current-thread runtime and
+//! hands the result back. The thread then exits, so no thread is ever left in a pod's namespace.
+
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::Handle;
+
+/// Errors entering a namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a network namespace: {source}")]
+    NotNetns {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("netlink socket in {path}: {source}")]
+    Netlink {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("namespace worker for {path} failed: {reason}")]
+    Worker { path: PathBuf, reason: String },
+}
+
+/// Opens a namespace file (e.g. `/run/netns/x`, `/proc/PID/ns/net`).
+///
+/// # Errors
+/// The path does not exist or cannot be opened.
+pub fn open(path: &Path) -> Result<File, NetnsError> {
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs `f` with a netlink handle bound to the network namespace at `path`, on a dedicated thread.
+///
+/// # Errors
+/// The namespace cannot be opened or entered, or the netlink socket cannot be created. Errors of
+/// `f` itself are returned inside `Ok`.
+pub async fn in_netns<F, Fut, T>(path: &Path, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = open(path)?;
+    let path = path.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = path.clone();
+    let spawned = std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let r = (|| {
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetnsError::NotNetns {
+                        path: p.clone(),
+                        source,
+                    }
+                })?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| NetnsError::Worker {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
+                rt.block_on(async {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(|source| NetnsError::Netlink {
+                            path: p.clone(),
+                            source,
+                        })?;
+                    let conn = tokio::spawn(conn);
+                    let out = f(handle).await;
+                    conn.abort();
+                    Ok(out)
+                })
+            })();
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return Err(NetnsError::Worker {
+            path,
+            reason: e.to_string(),
+        });
+    }
+    rx.await.map_err(|_| NetnsError::Worker {
+        path,
+        reason: "worker thread panicked".into(),
+    })?
+}
+
+/// Checks that `path` names a network namespace that can be entered.
+///
+/// # Errors
+/// As [`in_netns`].
+pub async fn check(path: &Path) -> Result<(), NetnsError> {
+    in_netns(path, |_h| async {}).await
+}

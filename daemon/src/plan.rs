@@ -1,0 +1,181 @@
+//! The pure half of reconciliation: from the store's `Topology` objects, what this node must
+//! build. No I/O; the caller passes everything in, so every decision is unit-tested.
+//!
+//! A node owns the link ends of the pods whose status says they are alive on it (`src_ip` is the
+//! node's address). For each such pod and declared link the plan is one of:
+//! * build a veth pair (both pods alive on this node) — the same [`VethSpec`] appears in both
+//!   pods' plans and is built once;
+//! * report it pending (peer not alive yet, or no Topology for the peer);
+//! * report it invalid (bad declaration on either end, or the ends disagree).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::links::{self, EndSpec, VethSpec};
+use crate::topology::{LinkDecl, PodKey, Topology, check_links, merge_ends, same_node};
+
+/// Primary interface assumed when the daemon has not seen the pod's ADD (e.g. after a restart).
+pub const DEFAULT_PRIMARY_IF: &str = "eth0";
+
+/// What to do about one declared link of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Build (or keep) this veth pair.
+    Veth(VethSpec),
+    /// The peer is alive on another node; its kind is decided by the inter-node link type.
+    Remote {
+        peer_node_ip: String,
+        decl: LinkDecl,
+    },
+    /// Nothing to build yet.
+    Pending(String),
+    /// The declaration cannot be built as written.
+    Invalid(String),
+}
+
+/// The plan for one link end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPlan {
+    pub uid: i64,
+    pub local_intf: String,
+    pub peer_pod: String,
+    pub action: Action,
+}
+
+/// The plan for one pod alive on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPlan {
+    pub key: PodKey,
+    pub container_id: String,
+    pub net_ns: String,
+    pub links: Vec<LinkPlan>,
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Plans every pod alive on the node whose address is `node_ip`.
+///
+/// `primary_if` gives each pod's CNI_IFNAME where known ([`DEFAULT_PRIMARY_IF`] otherwise).
+pub fn plan_node(
+    node_ip: &IpAddr,
+    topos: &[Topology],
+    primary_if: &HashMap<PodKey, String>,
+) -> Vec<PodPlan> {
+    let by_key: HashMap<PodKey, &Topology> = topos.iter().map(|t| (t.key(), t)).collect();
+    let primary = |k: &PodKey| primary_if.get(k).map_or(DEFAULT_PRIMARY_IF, String::as_str);
+    // Each topology's links, checked once: key -> uid -> decl.
+    let checked: HashMap<PodKey, BTreeMap<i64, Result<LinkDecl, String>>> = topos
+        .iter()
+        .map(|t| {
+            let k = t.key();
+            let m = check_links(t, primary(&k)).into_iter().collect();
+            (k, m)
+        })
+        .collect();
+
+    let mut out = Vec::new();
+    let mut mine: Vec<&Topology> = topos
+        .iter()
+        .filter(|t| t.status.is_alive() && same_node(&t.status.src_ip, node_ip))
+        .collect();
+    mine.sort_by_key(|t| t.key());
+    for t in mine {
+        let key = t.key();
+        let mut links = Vec::new();
+        for (link, (uid, decl)) in t.spec.links.iter().zip(check_links(t, primary(&key))) {
+            let action = match decl {
+                Err(e) => Action::Invalid(e),
+                Ok(d) if d.is_macvlan() => Action::Invalid(
+                    "macvlan links (peer_pod: localhost) are not supported by this build".into(),
+                ),
+                Ok(d) => plan_peer(node_ip, t, &d, &by_key, &checked),
+            };
+            links.push(LinkPlan {
+                uid,
+                local_intf: link.local_intf.clone(),
+                peer_pod: link.peer_pod.clone(),
+                action,
+            });
+        }
+        out.push(PodPlan {
+            key,
+            container_id: t.status.container_id.clone(),
+            net_ns: t.status.net_ns.clone(),
+            links,
+        });
+    }
+    out
+}
+
+fn plan_peer(
+    node_ip: &IpAddr,
+    t: &Topology,
+    d: &LinkDecl,
+    by_key: &HashMap<PodKey, &Topology>,
+    checked: &HashMap<PodKey, BTreeMap<i64, Result<LinkDecl, String>>>,
+) -> Action {
+    let key = t.key();
+    let peer_key = PodKey::new(&key.namespace, &d.peer_pod);
+    let Some(q) = by_key.get(&peer_key) else {
+        return Action::Pending(format!("peer pod {peer_key} has no Topology"));
+    };
+    let qd = match checked.get(&peer_key).and_then(|m| m.get(&d.uid)) {
+        None => {
+            return Action::Invalid(format!(
+                "peer {peer_key} declares no link with uid {}",
+                d.uid
+            ));
+        }
+        Some(Err(e)) => {
+            return Action::Invalid(format!(
+                "peer {peer_key} declares uid {} invalidly: {e}",
+                d.uid
+            ));
+        }
+        Some(Ok(qd)) => qd,
+    };
+    let merged = match merge_ends(d, &key.name, qd) {
+        Ok(m) => m,
+        Err(e) => return Action::Invalid(e),
+    };
+    if !q.status.is_alive() {
+        return Action::Pending(format!("waiting for peer pod {peer_key}"));
+    }
+    if !same_node(&q.status.src_ip, node_ip) {
+        return Action::Remote {
+            peer_node_ip: q.status.src_ip.clone(),
+            decl: merged,
+        };
+    }
+    // Both ends on this node: one veth pair, described the same way from either pod, ordered
+    // by pod name so both pods' plans produce the identical spec.
+    let here = EndSpec {
+        netns: t.status.net_ns.clone().into(),
+        ifname: merged.local_intf.clone(),
+        ip: merged.local_ip,
+        mac: merged.local_mac,
+    };
+    let there = EndSpec {
+        netns: q.status.net_ns.clone().into(),
+        ifname: merged.peer_intf.clone(),
+        ip: merged.peer_ip,
+        mac: merged.peer_mac,
+    };
+    let (a, b, ta, tb) = if key.name < peer_key.name {
+        (here, there, &t.status, &q.status)
+    } else {
+        (there, here, &q.status, &t.status)
+    };
+    let tag = format!("{}-{}", short(&ta.container_id), short(&tb.container_id));
+    Action::Veth(VethSpec {
+        alias: links::alias(&key.namespace, d.uid, "veth", &tag),
+        mtu: merged.mtu,
+        a,
+        b,
+    })
+}
+
+#[cfg(test)]
+mod tests;
