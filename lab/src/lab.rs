@@ -1,0 +1,1050 @@
+//! The lab: nodes and pods as network namespaces, one real `meshnetd` per node, and the real
+//! CNI chain (reference plugins from the machine, then `meshnet`) run for every pod.
+//!
+//! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`, and `down` removes exactly
+//! that):
+//! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i);
+//! * `mnl-L-nodeI` — node namespaces, each with `ul0` on the underlay, a daemon, and the host ends
+//!   of its pods' `eth0` (made by the `ptp` plugin, pod addresses from 203.0.113.0/24);
+//! * `mnl-L-NS-POD-GEN` — pod namespaces, a new one per sandbox, as a container runtime does.
+//!
+//! Nothing connects a lab namespace to the machine's own network. State lives in
+//! `$MESHNET_LAB_DIR/L/` (default `/run/meshnet-lab/L/`): `lab.json`, the file store, daemon
+//! sockets and logs; a lock file serialises commands on one lab.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use meshnet_daemon::store::TopologyStore;
+use meshnet_daemon::store::file::FileStore;
+use meshnet_daemon::topology::{LOCALHOST, LinkState, PodKey, Topology};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::manifest::{self, PodDecl};
+use crate::sys;
+
+/// Underlay network of the lab's nodes (TEST-NET-2).
+const UNDERLAY_PREFIX: &str = "198.51.100";
+/// Pod (eth0) addresses, split among nodes (TEST-NET-3).
+const POD_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
+/// Most nodes a lab can have (the pod network is split into /28s at most).
+pub const MAX_NODES: usize = 16;
+/// Port of each daemon's /metrics, /healthz, /readyz inside its node namespace.
+pub const HTTP_PORT: u16 = 51112;
+
+/// A lab node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub pod_cidr: String,
+    pub socket: PathBuf,
+    pub pid: Option<i32>,
+}
+
+/// A running pod (one sandbox).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodState {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub container_id: String,
+    pub generation: u32,
+    /// The chain's ADD result, given back as prevResult on DEL (as libcni caches it).
+    pub result: Option<Value>,
+}
+
+impl PodState {
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
+    pub fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.netns)
+    }
+}
+
+/// Everything the lab made, persisted in `lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub dir: PathBuf,
+    pub link: String,
+    pub cni_version: String,
+    pub underlay_netns: String,
+    pub nodes: Vec<NodeState>,
+    pub pods: Vec<PodState>,
+}
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub nodes: usize,
+    pub link: String,
+    pub order: Order,
+    pub parallel: bool,
+    pub timeout: Duration,
+    pub cni_version: String,
+}
+
+/// In which order pods are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    File,
+    Reverse,
+    Random(u64),
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(Order::File),
+            "reverse" => Ok(Order::Reverse),
+            "random" => Ok(Order::Random(rand::rng().random())),
+            _ => match s.strip_prefix("random:").map(str::parse) {
+                Some(Ok(seed)) => Ok(Order::Random(seed)),
+                _ => Err(format!(
+                    "order {s:?}: want file, reverse, random or random:SEED"
+                )),
+            },
+        }
+    }
+}
+
+/// Root of all labs' state (`$MESHNET_LAB_DIR`, default `/run/meshnet-lab`).
+pub fn state_root() -> PathBuf {
+    std::env::var_os("MESHNET_LAB_DIR")
+        .map_or_else(|| PathBuf::from("/run/meshnet-lab"), PathBuf::from)
+}
+
+/// Checks a lab name: it becomes part of namespace names.
+///
+/// # Errors
+/// Not 1-20 characters of `[a-z0-9-]`.
+pub fn check_lab_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 20
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("lab name {name:?}: want 1-20 characters of a-z, 0-9 and '-'");
+    }
+    Ok(())
+}
+
+/// Holds the lab's lock for the duration of a command.
+#[derive(Debug)]
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn prefix(lab: &str) -> String {
+    format!("mnl-{lab}-")
+}
+
+/// Where the daemon and CNI binaries are: `$MESHNET_BIN_DIR`, else next to this program.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("MESHNET_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().context("locating meshnet-lab")?;
+    Ok(exe
+        .parent()
+        .context("meshnet-lab has no directory")?
+        .to_path_buf())
+}
+
+fn find_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "{} not found (build it with `cargo build --workspace` or set MESHNET_BIN_DIR)",
+        p.display()
+    )
+}
+
+/// Directory of the reference CNI plugins (`$CNI_PLUGIN_DIR`, `/usr/lib/cni`, `/opt/cni/bin`).
+fn plugin_dir() -> anyhow::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("CNI_PLUGIN_DIR") {
+        candidates.push(d.into());
+    }
+    candidates.extend(["/usr/lib/cni", "/opt/cni/bin"].map(PathBuf::from));
+    candidates
+        .into_iter()
+        .find(|d| d.join("ptp").is_file() && d.join("host-local").is_file())
+        .context("reference CNI plugins (ptp, host-local, portmap) not found in /usr/lib/cni or /opt/cni/bin: install Debian's containernetworking-plugins")
+}
+
+fn random_hex(n: usize) -> String {
+    let mut r = rand::rng();
+    (0..n)
+        .map(|_| char::from(b"0123456789abcdef"[r.random_range(0..16)]))
+        .collect()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime can always be built")
+        .block_on(f)
+}
+
+impl Lab {
+    /// Opens lab `name`, taking its lock (waits for another command on the same lab).
+    ///
+    /// # Errors
+    /// Invalid name or the state directory cannot be made.
+    pub fn open(name: &str) -> anyhow::Result<Self> {
+        check_lab_name(name)?;
+        let root = state_root();
+        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let lock_path = root.join(format!("{name}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+        Ok(Lab {
+            name: name.to_string(),
+            dir: root.join(name),
+            _lock: lock,
+        })
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+
+    /// The lab's state.
+    ///
+    /// # Errors
+    /// The lab is not up.
+    pub fn load(&self) -> anyhow::Result<LabState> {
+        let p = self.state_path();
+        let s = fs::read_to_string(&p)
+            .with_context(|| format!("lab {:?} is not up (no {})", self.name, p.display()))?;
+        serde_json::from_str(&s).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    fn save(&self, st: &LabState) -> anyhow::Result<()> {
+        let p = self.state_path();
+        let tmp = self.dir.join(".lab.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(st)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+    }
+
+    fn store(&self) -> anyhow::Result<FileStore> {
+        Ok(FileStore::open(self.dir.join("store"))?)
+    }
+
+    /// `up`: builds the lab and starts every pod of `file`, then waits until every link between
+    /// the lab's pods is up.
+    ///
+    /// # Errors
+    /// The lab exists already, the manifest is bad, or a link did not come up in time.
+    pub fn up(&self, file: &Path, opts: &UpOptions) -> anyhow::Result<LabState> {
+        if self.state_path().exists() {
+            bail!(
+                "lab {:?} is already up; run `meshnet-lab --lab {} down` first",
+                self.name,
+                self.name
+            );
+        }
+        if opts.nodes == 0 || opts.nodes > MAX_NODES {
+            bail!("--nodes {}: want 1..={MAX_NODES}", opts.nodes);
+        }
+        let text =
+            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let m =
+            manifest::parse(&text, "default").with_context(|| format!("in {}", file.display()))?;
+        if m.pods.is_empty() {
+            bail!("{} declares no pods", file.display());
+        }
+        let mut seen = HashSet::new();
+        for p in &m.pods {
+            if !seen.insert((p.namespace.clone(), p.name.clone())) {
+                bail!(
+                    "pod {}/{} is declared twice in {}",
+                    p.namespace,
+                    p.name,
+                    file.display()
+                );
+            }
+        }
+        let meshnetd = find_bin("meshnetd")?;
+        find_bin("meshnet")?;
+        plugin_dir()?;
+        // Leftovers of a lab of the same name that crashed before writing its state.
+        self.sweep();
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let mut st = LabState {
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+            link: opts.link.clone(),
+            cni_version: opts.cni_version.clone(),
+            underlay_netns: format!("{}ul", prefix(&self.name)),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        };
+        self.save(&st)?;
+        self.build_underlay(&mut st, opts.nodes)?;
+        self.save(&st)?;
+        for i in 0..st.nodes.len() {
+            self.start_daemon(&mut st, i, &meshnetd)?;
+            self.save(&st)?;
+        }
+        let store = self.store()?;
+        for t in &m.topologies {
+            block_on(store.apply(t)).with_context(|| format!("storing Topology {}", t.key()))?;
+        }
+        let mut pods = m.pods.clone();
+        match opts.order {
+            Order::File => {}
+            Order::Reverse => pods.reverse(),
+            Order::Random(seed) => {
+                use rand::SeedableRng;
+                pods.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            }
+        }
+        let placed = place(&pods, &st.nodes);
+        if opts.parallel {
+            let results: Vec<anyhow::Result<PodState>> = std::thread::scope(|s| {
+                let handles: Vec<_> = placed
+                    .iter()
+                    .map(|(p, node)| {
+                        let stc = &st;
+                        s.spawn(move || self.start_pod(stc, p, node, 1))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("pod start panicked")))
+                    })
+                    .collect()
+            });
+            let mut first_err = None;
+            for r in results {
+                match r {
+                    Ok(p) => st.pods.push(p),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            self.save(&st)?;
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        } else {
+            for (p, node) in &placed {
+                let ps = self.start_pod(&st, p, node, 1)?;
+                st.pods.push(ps);
+                self.save(&st)?;
+            }
+        }
+        self.wait_links(&st, None, opts.timeout)?;
+        Ok(st)
+    }
+
+    fn build_underlay(&self, st: &mut LabState, n: usize) -> anyhow::Result<()> {
+        let ul = st.underlay_netns.clone();
+        sys::run(&["ip", "netns", "add", &ul])?;
+        sys::run(&["ip", "-n", &ul, "link", "set", "lo", "up"])?;
+        sys::run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        sys::run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        let bits = (usize::BITS - (n.max(1) - 1).leading_zeros()).min(4);
+        let plen = 24 + bits;
+        let block = 256u32 >> bits;
+        for i in 1..=n {
+            let name = format!("node{i}");
+            let netns = format!("{}{name}", prefix(&self.name));
+            sys::run(&["ip", "netns", "add", &netns])?;
+            sys::run(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
+            let ul_end = format!("n{i}");
+            sys::run(&[
+                "ip", "-n", &ul, "link", "add", &ul_end, "type", "veth", "peer", "name", "ul0",
+                "netns", &netns,
+            ])?;
+            sys::run(&[
+                "ip", "-n", &ul, "link", "set", &ul_end, "master", "br0", "up",
+            ])?;
+            let ip = format!("{UNDERLAY_PREFIX}.{i}");
+            sys::run(&[
+                "ip",
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "ul0",
+            ])?;
+            sys::run(&["ip", "-n", &netns, "link", "set", "ul0", "up"])?;
+            let base = u32::from(POD_NET) + (i as u32 - 1) * block;
+            let pod_cidr = format!("{}/{plen}", Ipv4Addr::from(base));
+            let ndir = self.dir.join(&name);
+            fs::create_dir_all(&ndir)?;
+            st.nodes.push(NodeState {
+                name,
+                netns,
+                ip,
+                pod_cidr,
+                socket: ndir.join("meshnetd.sock"),
+                pid: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_daemon(&self, st: &mut LabState, i: usize, meshnetd: &Path) -> anyhow::Result<()> {
+        let node = &st.nodes[i];
+        let ndir = self.dir.join(&node.name);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ndir.join("meshnetd.log"))
+            .context("daemon log")?;
+        let _ = fs::remove_file(&node.socket);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(meshnetd)
+            .args(["--node-name", &node.name, "--host-ip", &node.ip])
+            .arg("--socket")
+            .arg(&node.socket)
+            .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")])
+            .arg("--store")
+            .arg(format!("file:{}", self.dir.join("store").display()))
+            .args(["--resync-seconds", "10", "--inter-node-link-type", &st.link])
+            .env(
+                "RUST_LOG",
+                std::env::var("MESHNET_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting meshnetd")?;
+        let pid = i32::try_from(child.id()).context("pid")?;
+        st.nodes[i].pid = Some(pid);
+        // The daemon outlives this command; it is stopped by `down`.
+        drop(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !st.nodes[i].socket.exists() {
+            if Instant::now() > deadline || kill(Pid::from_raw(pid), None).is_err() {
+                bail!(
+                    "meshnetd on {} did not come up; see {}",
+                    st.nodes[i].name,
+                    ndir.join("meshnetd.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn conflist(&self, st: &LabState, node: &NodeState) -> Value {
+        json!({
+            "cniVersion": st.cni_version,
+            "name": "kindnet",
+            "plugins": [
+                {
+                    "type": "ptp",
+                    "ipMasq": false,
+                    "mtu": 1500,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": self.dir.join(&node.name).join("ipam"),
+                        "ranges": [[{"subnet": node.pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}]
+                    }
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {
+                    "name": "meshnet",
+                    "type": "meshnet",
+                    "ipam": {},
+                    "dns": {},
+                    "daemon_socket": node.socket,
+                    "log_file": self.dir.join(&node.name).join("meshnet-cni.log")
+                }
+            ]
+        })
+    }
+
+    /// Runs the node's conflist for `cmd` as a CNI runtime does: each plugin in order (reverse
+    /// for DEL), each result passed to the next as `prevResult`. Returns the final result.
+    fn run_chain(&self, st: &LabState, pod: &PodState, cmd: &str) -> anyhow::Result<Option<Value>> {
+        let node = st
+            .nodes
+            .iter()
+            .find(|n| n.name == pod.node)
+            .with_context(|| format!("pod {} on unknown node {}", pod.key(), pod.node))?;
+        let conf = self.conflist(st, node);
+        let plugins = conf["plugins"].as_array().cloned().unwrap_or_default();
+        let pdir = plugin_dir()?;
+        let bdir = bin_dir()?;
+        let env = vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", pod.container_id.clone()),
+            ("CNI_NETNS", pod.netns_path()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            (
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    pod.namespace, pod.name, pod.container_id
+                ),
+            ),
+            ("CNI_PATH", format!("{}:{}", pdir.display(), bdir.display())),
+        ];
+        let order: Vec<&Value> = if cmd == "DEL" {
+            plugins.iter().rev().collect()
+        } else {
+            plugins.iter().collect()
+        };
+        let mut prev = if cmd == "ADD" {
+            None
+        } else {
+            pod.result.clone()
+        };
+        let mut errors = Vec::new();
+        for plugin in order {
+            let ty = plugin["type"].as_str().unwrap_or_default().to_string();
+            let mut nc = plugin.clone();
+            nc["cniVersion"] = json!(st.cni_version);
+            nc["name"] = conf["name"].clone();
+            if let Some(p) = &prev {
+                nc["prevResult"] = p.clone();
+            }
+            let exe = if ty == "meshnet" {
+                bdir.join("meshnet")
+            } else {
+                pdir.join(&ty)
+            };
+            let exe_s = exe.display().to_string();
+            let argv = ["ip", "netns", "exec", node.netns.as_str(), exe_s.as_str()];
+            let (ok, out, err) = sys::run_with_input(&argv, &env, &serde_json::to_vec(&nc)?)?;
+            if !ok {
+                let msg = format!(
+                    "CNI {cmd} of pod {} failed in plugin {ty}: {} {}",
+                    pod.key(),
+                    out.trim(),
+                    err.trim()
+                );
+                if cmd == "DEL" {
+                    // DEL goes on through the whole chain, as runtimes do.
+                    errors.push(msg);
+                    continue;
+                }
+                bail!(msg);
+            }
+            if cmd == "ADD" {
+                prev = Some(serde_json::from_str(&out).with_context(|| {
+                    format!("plugin {ty} returned a result that is not JSON: {out:?}")
+                })?);
+            }
+        }
+        if !errors.is_empty() {
+            bail!(errors.join("; "));
+        }
+        Ok(prev)
+    }
+
+    fn start_pod(
+        &self,
+        st: &LabState,
+        p: &PodDecl,
+        node: &str,
+        generation: u32,
+    ) -> anyhow::Result<PodState> {
+        let mut pod = PodState {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            node: node.to_string(),
+            netns: format!(
+                "{}{}-{}-{generation}",
+                prefix(&self.name),
+                p.namespace,
+                p.name
+            ),
+            container_id: random_hex(64),
+            generation,
+            result: None,
+        };
+        sys::run(&["ip", "netns", "add", &pod.netns])?;
+        sys::run(&["ip", "-n", &pod.netns, "link", "set", "lo", "up"])?;
+        match self.run_chain(st, &pod, "ADD") {
+            Ok(r) => {
+                pod.result = r;
+                Ok(pod)
+            }
+            Err(e) => {
+                // Leave nothing half-built: undo the chain and drop the sandbox.
+                let _ = self.run_chain(st, &pod, "DEL");
+                sys::run_quiet(&["ip", "netns", "delete", &pod.netns]);
+                Err(e)
+            }
+        }
+    }
+
+    fn stop_pod(&self, st: &LabState, pod: &PodState) -> anyhow::Result<()> {
+        let r = self.run_chain(st, pod, "DEL");
+        sys::run_quiet(&["ip", "netns", "delete", &pod.netns]);
+        r.map(|_| ())
+    }
+
+    /// `restart POD`: DEL, a new sandbox (new namespace and container id), ADD; waits for the
+    /// pod's links.
+    ///
+    /// # Errors
+    /// Unknown pod, a failing chain, or links not up in time.
+    pub fn restart(&self, pod: &str, timeout: Duration) -> anyhow::Result<()> {
+        let mut st = self.load()?;
+        let i = find_pod(&st, pod)?;
+        let old = st.pods[i].clone();
+        self.stop_pod(&st, &old)?;
+        let decl = PodDecl {
+            namespace: old.namespace.clone(),
+            name: old.name.clone(),
+            node_name: None,
+        };
+        let new = self.start_pod(&st, &decl, &old.node, old.generation + 1);
+        match new {
+            Ok(p) => st.pods[i] = p,
+            Err(e) => {
+                st.pods.remove(i);
+                self.save(&st)?;
+                return Err(e);
+            }
+        }
+        self.save(&st)?;
+        let key = st.pods[i].key();
+        self.wait_links(&st, Some(&key), timeout)
+    }
+
+    /// Link view of the lab: every link with at least one end on a lab pod.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub fn links(&self, st: &LabState) -> anyhow::Result<Vec<LinkView>> {
+        let topos = block_on(self.store()?.list())?;
+        Ok(link_views(st, &topos))
+    }
+
+    fn wait_links(
+        &self,
+        st: &LabState,
+        only: Option<&PodKey>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut errored_since: Option<Instant> = None;
+        loop {
+            let views = self.links(st)?;
+            let waiting: Vec<&LinkView> = views
+                .iter()
+                .filter(|l| l.required && l.state != "up")
+                .filter(|l| only.is_none_or(|k| l.involves(k)))
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let all_errors = waiting.iter().all(|l| l.state == "error");
+            if all_errors {
+                let since = *errored_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(3) {
+                    bail!("links failed:\n{}", describe(&waiting));
+                }
+            } else {
+                errored_since = None;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "links not up after {}s:\n{}",
+                    timeout.as_secs(),
+                    describe(&waiting)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `verify`: pings both ends of every link that has addresses, and checks that every link
+    /// without addresses has both ends present and up. Returns one line per check.
+    ///
+    /// # Errors
+    /// The lab is not up.
+    pub fn verify(&self) -> anyhow::Result<(Vec<String>, usize)> {
+        let st = self.load()?;
+        let topos = block_on(self.store()?.list())?;
+        let mut lines = Vec::new();
+        let mut failures = 0;
+        for l in link_views(&st, &topos) {
+            if !l.required {
+                lines.push(format!(
+                    "SKIP {} (peer {} is not a lab pod)",
+                    l.label(),
+                    l.b.pod
+                ));
+                continue;
+            }
+            let checks = verify_link(&st, &l);
+            for (ok, msg) in checks {
+                if !ok {
+                    failures += 1;
+                }
+                lines.push(format!("{} {msg}", if ok { "OK  " } else { "FAIL" }));
+            }
+        }
+        Ok((lines, failures))
+    }
+
+    /// Kills the daemons and removes every namespace and file the lab made (also after a crash).
+    pub fn down(&self) -> anyhow::Result<Vec<String>> {
+        let mut done = Vec::new();
+        if let Ok(st) = self.load() {
+            for n in &st.nodes {
+                if let Some(pid) = n.pid {
+                    stop_process(pid);
+                    done.push(format!("stopped meshnetd on {} (pid {pid})", n.name));
+                }
+            }
+        }
+        let removed = self.sweep();
+        done.push(format!("removed {removed} namespaces"));
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        Ok(done)
+    }
+
+    /// Deletes every namespace with this lab's prefix; returns how many.
+    fn sweep(&self) -> usize {
+        let pre = prefix(&self.name);
+        let mut n = 0;
+        // Pods first, then nodes, then the underlay: the order a cluster would go away in.
+        let mut names: Vec<String> = sys::netns_list()
+            .into_iter()
+            .filter(|s| s.starts_with(&pre))
+            .collect();
+        names.sort_by_key(|s| (s.ends_with("ul"), s.contains("-node")));
+        for name in names {
+            if sys::run_quiet(&["ip", "netns", "delete", &name]) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn stop_process(pid: i32) {
+    let p = Pid::from_raw(pid);
+    if kill(p, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if kill(p, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(p, Signal::SIGKILL);
+}
+
+/// Pods to nodes: `spec.nodeName` when it names a lab node, else round-robin.
+fn place(pods: &[PodDecl], nodes: &[NodeState]) -> Vec<(PodDecl, String)> {
+    let names: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut next = 0;
+    pods.iter()
+        .map(|p| {
+            let node = match &p.node_name {
+                Some(n) if names.contains(n.as_str()) => n.clone(),
+                _ => {
+                    let n = nodes[next % nodes.len()].name.clone();
+                    next += 1;
+                    n
+                }
+            };
+            (p.clone(), node)
+        })
+        .collect()
+}
+
+/// Finds a pod by `NAME` (unique across namespaces) or `NAMESPACE/NAME`.
+///
+/// # Errors
+/// No such pod, or the name is ambiguous.
+pub fn find_pod(st: &LabState, pod: &str) -> anyhow::Result<usize> {
+    let matches: Vec<usize> = st
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| match pod.split_once('/') {
+            Some((ns, n)) => p.namespace == ns && p.name == n,
+            None => p.name == pod,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    match matches.as_slice() {
+        [i] => Ok(*i),
+        [] => bail!("no pod {pod:?} in lab {:?}", st.name),
+        _ => bail!("pod name {pod:?} is ambiguous: use NAMESPACE/NAME"),
+    }
+}
+
+/// One end of a link in the lab's view.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndView {
+    pub pod: String,
+    pub interface: String,
+    pub ip: String,
+    pub state: String,
+}
+
+/// A link as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkView {
+    pub uid: i64,
+    pub namespace: String,
+    pub a: EndView,
+    pub b: EndView,
+    pub kind: String,
+    pub state: String,
+    pub message: String,
+    /// Both ends are lab pods (or the peer is the node, for macvlan): `up` waits for it.
+    #[serde(skip)]
+    pub required: bool,
+}
+
+impl LinkView {
+    fn involves(&self, k: &PodKey) -> bool {
+        self.namespace == k.namespace && (self.a.pod == k.name || self.b.pod == k.name)
+    }
+    fn label(&self) -> String {
+        format!(
+            "{}/uid {}: {}:{} <-> {}:{}",
+            self.namespace, self.uid, self.a.pod, self.a.interface, self.b.pod, self.b.interface
+        )
+    }
+}
+
+fn describe(links: &[&LinkView]) -> String {
+    links
+        .iter()
+        .map(|l| format!("  {} [{}] {}", l.label(), l.state, l.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Combines both ends' statuses into one view per link `(namespace, uid)`.
+pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
+    let running: HashMap<PodKey, &PodState> = st.pods.iter().map(|p| (p.key(), p)).collect();
+    let mut out: BTreeMap<(String, i64), LinkView> = BTreeMap::new();
+    for t in topos {
+        let key = t.key();
+        let Some(pod) = running.get(&key) else {
+            continue;
+        };
+        let current = t.status.container_id == pod.container_id;
+        for l in &t.spec.links {
+            let s = t.status.links.iter().find(|s| s.uid == l.uid && current);
+            let state = s.map_or("pending".to_string(), |s| s.state.to_string());
+            let end = EndView {
+                pod: key.name.clone(),
+                interface: l.local_intf.clone(),
+                ip: l.local_ip.clone(),
+                state: state.clone(),
+            };
+            let k = (key.namespace.clone(), l.uid);
+            let peer_key = PodKey::new(&key.namespace, &l.peer_pod);
+            let peer_running = l.peer_pod == LOCALHOST || running.contains_key(&peer_key);
+            match out.get_mut(&k) {
+                Some(v) if v.b.pod == key.name => {
+                    // The peer's own declaration wins; fall back to what the first end said.
+                    let ip = if end.ip.is_empty() {
+                        v.b.ip.clone()
+                    } else {
+                        end.ip.clone()
+                    };
+                    if v.a.ip.is_empty() {
+                        v.a.ip = l.peer_ip.clone();
+                    }
+                    v.b = EndView { ip, ..end };
+                    merge_state(v, s.map(|s| (&s.kind, s.state, &s.message)));
+                }
+                Some(_) => {}
+                None => {
+                    let (kind, message) = s.map_or((String::new(), String::new()), |s| {
+                        (s.kind.clone(), s.message.clone())
+                    });
+                    let localhost = l.peer_pod == LOCALHOST;
+                    out.insert(
+                        k,
+                        LinkView {
+                            uid: l.uid,
+                            namespace: key.namespace.clone(),
+                            a: end,
+                            b: EndView {
+                                pod: l.peer_pod.clone(),
+                                interface: l.peer_intf.clone(),
+                                ip: l.peer_ip.clone(),
+                                state: if localhost {
+                                    "up".into()
+                                } else {
+                                    "pending".into()
+                                },
+                            },
+                            kind,
+                            state: String::new(),
+                            message,
+                            required: peer_running,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    // A link is up when both ends say so.
+    for v in out.values_mut() {
+        if v.a.state == "error" || v.b.state == "error" {
+            v.state = "error".into();
+        } else if v.a.state == "up" && v.b.state == "up" {
+            v.state = "up".into();
+        } else {
+            v.state = "pending".into();
+        }
+    }
+    out.into_values().collect()
+}
+
+fn merge_state(v: &mut LinkView, s: Option<(&String, LinkState, &String)>) {
+    if let Some((kind, state, message)) = s {
+        if v.kind.is_empty() {
+            v.kind = kind.clone();
+        }
+        if state != LinkState::Up && !message.is_empty() && v.message.is_empty() {
+            v.message = message.clone();
+        }
+    }
+}
+
+fn addr_of(cidr: &str) -> Option<String> {
+    cidr.split_once('/').map(|(a, _)| a.to_string())
+}
+
+fn ping(netns: &str, ip: &str) -> bool {
+    (0..3).any(|_| {
+        sys::run(&[
+            "ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip,
+        ])
+        .is_ok()
+    })
+}
+
+fn iface_up(netns: &str, ifname: &str) -> Result<(), String> {
+    let out = sys::run(&["ip", "-n", netns, "-j", "link", "show", "dev", ifname])
+        .map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let flags: Vec<&str> = v[0]["flags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if flags.contains(&"UP") && flags.contains(&"LOWER_UP") {
+        Ok(())
+    } else {
+        Err(format!("{ifname} flags {flags:?}"))
+    }
+}
+
+fn verify_link(st: &LabState, l: &LinkView) -> Vec<(bool, String)> {
+    let pod_ns = |name: &str| {
+        st.pods
+            .iter()
+            .find(|p| p.namespace == l.namespace && p.name == name)
+            .map(|p| p.netns.clone())
+    };
+    let mut out = Vec::new();
+    let (Some(ns_a), Some(ns_b)) = (
+        pod_ns(&l.a.pod),
+        if l.b.pod == LOCALHOST {
+            None
+        } else {
+            pod_ns(&l.b.pod)
+        },
+    ) else {
+        // macvlan: the pod end must be present and up.
+        if let Some(ns_a) = pod_ns(&l.a.pod) {
+            let r = iface_up(&ns_a, &l.a.interface);
+            out.push((
+                r.is_ok(),
+                format!(
+                    "{} present and up {}",
+                    l.label(),
+                    r.err().unwrap_or_default()
+                ),
+            ));
+        }
+        return out;
+    };
+    let (ip_a, ip_b) = (addr_of(&l.a.ip), addr_of(&l.b.ip));
+    match (ip_a, ip_b) {
+        (Some(a), Some(b)) => {
+            out.push((
+                ping(&ns_a, &b),
+                format!("{} ping {} -> {b}", l.label(), l.a.pod),
+            ));
+            out.push((
+                ping(&ns_b, &a),
+                format!("{} ping {} -> {a}", l.label(), l.b.pod),
+            ));
+        }
+        _ => {
+            for (ns, ifname, pod) in [
+                (&ns_a, &l.a.interface, &l.a.pod),
+                (&ns_b, &l.b.interface, &l.b.pod),
+            ] {
+                let r = iface_up(ns, ifname);
+                out.push((
+                    r.is_ok(),
+                    format!(
+                        "{} {pod}:{ifname} up {}",
+                        l.label(),
+                        r.err().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}

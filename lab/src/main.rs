@@ -1,0 +1,218 @@
+//! `meshnet-lab` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshnet_lab::lab::{self, Lab, Order, UpOptions};
+
+/// Runs meshnet labs: nodes and pods as network namespaces, real daemons, the real CNI chain.
+#[derive(Debug, Parser)]
+#[command(name = "meshnet-lab", version, about)]
+struct Cli {
+    /// Name of the lab (several labs can run side by side).
+    #[arg(long, global = true, env = "MESHNET_LAB", default_value = "meshnet")]
+    lab: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the lab from Kubernetes YAML and start its pods; exits 0 once every link is up.
+    Up {
+        file: PathBuf,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Inter-node link type: vxlan or grpc.
+        #[arg(long, default_value = "vxlan")]
+        link: String,
+        /// Pod start order: file, reverse, random or random:SEED.
+        #[arg(long, default_value = "file")]
+        order: Order,
+        /// Start all pods at once (concurrent CNI ADDs).
+        #[arg(long)]
+        parallel: bool,
+        /// Seconds to wait for every link to come up.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// cniVersion of the node's conflist.
+        #[arg(long, default_value = "0.3.1")]
+        cni_version: String,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// NAME or NAMESPACE/NAME.
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Pods and links with their state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ping both ends of every link with addresses; check that the others are present and up.
+    Verify,
+    /// Delete a pod's sandbox and start a new one (CNI DEL, new namespace, CNI ADD).
+    Restart {
+        pod: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Remove everything the lab made.
+    Down,
+}
+
+fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
+    let st = lab.load()?;
+    let links = lab.links(&st)?;
+    let topos: std::collections::HashSet<(String, String)> = links
+        .iter()
+        .flat_map(|l| {
+            [
+                (l.namespace.clone(), l.a.pod.clone()),
+                (l.namespace.clone(), l.b.pod.clone()),
+            ]
+        })
+        .collect();
+    if json {
+        let pods: Vec<serde_json::Value> = st
+            .pods
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name, "namespace": p.namespace, "node": p.node, "alive": true,
+                    "netns": p.netns, "container_id": p.container_id,
+                    "managed": topos.contains(&(p.namespace.clone(), p.name.clone())),
+                })
+            })
+            .collect();
+        let nodes: Vec<serde_json::Value> = st
+            .nodes
+            .iter()
+            .map(
+                |n| serde_json::json!({"name": n.name, "ip": n.ip, "netns": n.netns, "pid": n.pid}),
+            )
+            .collect();
+        let out = serde_json::json!({"lab": st.name, "nodes": nodes, "pods": pods, "links": links});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "lab {} — {} nodes, {} pods, {} links",
+        st.name,
+        st.nodes.len(),
+        st.pods.len(),
+        links.len()
+    );
+    println!("{:<12} {:<20} {:<10}", "POD", "NAMESPACE", "NODE");
+    for p in &st.pods {
+        println!("{:<12} {:<20} {:<10}", p.name, p.namespace, p.node);
+    }
+    println!();
+    println!(
+        "{:<12} {:>4}  {:<24} {:<24} {:<8} {:<8} MESSAGE",
+        "NAMESPACE", "UID", "END A", "END B", "KIND", "STATE"
+    );
+    for l in &links {
+        println!(
+            "{:<12} {:>4}  {:<24} {:<24} {:<8} {:<8} {}",
+            l.namespace,
+            l.uid,
+            format!("{}:{}", l.a.pod, l.a.interface),
+            format!("{}:{}", l.b.pod, l.b.interface),
+            l.kind,
+            l.state,
+            l.message
+        );
+    }
+    Ok(())
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    // `exec` must not hold the lab lock while the user's command runs.
+    if let Cmd::Exec { pod, cmd } = &cli.cmd {
+        let st = Lab::open(&cli.lab)?.load()?;
+        let i = lab::find_pod(&st, pod)?;
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &st.pods[i].netns])
+            .args(cmd)
+            .status()
+            .context("running ip netns exec")?;
+        return Ok(ExitCode::from(
+            u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+        ));
+    }
+    let lab = Lab::open(&cli.lab)?;
+    match cli.cmd {
+        Cmd::Up {
+            file,
+            nodes,
+            link,
+            order,
+            parallel,
+            timeout,
+            cni_version,
+        } => {
+            let opts = UpOptions {
+                nodes,
+                link,
+                order,
+                parallel,
+                timeout: Duration::from_secs(timeout),
+                cni_version,
+            };
+            let started = std::time::Instant::now();
+            let st = lab.up(&file, &opts)?;
+            println!(
+                "lab {} up: {} nodes, {} pods, all links up in {:.1}s",
+                st.name,
+                st.nodes.len(),
+                st.pods.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Cmd::Status { json } => status(&lab, json)?,
+        Cmd::Verify => {
+            let (lines, failures) = lab.verify()?;
+            for l in &lines {
+                println!("{l}");
+            }
+            if failures > 0 {
+                eprintln!("verify: {failures} check(s) failed");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!(
+                "verify: all {} checks passed",
+                lines.iter().filter(|l| l.starts_with("OK")).count()
+            );
+        }
+        Cmd::Restart { pod, timeout } => {
+            lab.restart(&pod, Duration::from_secs(timeout))?;
+            println!("pod {pod} restarted; its links are up");
+        }
+        Cmd::Down => {
+            for l in lab.down()? {
+                println!("{l}");
+            }
+        }
+        Cmd::Exec { .. } => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshnet-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Shared helpers for tests that drive the real `meshnet-lab` binary (root needed).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The repository root (tests read `tests/*.yml` from there).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn topo(name: &str) -> String {
+    repo().join("tests").join(name).display().to_string()
+}
+
+/// Binaries of the workspace live next to meshnet-lab; the daemon and plugin must be built.
+pub fn bin(name: &str) -> PathBuf {
+    let lab = PathBuf::from(env!("CARGO_BIN_EXE_meshnet-lab"));
+    let p = lab.parent().unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A lab with a unique name, removed on drop (also when the test panics).
+pub struct LabGuard {
+    pub name: String,
+}
+
+impl LabGuard {
+    pub fn new(tag: &str) -> Self {
+        assert!(tag.len() <= 12, "tag too long for a lab name");
+        bin("meshnetd");
+        bin("meshnet");
+        LabGuard {
+            name: format!("{tag}-{}", std::process::id() % 100_000),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
+            .arg("--lab")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("meshnet-lab runs")
+    }
+
+    /// Runs and asserts success, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "meshnet-lab {args:?} failed:\nstdout: {}\nstderr: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status JSON")
+    }
+
+    /// The daemons' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let dir = PathBuf::from("/run/meshnet-lab").join(&self.name);
+        let mut s = String::new();
+        for n in 1..=4 {
+            for f in ["meshnetd.log", "meshnet-cni.log"] {
+                if let Ok(t) = std::fs::read_to_string(dir.join(format!("node{n}")).join(f)) {
+                    let tail: Vec<&str> = t.lines().rev().take(30).collect();
+                    s.push_str(&format!("--- node{n}/{f} (tail)\n"));
+                    for l in tail.into_iter().rev() {
+                        s.push_str(l);
+                        s.push('\n');
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Namespaces of this lab that exist now.
+    pub fn namespaces(&self) -> Vec<String> {
+        let pre = format!("mnl-{}-", self.name);
+        list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&pre))
+            .collect()
+    }
+
+    /// Interface names in a lab namespace.
+    pub fn interfaces(netns: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", netns, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// Every link in `status` is up, and there are `n` of them.
+    pub fn assert_links_up(&self, n: usize) {
+        let st = self.status();
+        let links = st["links"].as_array().unwrap();
+        assert_eq!(links.len(), n, "links: {links:#?}");
+        for l in links {
+            assert_eq!(l["state"], "up", "link not up: {l:#}");
+        }
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+        let left = self.namespaces();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("down left namespaces behind: {left:?}");
+        }
+    }
+}
+
+pub fn list_netns() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Processes whose command line mentions the lab's directory (its daemons).
+pub fn lab_processes(name: &str) -> usize {
+    let needle = format!("/run/meshnet-lab/{name}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
