@@ -121,6 +121,16 @@ struct Memo {
     swept: HashMap<PodKey, (String, String)>,
 }
 
+impl Memo {
+    /// Forgets the links with an end in `net_ns`, so the next run checks them in the kernel.
+    fn forget_netns(&mut self, namespace: &str, net_ns: &str) {
+        self.veths.retain(|(ns, _), spec| {
+            !(ns == namespace
+                && (spec.a.netns.as_os_str() == net_ns || spec.b.netns.as_os_str() == net_ns))
+        });
+    }
+}
+
 /// See the module documentation.
 pub struct Reconciler {
     node: NodeIdentity,
@@ -372,6 +382,10 @@ impl Reconciler {
         if !ifname.is_empty() {
             memo.primary_if.insert(key.clone(), ifname.to_string());
         }
+        // An ADD checks this pod's links in the kernel instead of trusting the memo: a re-ADD is
+        // how a runtime asks for repair.
+        memo.forget_netns(&key.namespace, net_ns);
+        memo.swept.remove(key);
         let reports = self.run_locked(&mut memo, Depth::Changes).await?;
         let report = reports.into_iter().find(|r| r.key == *key).ok_or_else(|| {
             ReconcileError::Invalid(format!("pod {key} vanished from the store during ADD"))
@@ -458,11 +472,7 @@ impl Reconciler {
             true
         })
         .await?;
-        memo.veths.retain(|(ns, _), spec| {
-            !(ns == &key.namespace
-                && (spec.a.netns.as_os_str() == topo.status.net_ns.as_str()
-                    || spec.b.netns.as_os_str() == topo.status.net_ns.as_str()))
-        });
+        memo.forget_netns(&key.namespace, &topo.status.net_ns);
         memo.swept.remove(key);
         memo.primary_if.remove(key);
         // Peers on this node see their links go pending.
