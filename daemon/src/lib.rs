@@ -78,6 +78,8 @@ pub struct Config {
     /// Full reconcile (verify every link in the kernel) at this interval.
     pub resync: Duration,
     pub inter_node_link: InterNodeLink,
+    /// Underlay interface for VXLAN (`HOST_INTF`); default: the one that holds `host_ip`.
+    pub host_intf: Option<String>,
 }
 
 /// Sockets the daemon serves on, bound by the caller.
@@ -121,6 +123,8 @@ pub async fn run(
         },
         store,
         ops,
+        config.inter_node_link,
+        config.host_intf.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,6 +9,7 @@
 //! was built for, so a link whose peer sandbox changed is recognised as stale. Meshnet deletes or
 //! replaces only interfaces that carry such an alias — never one it did not make.
 
+use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,10 +18,11 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::MacVlanMode;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use crate::netns::{self, NetnsError};
 use crate::topology::MacAddr;
@@ -75,6 +77,47 @@ pub struct VethSpec {
     pub mtu: Option<u32>,
     pub a: EndSpec,
     pub b: EndSpec,
+}
+
+/// A link end that lives in one pod only and rides on a node interface: the pod's half of a
+/// cross-node VXLAN link, or a macvlan link to the outside.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SingleSpec {
+    pub alias: String,
+    pub kind: SingleKind,
+    pub mtu: Option<u32>,
+    pub end: EndSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SingleKind {
+    /// A vxlan device toward `remote`, its socket in the node's namespace on `underlay`.
+    Vxlan {
+        vni: u32,
+        local: IpAddr,
+        remote: IpAddr,
+        underlay: u32,
+        port: u16,
+    },
+    /// A macvlan (mode bridge) on the node interface with index `parent`.
+    Macvlan { parent: u32 },
+}
+
+impl SingleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SingleKind::Vxlan { .. } => "vxlan",
+            SingleKind::Macvlan { .. } => "macvlan",
+        }
+    }
+}
+
+/// A node interface (in the daemon's namespace) that links ride on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIface {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
 }
 
 /// What the kernel has under one interface name.
@@ -146,6 +189,14 @@ impl LinkError {
 pub trait LinkOps: Send + Sync + 'static {
     /// Makes (or in [`Mode::Verify`], checks) a veth pair as `spec` says.
     async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
+    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    /// A node interface by name, or the one that holds `addr` when `name` is `None`.
+    async fn node_iface(
+        &self,
+        name: Option<&str>,
+        addr: IpAddr,
+    ) -> Result<Option<NodeIface>, LinkError>;
     /// Interfaces in `netns` that carry a meshnet alias: `(ifname, alias)`.
     async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
     /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
@@ -386,6 +437,69 @@ impl Kernel {
     }
 }
 
+/// Places a link being created in the pod's namespace, with its MTU and MAC.
+fn finish<T>(
+    b: LinkMessageBuilder<T>,
+    ns: &File,
+    mtu: Option<u32>,
+    mac: Option<MacAddr>,
+) -> LinkMessage {
+    let mut b = b.setns_by_fd(ns.as_raw_fd());
+    if let Some(m) = mtu {
+        b = b.mtu(m);
+    }
+    if let Some(mac) = mac {
+        b = b.address(mac.0.to_vec());
+    }
+    b.build()
+}
+
+impl Kernel {
+    async fn create_single(&self, spec: &SingleSpec) -> Result<(), LinkError> {
+        // Created directly inside the pod's namespace under its final name: the device never
+        // exists in the node's namespace (no clash with node interfaces, nothing to leak if a
+        // later step fails), while its lower device and socket stay in the node's namespace.
+        let ns = netns::open(&spec.end.netns)?;
+        let name = spec.end.ifname.as_str();
+        let (mtu, mac) = (spec.mtu, spec.end.mac);
+        let msg = match &spec.kind {
+            SingleKind::Vxlan {
+                vni,
+                local,
+                remote,
+                underlay,
+                port,
+            } => {
+                let b = LinkVxlan::new(name, *vni)
+                    .dev(*underlay)
+                    .port(*port)
+                    .learning(false);
+                match (local, remote) {
+                    (IpAddr::V4(l), IpAddr::V4(r)) => finish(b.local(*l).remote(*r), &ns, mtu, mac),
+                    (IpAddr::V6(l), IpAddr::V6(r)) => {
+                        finish(b.local6(*l).remote6(*r), &ns, mtu, mac)
+                    }
+                    _ => {
+                        return Err(LinkError::Mismatch(format!(
+                            "vxlan {name}: node address {local} and peer node address {remote} are of different families"
+                        )));
+                    }
+                }
+            }
+            SingleKind::Macvlan { parent } => finish(
+                LinkMacVlan::new(name, *parent, MacVlanMode::Bridge),
+                &ns,
+                mtu,
+                mac,
+            ),
+        };
+        let r = self.node.link().add(msg).execute().await;
+        // The namespace fd must outlive the request.
+        drop(ns);
+        r.map_err(|e| LinkError::netlink("create", name, &spec.end.netns, e))
+    }
+}
+
 fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
     a.kind.as_deref() == Some("veth")
         && b.kind.as_deref() == Some("veth")
@@ -484,6 +598,115 @@ impl LinkOps for Kernel {
             return Err(e);
         }
         Ok(Outcome::Created)
+    }
+
+    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError> {
+        let end = &spec.end;
+        let st = Self::lookup(&end.netns, &end.ifname).await?;
+        if let Some(st) = &st
+            && st.kind.as_deref() == Some(spec.kind.name())
+            && st.alias.as_deref() == Some(spec.alias.as_str())
+            && end.mac.is_none_or(|m| st.mac == Some(m.0))
+        {
+            return match (end_drift(end, st, spec.mtu), mode) {
+                (None, _) => Ok(Outcome::Unchanged),
+                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(_), Mode::Repair) => {
+                    Self::configure(end, &spec.alias, spec.mtu).await?;
+                    Ok(Outcome::Repaired)
+                }
+            };
+        }
+        if mode == Mode::Verify {
+            return Err(LinkError::Mismatch(match st {
+                None => format!("{} missing in {}", end.ifname, end.netns.display()),
+                Some(_) => format!(
+                    "{} in {} is not this link's {}",
+                    end.ifname,
+                    end.netns.display(),
+                    spec.kind.name()
+                ),
+            }));
+        }
+        if let Some(st) = &st {
+            if !is_owned(st) {
+                return Err(LinkError::Occupied {
+                    ifname: end.ifname.clone(),
+                    netns: end.netns.display().to_string(),
+                });
+            }
+            Self::delete_in(&end.netns, &end.ifname).await?;
+        }
+        self.create_single(spec).await?;
+        if let Err(e) = Self::configure(end, &spec.alias, None).await {
+            if let Err(e2) = Self::delete_in(&end.netns, &end.ifname).await {
+                tracing::warn!(error = %e2, "cleanup of half-built link failed");
+            }
+            return Err(e);
+        }
+        Ok(Outcome::Created)
+    }
+
+    async fn node_iface(
+        &self,
+        name: Option<&str>,
+        addr: IpAddr,
+    ) -> Result<Option<NodeIface>, LinkError> {
+        let h = &self.node;
+        let here = Path::new("the node namespace");
+        let index = match name {
+            Some(n) => match get_iface(h, n).await {
+                Ok(Some(st)) => st.index,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(LinkError::netlink("look up", n, here, e)),
+            },
+            None => {
+                let mut addrs = h.address().get().execute();
+                let mut found = None;
+                loop {
+                    match addrs.try_next().await {
+                        Ok(Some(a)) => {
+                            let hit = a.attributes.iter().any(|x| match x {
+                                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => {
+                                    *ip == addr
+                                }
+                                _ => false,
+                            });
+                            if hit {
+                                found = Some(a.header.index);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(LinkError::netlink("list addresses", "*", here, e)),
+                    }
+                }
+                match found {
+                    Some(i) => i,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mut links = h.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => {
+                let st = state_of(&msg);
+                let name = msg
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Ok(Some(NodeIface {
+                    index,
+                    name,
+                    mtu: st.mtu.unwrap_or(1500),
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(LinkError::netlink("look up", &index.to_string(), here, e)),
+        }
     }
 
     async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError> {

@@ -39,6 +39,9 @@ struct Args {
     /// How cross-node links are carried: VXLAN or GRPC.
     #[arg(long, env = "INTER_NODE_LINK_TYPE", default_value = "VXLAN")]
     inter_node_link_type: InterNodeLink,
+    /// Underlay interface for VXLAN links (default: the interface that holds --host-ip).
+    #[arg(long, env = "HOST_INTF")]
+    host_intf: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -113,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         store: args.store,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         inter_node_link: args.inter_node_link_type,
+        host_intf: args.host_intf.filter(|s| !s.is_empty()),
     };
     let r = meshnet_daemon::run(
         config,

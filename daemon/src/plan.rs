@@ -27,6 +27,12 @@ pub enum Action {
         peer_node_ip: String,
         decl: LinkDecl,
     },
+    /// `peer_pod: localhost`: a macvlan on the node interface `parent`.
+    Macvlan {
+        parent: String,
+        end: EndSpec,
+        mtu: Option<u32>,
+    },
     /// Nothing to build yet.
     Pending(String),
     /// The declaration cannot be built as written.
@@ -51,7 +57,8 @@ pub struct PodPlan {
     pub links: Vec<LinkPlan>,
 }
 
-fn short(id: &str) -> &str {
+/// The first 12 characters of a sandbox id, as container tools show it.
+pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
@@ -87,9 +94,16 @@ pub fn plan_node(
         for (link, (uid, decl)) in t.spec.links.iter().zip(check_links(t, primary(&key))) {
             let action = match decl {
                 Err(e) => Action::Invalid(e),
-                Ok(d) if d.is_macvlan() => Action::Invalid(
-                    "macvlan links (peer_pod: localhost) are not supported by this build".into(),
-                ),
+                Ok(d) if d.is_macvlan() => Action::Macvlan {
+                    parent: d.peer_intf.clone(),
+                    end: EndSpec {
+                        netns: t.status.net_ns.clone().into(),
+                        ifname: d.local_intf.clone(),
+                        ip: d.local_ip,
+                        mac: d.local_mac,
+                    },
+                    mtu: d.mtu,
+                },
                 Ok(d) => plan_peer(node_ip, t, &d, &by_key, &checked),
             };
             links.push(LinkPlan {
@@ -175,6 +189,22 @@ fn plan_peer(
         a,
         b,
     })
+}
+
+/// The VNI of link `(namespace, uid)`: the same on every node without any coordination, and
+/// different for the same uid in two namespaces (the Go plugin's `5000 + uid` collided there).
+///
+/// FNV-1a (64 bit) over `namespace`, a 0xff separator (never in a Kubernetes name) and the uid
+/// as 8 little-endian bytes, folded to 24 bits; 0 becomes 1 (VNI 0 is avoided). Two links of one
+/// node that still land on the same VNI are refused by the reconciler, never silently merged.
+pub fn vni(namespace: &str, uid: i64) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let folded = (h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff;
+    u32::try_from(folded).expect("masked to 24 bits").max(1)
 }
 
 #[cfg(test)]

@@ -17,8 +17,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
-use crate::links::{LinkError, LinkOps, Mode, Outcome, VethSpec};
+use crate::InterNodeLink;
+use crate::links::{
+    self, EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec, VethSpec,
+};
 use crate::plan::{self, Action, PodPlan};
+use crate::topology::LinkDecl;
+
+/// UDP port of meshnet's VXLAN links (IANA).
+pub const VXLAN_PORT: u16 = 4789;
 use crate::store::{self, SharedStore, StoreError};
 use crate::topology::{LinkState, LinkStatus, PodKey, Topology, TopologyStatus};
 
@@ -113,8 +120,8 @@ pub enum ReconcileError {
 
 #[derive(Debug, Default)]
 struct Memo {
-    /// Veth pairs known built, by (namespace, uid).
-    veths: HashMap<(String, i64), VethSpec>,
+    /// Links known built on this node, by (namespace, uid).
+    built: HashMap<(String, i64), Work>,
     /// CNI_IFNAME per pod, learned from ADD.
     primary_if: HashMap<PodKey, String>,
     /// (container id, spec) per pod at its last stale-interface sweep.
@@ -124,9 +131,13 @@ struct Memo {
 impl Memo {
     /// Forgets the links with an end in `net_ns`, so the next run checks them in the kernel.
     fn forget_netns(&mut self, namespace: &str, net_ns: &str) {
-        self.veths.retain(|(ns, _), spec| {
-            !(ns == namespace
-                && (spec.a.netns.as_os_str() == net_ns || spec.b.netns.as_os_str() == net_ns))
+        self.built.retain(|(ns, _), w| {
+            let touches = match w {
+                Work::Veth(s) => s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns,
+                Work::Single(s) => s.end.netns.as_os_str() == net_ns,
+                Work::Done(_) => false,
+            };
+            !(ns == namespace && touches)
         });
     }
 }
@@ -136,6 +147,9 @@ pub struct Reconciler {
     node: NodeIdentity,
     store: SharedStore,
     ops: Arc<dyn LinkOps>,
+    inter_node: InterNodeLink,
+    /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
+    host_intf: Option<String>,
     memo: Mutex<Memo>,
 }
 
@@ -157,11 +171,19 @@ pub enum Depth {
 }
 
 impl Reconciler {
-    pub fn new(node: NodeIdentity, store: SharedStore, ops: Arc<dyn LinkOps>) -> Self {
+    pub fn new(
+        node: NodeIdentity,
+        store: SharedStore,
+        ops: Arc<dyn LinkOps>,
+        inter_node: InterNodeLink,
+        host_intf: Option<String>,
+    ) -> Self {
         Reconciler {
             node,
             store,
             ops,
+            inter_node,
+            host_intf,
             memo: Mutex::new(Memo::default()),
         }
     }
@@ -183,6 +205,95 @@ impl Reconciler {
         self.run_locked(&mut memo, depth).await
     }
 
+    /// Turns the pure plan into work for this node: applies the inter-node link type, the
+    /// underlay, node interfaces for macvlan and the VNI uniqueness rule. Parallel to `plans`.
+    async fn resolve(&self, plans: &[PodPlan]) -> Vec<Vec<Work>> {
+        let mut underlay: Option<Result<NodeIface, String>> = None;
+        let mut parents: HashMap<String, Result<NodeIface, String>> = HashMap::new();
+        let mut out = Vec::with_capacity(plans.len());
+        for p in plans {
+            let mut works = Vec::with_capacity(p.links.len());
+            for l in &p.links {
+                let w = match &l.action {
+                    Action::Veth(spec) => Work::Veth(spec.clone()),
+                    Action::Pending(m) => Work::Done(LinkResult::Pending(m.clone())),
+                    Action::Invalid(m) => Work::Done(LinkResult::Invalid(m.clone())),
+                    Action::Macvlan { parent, end, mtu } => {
+                        if !parents.contains_key(parent) {
+                            let r = match self.ops.node_iface(Some(parent), self.node.ip).await {
+                                Ok(Some(i)) => Ok(i),
+                                Ok(None) => {
+                                    Err(format!("node interface {parent:?} (peer_intf) not found"))
+                                }
+                                Err(e) => Err(e.to_string()),
+                            };
+                            parents.insert(parent.clone(), r);
+                        }
+                        match &parents[parent] {
+                            Err(m) => Work::Done(LinkResult::Failed {
+                                kind: "macvlan",
+                                message: m.clone(),
+                            }),
+                            Ok(i) => Work::Single(SingleSpec {
+                                alias: links::alias(
+                                    &p.key.namespace,
+                                    l.uid,
+                                    "macvlan",
+                                    &format!("{}-{}", i.index, plan::short(&p.container_id)),
+                                ),
+                                kind: SingleKind::Macvlan { parent: i.index },
+                                mtu: *mtu,
+                                end: end.clone(),
+                            }),
+                        }
+                    }
+                    Action::Remote { peer_node_ip, decl } => match self.inter_node {
+                        InterNodeLink::Grpc => Work::Done(LinkResult::Failed {
+                            kind: "grpc",
+                            message: format!(
+                                "peer is on node {peer_node_ip}: the gRPC wire is not in this build"
+                            ),
+                        }),
+                        InterNodeLink::Vxlan => {
+                            if underlay.is_none() {
+                                underlay = Some(
+                                    match self
+                                        .ops
+                                        .node_iface(self.host_intf.as_deref(), self.node.ip)
+                                        .await
+                                    {
+                                        Ok(Some(i)) => Ok(i),
+                                        Ok(None) => Err(match &self.host_intf {
+                                            Some(n) => format!(
+                                                "underlay interface {n:?} (HOST_INTF) not found"
+                                            ),
+                                            None => format!(
+                                                "no interface holds the node address {} (set HOST_INTF)",
+                                                self.node.ip
+                                            ),
+                                        }),
+                                        Err(e) => Err(e.to_string()),
+                                    },
+                                );
+                            }
+                            match underlay.as_ref().expect("set just above") {
+                                Err(m) => Work::Done(LinkResult::Failed {
+                                    kind: "vxlan",
+                                    message: m.clone(),
+                                }),
+                                Ok(u) => vxlan_work(&self.node.ip, p, l.uid, peer_node_ip, decl, u),
+                            }
+                        }
+                    },
+                };
+                works.push(w);
+            }
+            out.push(works);
+        }
+        refuse_vni_clashes(plans, &mut out);
+        out
+    }
+
     async fn run_locked(
         &self,
         memo: &mut Memo,
@@ -191,88 +302,74 @@ impl Reconciler {
         let started = Instant::now();
         let topos = self.store.list().await?;
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
+        let works = self.resolve(&plans).await;
 
-        // Build each distinct veth once (it appears in both pods' plans).
-        let mut todo: Vec<VethSpec> = Vec::new();
+        // Build each distinct link once (a veth appears in both pods' plans).
+        let mut todo: Vec<(LinkKey, Work)> = Vec::new();
         let mut seen = HashSet::new();
-        for p in &plans {
-            for l in &p.links {
-                if let Action::Veth(spec) = &l.action {
-                    let k = (p.key.namespace.clone(), l.uid);
-                    if seen.insert(k.clone())
-                        && (depth == Depth::Full || memo.veths.get(&k) != Some(spec))
-                    {
-                        todo.push(spec.clone());
-                    }
+        for (p, ws) in plans.iter().zip(&works) {
+            for (l, w) in p.links.iter().zip(ws) {
+                if matches!(w, Work::Done(_)) {
+                    continue;
+                }
+                let k = (p.key.namespace.clone(), l.uid);
+                if seen.insert(k.clone()) && (depth == Depth::Full || memo.built.get(&k) != Some(w))
+                {
+                    todo.push((k, w.clone()));
                 }
             }
         }
         let ops = Arc::clone(&self.ops);
-        let results: Vec<(VethSpec, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
-            .map(|spec| {
-                let ops = Arc::clone(&ops);
-                async move {
-                    let r = ops.ensure_veth(&spec, Mode::Repair).await;
-                    (spec, r)
-                }
-            })
-            .buffer_unordered(PARALLEL_LINK_OPS)
-            .collect()
-            .await;
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> =
+            futures::stream::iter(todo)
+                .map(|(k, w)| {
+                    let ops = Arc::clone(&ops);
+                    async move {
+                        let r = match &w {
+                            Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
+                            Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
+                            Work::Done(_) => Ok(Outcome::Unchanged),
+                        };
+                        (k, w, r)
+                    }
+                })
+                .buffer_unordered(PARALLEL_LINK_OPS)
+                .collect()
+                .await;
         let mut failed: HashMap<String, String> = HashMap::new();
-        for (spec, r) in results {
-            let k = key_of_alias(&spec);
+        for (k, w, r) in results {
+            let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
             match r {
                 Ok(outcome) => {
                     if outcome != Outcome::Unchanged {
-                        tracing::info!(alias = %spec.alias, a = %spec.a.ifname, b = %spec.b.ifname,
-                            ?outcome, "veth link ready");
-                        metrics::counter!("meshnet_links_plumbed_total", "kind" => "veth")
+                        tracing::info!(%alias, kind, ?outcome, "link ready");
+                        metrics::counter!("meshnet_links_plumbed_total", "kind" => kind)
                             .increment(1);
                     }
-                    memo.veths.insert(k, spec);
+                    memo.built.insert(k, w);
                 }
                 Err(e) => {
-                    tracing::warn!(alias = %spec.alias, error = %e, "veth link failed");
-                    metrics::counter!("meshnet_link_errors_total", "kind" => "veth").increment(1);
-                    memo.veths.remove(&k);
-                    failed.insert(spec.alias.clone(), e.to_string());
+                    tracing::warn!(%alias, kind, error = %e, "link failed");
+                    metrics::counter!("meshnet_link_errors_total", "kind" => kind).increment(1);
+                    memo.built.remove(&k);
+                    failed.insert(alias, e.to_string());
                 }
             }
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
-        memo.veths.retain(|k, _| seen.contains(k));
+        memo.built.retain(|k, _| seen.contains(k));
 
         let mut reports = Vec::new();
-        for p in &plans {
-            self.sweep_stale(memo, p, &topos, depth).await;
-            let links = p
-                .links
-                .iter()
-                .map(|l| {
-                    let r = match &l.action {
-                        Action::Veth(spec) => match failed.get(&spec.alias) {
-                            Some(m) => LinkResult::Failed {
-                                kind: "veth",
-                                message: m.clone(),
-                            },
-                            None => LinkResult::Up { kind: "veth" },
-                        },
-                        Action::Remote { peer_node_ip, .. } => LinkResult::Failed {
-                            kind: "",
-                            message: format!(
-                                "peer is on node {peer_node_ip}: cross-node links are not supported by this build"
-                            ),
-                        },
-                        Action::Pending(m) => LinkResult::Pending(m.clone()),
-                        Action::Invalid(m) => LinkResult::Invalid(m.clone()),
-                    };
-                    (l.clone(), r)
-                })
-                .collect();
+        for (p, ws) in plans.iter().zip(works) {
+            self.sweep_stale(memo, p, &ws, &topos, depth).await;
             let report = PodReport {
                 key: p.key.clone(),
-                links,
+                links: p
+                    .links
+                    .iter()
+                    .cloned()
+                    .zip(ws.into_iter().map(|w| w.result(&failed)))
+                    .collect(),
             };
             self.write_status(p, &report).await;
             reports.push(report);
@@ -283,33 +380,38 @@ impl Reconciler {
     }
 
     /// Removes meshnet interfaces in a pod that its plan no longer has (link removed from the
-    /// Topology, peer sandbox replaced). Done when the pod's spec or sandbox changed, and on
-    /// full runs.
-    async fn sweep_stale(&self, memo: &mut Memo, p: &PodPlan, topos: &[Topology], depth: Depth) {
+    /// Topology, peer gone, peer sandbox replaced). Done when the pod's spec, sandbox or set of
+    /// built links changed, and on full runs.
+    async fn sweep_stale(
+        &self,
+        memo: &mut Memo,
+        p: &PodPlan,
+        works: &[Work],
+        topos: &[Topology],
+        depth: Depth,
+    ) {
+        let mut keep: Vec<(String, String)> = p
+            .links
+            .iter()
+            .zip(works)
+            .filter_map(|(l, w)| w.alias().map(|a| (l.local_intf.clone(), a.to_string())))
+            .collect();
+        keep.sort();
         let spec = topos
             .iter()
             .find(|t| t.key() == p.key)
             .map(|t| serde_json::to_string(&t.spec).unwrap_or_default())
             .unwrap_or_default();
-        let fingerprint = (p.container_id.clone(), spec);
+        let fingerprint = (p.container_id.clone(), format!("{spec}{keep:?}"));
         if depth == Depth::Changes && memo.swept.get(&p.key) == Some(&fingerprint) {
             return;
         }
-        let keep: HashSet<(&str, &str)> = p
-            .links
-            .iter()
-            .filter_map(|l| match &l.action {
-                Action::Veth(s) => Some((l.local_intf.as_str(), s.alias.as_str())),
-                _ => None,
-            })
-            .collect();
         let netns = Path::new(&p.net_ns);
         match self.ops.owned(netns).await {
             Ok(owned) => {
                 for (ifname, alias) in owned {
-                    let full =
-                        crate::links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
-                    if keep.contains(&(ifname.as_str(), full.as_str())) {
+                    let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
+                    if keep.iter().any(|(i, a)| *i == ifname && *a == full) {
                         continue;
                     }
                     tracing::info!(pod = %p.key, ifname, alias = %full, "removing stale link end");
@@ -503,34 +605,30 @@ impl Reconciler {
         }
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
         drop(memo);
-        let Some(p) = plans.into_iter().find(|p| p.key == *key) else {
+        let Some(i) = plans.iter().position(|p| p.key == *key) else {
             return Err(ReconcileError::Invalid(format!(
                 "pod {key} is recorded on node {}, not this node",
                 topo.status.src_ip
             )));
         };
+        let mut works = self.resolve(&plans).await;
+        let (p, ws) = (&plans[i], std::mem::take(&mut works[i]));
         let mut links = Vec::new();
-        for l in p.links {
-            let r = match &l.action {
-                Action::Veth(spec) => match self.ops.ensure_veth(spec, Mode::Verify).await {
-                    Ok(_) => LinkResult::Up { kind: "veth" },
-                    Err(e) => {
-                        return Err(ReconcileError::Link {
-                            pod: key.clone(),
-                            uid: l.uid,
-                            local_intf: l.local_intf.clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                },
-                Action::Remote { peer_node_ip, .. } => LinkResult::Failed {
-                    kind: "",
-                    message: format!("peer on node {peer_node_ip}: cross-node links unsupported"),
-                },
-                Action::Pending(m) => LinkResult::Pending(m.clone()),
-                Action::Invalid(m) => LinkResult::Invalid(m.clone()),
+        for (l, w) in p.links.iter().zip(ws) {
+            let verified = match &w {
+                Work::Veth(spec) => self.ops.ensure_veth(spec, Mode::Verify).await,
+                Work::Single(spec) => self.ops.ensure_single(spec, Mode::Verify).await,
+                Work::Done(_) => Ok(Outcome::Unchanged),
             };
-            links.push((l, r));
+            if let Err(e) = verified {
+                return Err(ReconcileError::Link {
+                    pod: key.clone(),
+                    uid: l.uid,
+                    local_intf: l.local_intf.clone(),
+                    message: e.to_string(),
+                });
+            }
+            links.push((l.clone(), w.result(&HashMap::new())));
         }
         Ok(Some(PodReport {
             key: key.clone(),
@@ -594,7 +692,162 @@ impl Reconciler {
     }
 }
 
-fn key_of_alias(spec: &VethSpec) -> (String, i64) {
-    let a = crate::links::OwnedAlias::parse(&spec.alias);
-    a.map(|a| (a.namespace, a.uid)).unwrap_or_default()
+/// A link's identity on this node: (namespace, uid).
+type LinkKey = (String, i64);
+
+/// What one link end needs after node facts are applied to the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Work {
+    Veth(VethSpec),
+    Single(SingleSpec),
+    /// Nothing to build: the result is already known.
+    Done(LinkResult),
+}
+
+impl Work {
+    fn alias(&self) -> Option<&str> {
+        match self {
+            Work::Veth(s) => Some(&s.alias),
+            Work::Single(s) => Some(&s.alias),
+            Work::Done(_) => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Work::Veth(_) => "veth",
+            Work::Single(s) => s.kind.name(),
+            Work::Done(r) => r.kind(),
+        }
+    }
+
+    /// The link's result once the build outcomes (`failed`: alias -> message) are known.
+    fn result(self, failed: &HashMap<String, String>) -> LinkResult {
+        match self {
+            Work::Done(r) => r,
+            w => match w.alias().and_then(|a| failed.get(a)) {
+                Some(m) => LinkResult::Failed {
+                    kind: w.kind(),
+                    message: m.clone(),
+                },
+                None => LinkResult::Up { kind: w.kind() },
+            },
+        }
+    }
+}
+
+/// Bytes VXLAN adds on the underlay: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) +
+/// inner Ethernet (14).
+pub fn vxlan_overhead(underlay_ip: &IpAddr) -> u32 {
+    if underlay_ip.is_ipv4() { 50 } else { 70 }
+}
+
+/// The pod's half of a cross-node VXLAN link.
+fn vxlan_work(
+    node_ip: &IpAddr,
+    p: &PodPlan,
+    uid: i64,
+    peer_node_ip: &str,
+    decl: &LinkDecl,
+    u: &NodeIface,
+) -> Work {
+    let fail = |message: String| {
+        Work::Done(LinkResult::Failed {
+            kind: "vxlan",
+            message,
+        })
+    };
+    let remote: IpAddr = match peer_node_ip.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            return fail(format!(
+                "peer node address {peer_node_ip:?} is not an IP address"
+            ));
+        }
+    };
+    let overhead = vxlan_overhead(node_ip);
+    let room = u.mtu.saturating_sub(overhead);
+    let mtu = match decl.mtu {
+        Some(m) if m > room => {
+            return Work::Done(LinkResult::Invalid(format!(
+                "mtu {m} does not fit the underlay: {} has mtu {}, VXLAN needs {overhead} bytes, so at most {room}",
+                u.name, u.mtu
+            )));
+        }
+        Some(m) => m,
+        None => room,
+    };
+    let vni = plan::vni(&p.key.namespace, uid);
+    Work::Single(SingleSpec {
+        alias: links::alias(
+            &p.key.namespace,
+            uid,
+            "vxlan",
+            &format!(
+                "{vni}-{remote}-{}-{}",
+                u.index,
+                plan::short(&p.container_id)
+            ),
+        ),
+        kind: SingleKind::Vxlan {
+            vni,
+            local: *node_ip,
+            remote,
+            underlay: u.index,
+            port: VXLAN_PORT,
+        },
+        mtu: Some(mtu),
+        end: EndSpec {
+            netns: p.net_ns.clone().into(),
+            ifname: decl.local_intf.clone(),
+            ip: decl.local_ip,
+            mac: decl.local_mac,
+        },
+    })
+}
+
+/// Two links of this node must never share a VNI (the kernel would refuse the second device,
+/// or worse, a reused one would join two links). The lowest (namespace, uid) keeps the VNI; the
+/// others are reported, naming the link they clash with.
+fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
+    let mut owner: HashMap<u32, (String, i64)> = HashMap::new();
+    for (p, ws) in plans.iter().zip(works.iter()) {
+        for (l, w) in p.links.iter().zip(ws) {
+            if let Work::Single(SingleSpec {
+                kind: SingleKind::Vxlan { vni, .. },
+                ..
+            }) = w
+            {
+                let me = (p.key.namespace.clone(), l.uid);
+                owner
+                    .entry(*vni)
+                    .and_modify(|o| {
+                        if me < *o {
+                            *o = me.clone()
+                        }
+                    })
+                    .or_insert(me);
+            }
+        }
+    }
+    for (p, ws) in plans.iter().zip(works.iter_mut()) {
+        for (l, w) in p.links.iter().zip(ws.iter_mut()) {
+            if let Work::Single(SingleSpec {
+                kind: SingleKind::Vxlan { vni, .. },
+                ..
+            }) = w
+            {
+                let o = &owner[vni];
+                if *o != (p.key.namespace.clone(), l.uid) {
+                    *w = Work::Done(LinkResult::Failed {
+                        kind: "vxlan",
+                        message: format!(
+                            "VNI {vni} of this link clashes with link {}/uid {} on this node; change one uid",
+                            o.0, o.1
+                        ),
+                    });
+                }
+            }
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`, and `down` removes exactly
 //! that):
 //! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i);
+//! * `mnl-L-ext` — a segment outside the cluster: a bridge that every node's `eth0` is on, with
+//!   one "external device" at 192.0.2.254 (what `peer_pod: localhost` macvlan links reach);
 //! * `mnl-L-nodeI` — node namespaces, each with `ul0` on the underlay, a daemon, and the host ends
 //!   of its pods' `eth0` (made by the `ptp` plugin, pod addresses from 203.0.113.0/24);
 //! * `mnl-L-NS-POD-GEN` — pod namespaces, a new one per sandbox, as a container runtime does.
@@ -37,6 +39,10 @@ use crate::sys;
 
 /// Underlay network of the lab's nodes (TEST-NET-2).
 const UNDERLAY_PREFIX: &str = "198.51.100";
+/// The segment outside the cluster that every node's `eth0` is on (TEST-NET-1), and the address
+/// of the device that stands for the outside world on it.
+pub const EXTERNAL_NET: &str = "192.0.2.0/24";
+pub const EXTERNAL_DEVICE: &str = "192.0.2.254";
 /// Pod (eth0) addresses, split among nodes (TEST-NET-3).
 const POD_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 /// Most nodes a lab can have (the pod network is split into /28s at most).
@@ -85,6 +91,8 @@ pub struct LabState {
     pub link: String,
     pub cni_version: String,
     pub underlay_netns: String,
+    #[serde(default)]
+    pub external_netns: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }
@@ -98,6 +106,8 @@ pub struct UpOptions {
     pub parallel: bool,
     pub timeout: Duration,
     pub cni_version: String,
+    /// MTU of the underlay (node `ul0` and the bridge).
+    pub underlay_mtu: u32,
 }
 
 /// In which order pods are started.
@@ -309,11 +319,12 @@ impl Lab {
             link: opts.link.clone(),
             cni_version: opts.cni_version.clone(),
             underlay_netns: format!("{}ul", prefix(&self.name)),
+            external_netns: format!("{}ext", prefix(&self.name)),
             nodes: Vec::new(),
             pods: Vec::new(),
         };
         self.save(&st)?;
-        self.build_underlay(&mut st, opts.nodes)?;
+        self.build_underlay(&mut st, opts.nodes, opts.underlay_mtu)?;
         self.save(&st)?;
         for i in 0..st.nodes.len() {
             self.start_daemon(&mut st, i, &meshnetd)?;
@@ -374,12 +385,35 @@ impl Lab {
         Ok(st)
     }
 
-    fn build_underlay(&self, st: &mut LabState, n: usize) -> anyhow::Result<()> {
+    fn build_underlay(&self, st: &mut LabState, n: usize, mtu: u32) -> anyhow::Result<()> {
         let ul = st.underlay_netns.clone();
-        sys::run(&["ip", "netns", "add", &ul])?;
-        sys::run(&["ip", "-n", &ul, "link", "set", "lo", "up"])?;
-        sys::run(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
-        sys::run(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
+        let ext = st.external_netns.clone();
+        let mtu_s = mtu.to_string();
+        for ns in [&ul, &ext] {
+            sys::run(&["ip", "netns", "add", ns])?;
+            sys::run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            sys::run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
+            sys::run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
+        }
+        sys::run(&["ip", "-n", &ul, "link", "set", "br0", "mtu", &mtu_s])?;
+        // The external device: a host on the outside segment.
+        sys::run(&[
+            "ip", "-n", &ext, "link", "add", "dev0", "type", "veth", "peer", "name", "dev0-br",
+        ])?;
+        sys::run(&[
+            "ip", "-n", &ext, "link", "set", "dev0-br", "master", "br0", "up",
+        ])?;
+        sys::run(&[
+            "ip",
+            "-n",
+            &ext,
+            "addr",
+            "add",
+            &format!("{EXTERNAL_DEVICE}/24"),
+            "dev",
+            "dev0",
+        ])?;
+        sys::run(&["ip", "-n", &ext, "link", "set", "dev0", "up"])?;
         let bits = (usize::BITS - (n.max(1) - 1).leading_zeros()).min(4);
         let plen = 24 + bits;
         let block = 256u32 >> bits;
@@ -394,7 +428,7 @@ impl Lab {
                 "netns", &netns,
             ])?;
             sys::run(&[
-                "ip", "-n", &ul, "link", "set", &ul_end, "master", "br0", "up",
+                "ip", "-n", &ul, "link", "set", &ul_end, "mtu", &mtu_s, "master", "br0", "up",
             ])?;
             let ip = format!("{UNDERLAY_PREFIX}.{i}");
             sys::run(&[
@@ -407,7 +441,18 @@ impl Lab {
                 "dev",
                 "ul0",
             ])?;
-            sys::run(&["ip", "-n", &netns, "link", "set", "ul0", "up"])?;
+            sys::run(&[
+                "ip", "-n", &netns, "link", "set", "ul0", "mtu", &mtu_s, "up",
+            ])?;
+            // The node's interface to the outside segment, for macvlan links.
+            sys::run(&[
+                "ip", "-n", &ext, "link", "add", &ul_end, "type", "veth", "peer", "name", "eth0",
+                "netns", &netns,
+            ])?;
+            sys::run(&[
+                "ip", "-n", &ext, "link", "set", &ul_end, "master", "br0", "up",
+            ])?;
+            sys::run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
             let base = u32::from(POD_NET) + (i as u32 - 1) * block;
             let pod_cidr = format!("{}/{plen}", Ipv4Addr::from(base));
             let ndir = self.dir.join(&name);
@@ -757,7 +802,12 @@ impl Lab {
             .into_iter()
             .filter(|s| s.starts_with(&pre))
             .collect();
-        names.sort_by_key(|s| (s.ends_with("ul"), s.contains("-node")));
+        names.sort_by_key(|s| {
+            (
+                s.ends_with("-ul") || s.ends_with("-ext"),
+                s.contains("-node"),
+            )
+        });
         for name in names {
             if sys::run_quiet(&["ip", "netns", "delete", &name]) {
                 n += 1;
@@ -1014,6 +1064,22 @@ fn verify_link(st: &LabState, l: &LinkView) -> Vec<(bool, String)> {
                     r.err().unwrap_or_default()
                 ),
             ));
+            // Addressed on the external segment: it must reach the external device.
+            let on_ext = l.a.ip.parse::<ipnet::IpNet>().is_ok_and(|n| {
+                EXTERNAL_NET
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|e| e.contains(&n.addr()))
+            });
+            if on_ext {
+                out.push((
+                    ping(&ns_a, EXTERNAL_DEVICE),
+                    format!(
+                        "{} ping {} -> {EXTERNAL_DEVICE} (external device)",
+                        l.label(),
+                        l.a.pod
+                    ),
+                ));
+            }
         }
         return out;
     };

@@ -40,6 +40,9 @@ enum Cmd {
         /// Seconds to wait for every link to come up.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// MTU of the underlay between nodes.
+        #[arg(long, default_value_t = 1500)]
+        underlay_mtu: u32,
         /// cniVersion of the node's conflist.
         #[arg(long, default_value = "0.3.1")]
         cni_version: String,
@@ -159,6 +162,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             parallel,
             timeout,
             cni_version,
+            underlay_mtu,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -167,6 +171,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 parallel,
                 timeout: Duration::from_secs(timeout),
                 cni_version,
+                underlay_mtu,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;

@@ -486,15 +486,44 @@ fn duplicate_uid_in_a_pod_is_invalid_there_and_at_the_peer() {
 }
 
 #[test]
-fn localhost_peer_is_invalid_for_now() {
+fn localhost_peer_is_a_macvlan_on_the_named_node_interface() {
     let mut p = r1("default");
-    p.spec.links.push(link(20, "localhost", "eth20", "ens3"));
+    let mut l = link(20, "localhost", "eth20", "ens3");
+    l.local_ip = "192.0.2.20/24".into();
+    l.mtu = Some(1400);
+    p.spec.links.push(l);
     let plans = plan(&[alive_on(p, NODE), alive_on(r2("default"), NODE)]);
-    assert_invalid(action(&plans, "default", "r1", 20), "not supported");
+    match action(&plans, "default", "r1", 20) {
+        Action::Macvlan { parent, end, mtu } => {
+            assert_eq!(parent, "ens3");
+            assert_eq!(end.ifname, "eth20");
+            assert_eq!(end.ip, Some("192.0.2.20/24".parse().expect("cidr")));
+            assert_eq!(end.netns, PathBuf::from(netns_path("default", "r1")));
+            assert_eq!(*mtu, Some(1400));
+        }
+        other => panic!("want Macvlan, got {other:?}"),
+    }
     assert!(matches!(
         action(&plans, "default", "r1", 1),
         Action::Veth(_)
     ));
+}
+
+#[test]
+fn vni_is_stable_per_namespace_and_uid() {
+    use crate::plan::vni;
+    assert_eq!(vni("default", 1), vni("default", 1));
+    assert_ne!(vni("default", 1), vni("default", 2));
+    assert_ne!(vni("red", 1), vni("blue", 1), "same uid in two namespaces");
+    // Small uids across a few namespaces spread without clashing.
+    let mut seen = std::collections::HashSet::new();
+    for ns in ["default", "mlink", "red", "blue", "lab-1"] {
+        for uid in 0..200 {
+            let v = vni(ns, uid);
+            assert!((1..=0x00ff_ffff).contains(&v));
+            assert!(seen.insert(v), "clash at {ns}/{uid}");
+        }
+    }
 }
 
 #[test]
