@@ -320,22 +320,21 @@ impl Reconciler {
             }
         }
         let ops = Arc::clone(&self.ops);
-        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> =
-            futures::stream::iter(todo)
-                .map(|(k, w)| {
-                    let ops = Arc::clone(&ops);
-                    async move {
-                        let r = match &w {
-                            Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
-                            Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
-                            Work::Done(_) => Ok(Outcome::Unchanged),
-                        };
-                        (k, w, r)
-                    }
-                })
-                .buffer_unordered(PARALLEL_LINK_OPS)
-                .collect()
-                .await;
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
+            .map(|(k, w)| {
+                let ops = Arc::clone(&ops);
+                async move {
+                    let r = match &w {
+                        Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
+                        Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
+                        Work::Done(_) => Ok(Outcome::Unchanged),
+                    };
+                    (k, w, r)
+                }
+            })
+            .buffer_unordered(PARALLEL_LINK_OPS)
+            .collect()
+            .await;
         let mut failed: HashMap<String, String> = HashMap::new();
         for (k, w, r) in results {
             let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
