@@ -25,8 +25,7 @@ pub mod links;
 pub mod netns;
 pub mod plan;
 pub mod reconcile;
-pub mod store;
-pub mod topology;
+pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
 use store::SharedStore;

@@ -23,9 +23,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshnet_daemon::store::TopologyStore;
-use meshnet_daemon::store::file::FileStore;
-use meshnet_daemon::topology::{LOCALHOST, LinkState, PodKey, Topology};
+use meshnet_topology::store::TopologyStore;
+use meshnet_topology::store::file::FileStore;
+use meshnet_topology::topology::{LOCALHOST, LinkState, PodKey, Topology};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

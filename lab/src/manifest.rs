@@ -3,7 +3,7 @@
 //! Deployments); other kinds are ignored.
 
 use anyhow::{Context, bail};
-use meshnet_daemon::topology::{API_VERSION, Topology};
+use meshnet_topology::topology::{API_VERSION, Topology};
 use serde::Deserialize;
 use serde_yaml::Value;
 

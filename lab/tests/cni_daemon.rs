@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshnet_daemon::store::TopologyStore;
-use meshnet_daemon::store::file::FileStore;
-use meshnet_daemon::topology::{Link, Topology};
+use meshnet_topology::store::TopologyStore;
+use meshnet_topology::store::file::FileStore;
+use meshnet_topology::topology::{Link, Topology};
 use serde_json::{Value, json};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -312,7 +312,7 @@ fn del_tolerates_missing_topology_stale_sandbox_and_missing_netns() {
         "stale DEL removed the live link"
     );
     let t = rt
-        .block_on(store.get(&meshnet_daemon::topology::PodKey::new("default", "r1")))
+        .block_on(store.get(&meshnet_topology::topology::PodKey::new("default", "r1")))
         .unwrap()
         .unwrap();
     assert_eq!(t.status.container_id, "c1");
@@ -323,7 +323,7 @@ fn del_tolerates_missing_topology_stale_sandbox_and_missing_netns() {
     let (ok, _) = node.cni("DEL", "r2", "c2", &nc);
     assert!(ok);
     let t = rt
-        .block_on(store.get(&meshnet_daemon::topology::PodKey::new("default", "r2")))
+        .block_on(store.get(&meshnet_topology::topology::PodKey::new("default", "r2")))
         .unwrap()
         .unwrap();
     assert!(!t.status.is_alive());
@@ -370,7 +370,7 @@ fn add_with_a_netns_that_does_not_exist_is_refused_cleanly() {
     );
     // Nothing was recorded for the pod.
     let t = rt
-        .block_on(store.get(&meshnet_daemon::topology::PodKey::new("default", "r1")))
+        .block_on(store.get(&meshnet_topology::topology::PodKey::new("default", "r1")))
         .unwrap()
         .unwrap();
     assert!(!t.status.is_alive(), "{:?}", t.status);
