@@ -1,0 +1,52 @@
+//! `meshnet-wire`: the dataplane of the userspace "gRPC wire" (DESIGN.md §5).
+//!
+//! A wire carries the Ethernet frames of one cross-node point-to-point link between two node
+//! daemons. Frames of many wires are multiplexed over bidirectional gRPC streams, tagged by a
+//! compact [`WireId`] agreed per stream, several frames per message.
+//!
+//! This crate is, so far, its **pure core**: it never touches a socket, a file descriptor or a
+//! clock. The caller hands it bytes (and `now`) and it answers with what to do next, so all of it
+//! is unit-tested, fuzzed and benchmarked without root:
+//!
+//! - [`vnet`] — zero-copy views of the 10-byte virtio-net header and of an Ethernet header.
+//! - [`batch`] — the batch codec: many `(wire, vnet header, frame)` records in one message body,
+//!   decoded into `bytes::Bytes` slices without copying.
+//! - [`batching`] — the batching policy: when to flush (nothing more ready, size or count bound).
+//! - [`table`] — the wire table (`WireId` ⇄ link identity) and the per-wire counters.
+//! - [`endpoint`] — the one frame-I/O trait every endpoint implements ([`endpoint::FrameEndpoint`]),
+//!   an in-memory pair and a fault-injecting wrapper for tests.
+//! - [`fault`] — the seeded loss/duplication/reordering/delay queue behind that wrapper and the
+//!   deterministic simulations.
+//!
+//! # Where the unsafe part goes
+//!
+//! TAP (`/dev/net/tun` ioctls, `IFF_VNET_HDR`, `TUNSETOFFLOAD`) and AF_PACKET (`PACKET_VNET_HDR`,
+//! `TPACKET_V3` mmap rings) will live in one module, `wire::sys`, the only place allowed `unsafe`.
+//! When it lands, the crate attribute below becomes `#![deny(unsafe_code)]` with
+//! `#[allow(unsafe_code)] mod sys;` (a `forbid` cannot be lifted for one module), every `unsafe`
+//! block keeps a `// SAFETY:` comment, and raw fds are wrapped in `OwnedFd` as soon as a syscall
+//! returns them. The flag words it applies (offload bits, ifreq flags) are computed by pure,
+//! tested functions here. The tokio/tonic stream transport wraps the pure core from outside too.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+pub mod batch;
+pub mod batching;
+pub mod endpoint;
+pub mod fault;
+pub mod table;
+pub mod vnet;
+
+/// The compact id of a wire within one stream between two node daemons.
+///
+/// Ids are agreed per stream (the [`table::WireTable`] of each side maps them to the link
+/// identity `(namespace, uid)`); the same link may have different ids on different streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WireId(pub u32);
+
+impl fmt::Display for WireId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "wire#{}", self.0)
+    }
+}
