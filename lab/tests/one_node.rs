@@ -120,8 +120,8 @@ fn restart_restores_links_and_leaves_no_stray_interface() {
     assert_eq!(LabGuard::interfaces(&node).len(), before);
     assert_eq!(
         lab.namespaces().len(),
-        2 + 3,
-        "underlay, node and three pods: {:?}",
+        3 + 3,
+        "underlay, outside segment, node and three pods: {:?}",
         lab.namespaces()
     );
 }
