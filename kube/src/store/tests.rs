@@ -1,0 +1,161 @@
+use kube::core::Status;
+
+use super::*;
+
+fn key(ns: &str, name: &str) -> PodKey {
+    PodKey::new(ns, name)
+}
+
+fn api_error(code: u16, reason: &str) -> kube::Error {
+    kube::Error::Api(Box::new(Status {
+        code,
+        reason: reason.into(),
+        message: format!("{reason} happened"),
+        ..Status::default()
+    }))
+}
+
+fn object(v: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(v).expect("a DynamicObject")
+}
+
+#[test]
+fn valid_keys_pass() {
+    for (ns, name) in [
+        ("default", "r1"),
+        ("lab-1", "r1.example-2"),
+        ("a", "a"),
+        ("mlink", "0r"),
+    ] {
+        check_key(&key(ns, name)).unwrap_or_else(|e| panic!("{ns}/{name}: {e}"));
+    }
+    check_key(&key("", "r1")).expect("empty namespace means default");
+    check_key(&key("default", &"a".repeat(253))).expect("253 bytes");
+}
+
+#[test]
+fn invalid_keys_are_refused() {
+    for (ns, name) in [
+        ("default", "R1"),
+        ("Default", "r1"),
+        ("default", "r_1"),
+        ("my_ns", "r1"),
+        ("default", ""),
+        ("default", "-r1"),
+        ("default", "r1-"),
+        ("default", "r1/x"),
+        ("default", ".."),
+        ("default", "r1..x"),
+        ("default", "r1.-x"),
+        ("a.b", "r1"),
+        ("default", &"a".repeat(254)),
+    ] {
+        let k = key(ns, name);
+        assert!(
+            matches!(check_key(&k), Err(StoreError::Invalid { .. })),
+            "{ns}/{name} accepted"
+        );
+    }
+    assert!(check_key(&key(&"a".repeat(64), "r1")).is_err());
+}
+
+#[test]
+fn api_errors_map_to_store_errors() {
+    let k = key("default", "r1");
+    assert!(matches!(
+        store_error(api_error(404, "NotFound"), Some(&k)),
+        StoreError::NotFound(ref x) if *x == k
+    ));
+    assert!(matches!(
+        store_error(api_error(409, "Conflict"), Some(&k)),
+        StoreError::Conflict { ref key, .. } if *key == k
+    ));
+    for code in [400, 422] {
+        match store_error(api_error(code, "Invalid"), Some(&k)) {
+            StoreError::Invalid { key, reason } => {
+                assert_eq!(key, k);
+                assert_eq!(reason, "Invalid happened");
+            }
+            e => panic!("{code}: {e:?}"),
+        }
+    }
+    for code in [401, 403, 429, 500, 503] {
+        let e = store_error(api_error(code, "Nope"), Some(&k));
+        assert!(matches!(e, StoreError::Backend(_)), "{code}: {e:?}");
+        assert_eq!(e.metric_label(), "backend");
+    }
+    match store_error(api_error(404, "NotFound"), None) {
+        StoreError::Backend(m) => assert!(m.contains("CRD"), "{m}"),
+        e => panic!("{e:?}"),
+    }
+    let transport = kube::Error::LinesCodecMaxLineLengthExceeded;
+    assert!(matches!(
+        store_error(transport, Some(&k)),
+        StoreError::Backend(_)
+    ));
+}
+
+#[test]
+fn objects_decode_into_the_model() {
+    let t = to_model(object(json!({
+        "apiVersion": "networkop.co.uk/v1beta1",
+        "kind": "Topology",
+        "metadata": {
+            "name": "r1", "namespace": "lab", "resourceVersion": "17", "uid": "u-1",
+            "labels": {"topo": "x"}, "managedFields": [{"manager": "kubectl"}],
+            "creationTimestamp": "2025-01-01T00:00:00Z"
+        },
+        "spec": {"links": [{"uid": 1, "peer_pod": "r2", "local_intf": "eth1", "peer_intf": "eth1",
+                            "local_ip": "", "mtu": null}]},
+        "status": {"src_ip": "10.0.0.1", "skipped": null}
+    })))
+    .expect("decodes");
+    assert_eq!(t.key(), key("lab", "r1"));
+    assert_eq!(t.metadata.resource_version, "17");
+    assert_eq!(t.metadata.labels.get("topo").map(String::as_str), Some("x"));
+    assert_eq!(t.spec.links.len(), 1);
+    assert_eq!(t.spec.links[0].local_ip, "");
+    assert_eq!(t.status.src_ip, "10.0.0.1");
+    assert!(t.status.skipped.is_empty());
+
+    // No spec, no status, no apiVersion (as list items may come): an empty Topology.
+    let bare = to_model(object(
+        json!({"metadata": {"name": "r2", "namespace": "lab"}}),
+    ))
+    .expect("decodes");
+    assert!(bare.spec.links.is_empty());
+    assert_eq!(bare.api_version, model::API_VERSION);
+}
+
+#[test]
+fn undecodable_objects_are_corrupt_with_their_path() {
+    let e = to_model(object(json!({
+        "metadata": {"name": "r1", "namespace": "lab"},
+        "spec": {"links": [{"uid": "one"}]}
+    })))
+    .expect_err("uid is not a number");
+    match e {
+        StoreError::Corrupt { path, .. } => {
+            assert_eq!(path, "networkop.co.uk/v1beta1/namespaces/lab/topologies/r1");
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_outside_a_server_does_not_panic() {
+    // A client toward a closed port: the watcher fails and retries in the background.
+    let config = Config::new("https://127.0.0.1:1".parse().expect("uri"));
+    let store = KubeStore::from_client(Client::try_from(config).expect("client"));
+    let mut rx = store.watch();
+    let _rx2 = store.watch();
+    assert_eq!(store.kind(), "kube");
+    let r = tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv()).await;
+    assert!(r.is_err(), "no event without a server: {r:?}");
+    let e = store
+        .get(&key("default", "r1"))
+        .await
+        .expect_err("no server");
+    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    drop(store);
+}
