@@ -6,7 +6,7 @@
 //! [`plan`] (pure: what this node must build), [`links`] and [`netns`] (the kernel),
 //! [`reconcile`] (driving the kernel toward the plan), [`api`] (the CNI-facing gRPC service),
 //! [`http`] (metrics and health).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -20,11 +20,15 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod api;
+pub mod gwire;
 pub mod http;
+pub mod install;
 pub mod links;
 pub mod netns;
 pub mod plan;
+mod pollfd;
 pub mod reconcile;
+pub mod tapio;
 pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
@@ -79,6 +83,10 @@ pub struct Config {
     pub inter_node_link: InterNodeLink,
     /// Underlay interface for VXLAN (`HOST_INTF`); default: the one that holds `host_ip`.
     pub host_intf: Option<String>,
+    /// Port peers' wire servers listen on (all nodes use the same).
+    pub wire_port: u16,
+    /// Streams (each its own HTTP/2 connection) per peer node; must be equal on all nodes.
+    pub wire_shards: u32,
 }
 
 /// Sockets the daemon serves on, bound by the caller.
@@ -88,6 +96,8 @@ pub struct Listeners {
     pub local: UnixListener,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub http: Option<TcpListener>,
+    /// The node-to-node gRPC wire (needed when the inter-node link type is GRPC).
+    pub wire: Option<TcpListener>,
 }
 
 /// Opens the configured store.
@@ -115,6 +125,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = open_store(&config.store)?;
     let ops = Arc::new(links::Kernel::new().context("netlink socket in the node namespace")?);
+    let wire = match config.inter_node_link {
+        InterNodeLink::Grpc => Some(gwire::WireNode::new(
+            config.host_ip,
+            config.wire_port,
+            config.wire_shards,
+        )),
+        InterNodeLink::Vxlan => None,
+    };
     let reconciler = Arc::new(Reconciler::new(
         NodeIdentity {
             name: config.node_name.clone(),
@@ -124,6 +142,7 @@ pub async fn run(
         ops,
         config.inter_node_link,
         config.host_intf.clone(),
+        wire.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -163,6 +182,32 @@ pub async fn run(
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
     });
 
+    let wire_server = match (&wire, listeners.wire) {
+        (Some(node), Some(l)) => {
+            let svc = meshnet_proto::v1::wire_server::WireServer::new(gwire::WireService(
+                Arc::clone(node),
+            ))
+            .max_decoding_message_size(gwire::MAX_MESSAGE)
+            .max_encoding_message_size(gwire::MAX_MESSAGE);
+            let server = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(gwire::STREAM_WINDOW)
+                .initial_connection_window_size(gwire::CONNECTION_WINDOW)
+                .http2_keepalive_interval(Some(gwire::KEEPALIVE))
+                .http2_keepalive_timeout(Some(gwire::KEEPALIVE_TIMEOUT))
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    stopped(),
+                );
+            Some(tokio::spawn(server))
+        }
+        (Some(_), None) => {
+            anyhow::bail!("INTER_NODE_LINK_TYPE=GRPC needs the wire listener (--wire-addr)")
+        }
+        _ => None,
+    };
+
     let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready));
     let grpc = tonic::transport::Server::builder()
         .add_service(meshnet_proto::v1::local_server::LocalServer::new(api))
@@ -176,6 +221,9 @@ pub async fn run(
     grpc.await?.context("local API server")?;
     if let Some(h) = http {
         h.await?.context("HTTP server")?;
+    }
+    if let Some(w) = wire_server {
+        w.await?.context("wire server")?;
     }
     watch.await?;
     Ok(())

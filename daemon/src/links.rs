@@ -351,7 +351,10 @@ impl Kernel {
         Ok(Kernel { node })
     }
 
-    async fn lookup(netns: &Path, ifname: &str) -> Result<Option<IfaceState>, LinkError> {
+    pub(crate) async fn lookup(
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<IfaceState>, LinkError> {
         let name = ifname.to_string();
         let (ns, n2) = (netns.to_path_buf(), name.clone());
         netns::in_netns(netns, move |h| async move { get_iface(&h, &n2).await })
@@ -359,7 +362,11 @@ impl Kernel {
             .map_err(|e| LinkError::netlink("look up", &name, &ns, e))
     }
 
-    async fn configure(end: &EndSpec, alias: &str, mtu: Option<u32>) -> Result<bool, LinkError> {
+    pub(crate) async fn configure(
+        end: &EndSpec,
+        alias: &str,
+        mtu: Option<u32>,
+    ) -> Result<bool, LinkError> {
         let (name, ip, alias_s) = (end.ifname.clone(), end.ip, alias.to_string());
         let ns = end.netns.clone();
         netns::in_netns(&end.netns, move |h| async move {
@@ -379,7 +386,7 @@ impl Kernel {
         .await?
     }
 
-    async fn delete_in(netns: &Path, ifname: &str) -> Result<(), LinkError> {
+    pub(crate) async fn delete_in(netns: &Path, ifname: &str) -> Result<(), LinkError> {
         let name = ifname.to_string();
         let ns = netns.to_path_buf();
         netns::in_netns(netns, move |h| async move {
@@ -511,7 +518,7 @@ fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
         && spec.b.mac.is_none_or(|m| b.mac == Some(m.0))
 }
 
-fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
+pub(crate) fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
     if !st.up {
         return Some(format!("{} is down", end.ifname));
     }

@@ -42,6 +42,13 @@ struct Args {
     /// Underlay interface for VXLAN links (default: the interface that holds --host-ip).
     #[arg(long, env = "HOST_INTF")]
     host_intf: Option<String>,
+    /// Listen address of the node-to-node gRPC wire (used with INTER_NODE_LINK_TYPE=GRPC).
+    #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "0.0.0.0:51111")]
+    wire_addr: SocketAddr,
+    /// Streams per peer node (each its own HTTP/2 connection); default: one per core, at most 4.
+    /// Must be the same on every node.
+    #[arg(long, env = "MESHNET_WIRE_SHARDS")]
+    wire_shards: Option<u32>,
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -110,6 +117,15 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {addr}"))?,
         )
     };
+    let wire = if args.inter_node_link_type == InterNodeLink::Grpc {
+        Some(
+            tokio::net::TcpListener::bind(args.wire_addr)
+                .await
+                .with_context(|| format!("binding the wire port {}", args.wire_addr))?,
+        )
+    } else {
+        None
+    };
     let config = Config {
         node_name: args.node_name,
         host_ip: args.host_ip,
@@ -117,10 +133,14 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         inter_node_link: args.inter_node_link_type,
         host_intf: args.host_intf.filter(|s| !s.is_empty()),
+        wire_port: args.wire_addr.port(),
+        wire_shards: args
+            .wire_shards
+            .unwrap_or_else(meshnet_daemon::gwire::WireNode::default_shards),
     };
     let r = meshnet_daemon::run(
         config,
-        Listeners { local, http },
+        Listeners { local, http, wire },
         Some(metrics),
         shutdown_signal(),
     )

@@ -33,8 +33,9 @@ pub enum Action {
         end: EndSpec,
         mtu: Option<u32>,
     },
-    /// Nothing to build yet.
-    Pending(String),
+    /// The peer is not alive (or has no Topology yet): nothing to build toward it. With the gRPC
+    /// wire the pod still gets its half (carrier down), built from `decl`.
+    Pending { reason: String, decl: LinkDecl },
     /// The declaration cannot be built as written.
     Invalid(String),
 }
@@ -133,7 +134,10 @@ fn plan_peer(
     let key = t.key();
     let peer_key = PodKey::new(&key.namespace, &d.peer_pod);
     let Some(q) = by_key.get(&peer_key) else {
-        return Action::Pending(format!("peer pod {peer_key} has no Topology"));
+        return Action::Pending {
+            reason: format!("peer pod {peer_key} has no Topology"),
+            decl: d.clone(),
+        };
     };
     let qd = match checked.get(&peer_key).and_then(|m| m.get(&d.uid)) {
         None => {
@@ -155,7 +159,10 @@ fn plan_peer(
         Err(e) => return Action::Invalid(e),
     };
     if !q.status.is_alive() {
-        return Action::Pending(format!("waiting for peer pod {peer_key}"));
+        return Action::Pending {
+            reason: format!("waiting for peer pod {peer_key}"),
+            decl: merged,
+        };
     }
     if !same_node(&q.status.src_ip, node_ip) {
         return Action::Remote {

@@ -18,10 +18,12 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::InterNodeLink;
+use crate::gwire::{LinkLabels, WireNode};
 use crate::links::{
     self, EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec, VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
+use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
 use crate::topology::LinkDecl;
 
 /// UDP port of meshnet's VXLAN links (IANA).
@@ -135,6 +137,7 @@ impl Memo {
             let touches = match w {
                 Work::Veth(s) => s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns,
                 Work::Single(s) => s.end.netns.as_os_str() == net_ns,
+                Work::Wire(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Done(_) => false,
             };
             !(ns == namespace && touches)
@@ -150,6 +153,8 @@ pub struct Reconciler {
     inter_node: InterNodeLink,
     /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
     host_intf: Option<String>,
+    /// The gRPC wire, when `inter_node` is GRPC.
+    wire: Option<Arc<WireNode>>,
     memo: Mutex<Memo>,
 }
 
@@ -177,6 +182,7 @@ impl Reconciler {
         ops: Arc<dyn LinkOps>,
         inter_node: InterNodeLink,
         host_intf: Option<String>,
+        wire: Option<Arc<WireNode>>,
     ) -> Self {
         Reconciler {
             node,
@@ -184,6 +190,7 @@ impl Reconciler {
             ops,
             inter_node,
             host_intf,
+            wire,
             memo: Mutex::new(Memo::default()),
         }
     }
@@ -205,6 +212,25 @@ impl Reconciler {
         self.run_locked(&mut memo, depth).await
     }
 
+    /// A link's result, with a wire's carrier taken into account: a wire is up only when the
+    /// peer's half is connected.
+    fn wire_result(&self, w: Work, failed: &HashMap<String, String>) -> LinkResult {
+        if let (Work::Wire(spec), Some(node)) = (&w, &self.wire)
+            && !failed.contains_key(&spec.alias)
+        {
+            return match node.carrier(&spec.key) {
+                Some(true) => LinkResult::Up { kind: "grpc" },
+                _ => LinkResult::Pending(match spec.peer {
+                    Some(ip) => format!(
+                        "half ready, carrier down: waiting for the peer's half on node {ip}"
+                    ),
+                    None => "half ready, carrier down: waiting for the peer pod".to_string(),
+                }),
+            };
+        }
+        w.result(failed)
+    }
+
     /// Turns the pure plan into work for this node: applies the inter-node link type, the
     /// underlay, node interfaces for macvlan and the VNI uniqueness rule. Parallel to `plans`.
     async fn resolve(&self, plans: &[PodPlan]) -> Vec<Vec<Work>> {
@@ -216,7 +242,14 @@ impl Reconciler {
             for l in &p.links {
                 let w = match &l.action {
                     Action::Veth(spec) => Work::Veth(spec.clone()),
-                    Action::Pending(m) => Work::Done(LinkResult::Pending(m.clone())),
+                    // With the gRPC wire a half needs no peer: the pod gets its interface now,
+                    // carrier down until the peer's half connects.
+                    Action::Pending { decl, .. } if self.inter_node == InterNodeLink::Grpc => {
+                        wire_work(p, l, decl, None)
+                    }
+                    Action::Pending { reason, .. } => {
+                        Work::Done(LinkResult::Pending(reason.clone()))
+                    }
                     Action::Invalid(m) => Work::Done(LinkResult::Invalid(m.clone())),
                     Action::Macvlan { parent, end, mtu } => {
                         if !parents.contains_key(parent) {
@@ -248,12 +281,15 @@ impl Reconciler {
                         }
                     }
                     Action::Remote { peer_node_ip, decl } => match self.inter_node {
-                        InterNodeLink::Grpc => Work::Done(LinkResult::Failed {
-                            kind: "grpc",
-                            message: format!(
-                                "peer is on node {peer_node_ip}: the gRPC wire is not in this build"
-                            ),
-                        }),
+                        InterNodeLink::Grpc => match peer_node_ip.parse::<IpAddr>() {
+                            Ok(ip) => wire_work(p, l, decl, Some(ip)),
+                            Err(_) => Work::Done(LinkResult::Failed {
+                                kind: "grpc",
+                                message: format!(
+                                    "peer node address {peer_node_ip:?} is not an IP address"
+                                ),
+                            }),
+                        },
                         InterNodeLink::Vxlan => {
                             if underlay.is_none() {
                                 underlay = Some(
@@ -320,12 +356,18 @@ impl Reconciler {
             }
         }
         let ops = Arc::clone(&self.ops);
+        let wire = self.wire.clone();
         let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
             .map(|(k, w)| {
                 let ops = Arc::clone(&ops);
+                let wire = wire.clone();
                 async move {
                     let r = match &w {
                         Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
+                        Work::Wire(spec) => match &wire {
+                            Some(node) => crate::tapio::ensure_half(node, spec, Mode::Repair).await,
+                            None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
+                        },
                         Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
                         Work::Done(_) => Ok(Outcome::Unchanged),
                     };
@@ -357,6 +399,18 @@ impl Reconciler {
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
+        if let Some(node) = &self.wire {
+            let mut halves = HashSet::new();
+            let mut peers = HashSet::new();
+            for w in works.iter().flatten() {
+                if let Work::Wire(spec) = w {
+                    halves.insert(spec.key.clone());
+                    peers.extend(spec.peer);
+                }
+            }
+            node.retain(&halves);
+            node.set_allowed(peers);
+        }
 
         let mut reports = Vec::new();
         for (p, ws) in plans.iter().zip(works) {
@@ -367,7 +421,7 @@ impl Reconciler {
                     .links
                     .iter()
                     .cloned()
-                    .zip(ws.into_iter().map(|w| w.result(&failed)))
+                    .zip(ws.into_iter().map(|w| self.wire_result(w, &failed)))
                     .collect(),
             };
             self.write_status(p, &report).await;
@@ -617,6 +671,10 @@ impl Reconciler {
             let verified = match &w {
                 Work::Veth(spec) => self.ops.ensure_veth(spec, Mode::Verify).await,
                 Work::Single(spec) => self.ops.ensure_single(spec, Mode::Verify).await,
+                Work::Wire(spec) => match &self.wire {
+                    Some(node) => crate::tapio::ensure_half(node, spec, Mode::Verify).await,
+                    None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
+                },
                 Work::Done(_) => Ok(Outcome::Unchanged),
             };
             if let Err(e) = verified {
@@ -627,7 +685,7 @@ impl Reconciler {
                     message: e.to_string(),
                 });
             }
-            links.push((l.clone(), w.result(&HashMap::new())));
+            links.push((l.clone(), self.wire_result(w, &HashMap::new())));
         }
         Ok(Some(PodReport {
             key: key.clone(),
@@ -666,11 +724,23 @@ impl Reconciler {
     ) {
         let mut events = self.store.watch();
         let mut tick = tokio::time::interval(resync);
+        let carrier = self.wire.as_ref().map(|w| Arc::clone(&w.changed));
         tokio::pin!(shutdown);
         loop {
+            let carrier_changed = async {
+                match &carrier {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let depth = tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => Depth::Full,
+                // A wire's carrier changed: its link's status follows.
+                _ = carrier_changed => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Depth::Changes
+                }
                 ev = events.recv() => {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
                         tracing::error!("store watch closed; relying on periodic resync");
@@ -699,6 +769,7 @@ type LinkKey = (String, i64);
 enum Work {
     Veth(VethSpec),
     Single(SingleSpec),
+    Wire(WireSpec),
     /// Nothing to build: the result is already known.
     Done(LinkResult),
 }
@@ -708,6 +779,7 @@ impl Work {
         match self {
             Work::Veth(s) => Some(&s.alias),
             Work::Single(s) => Some(&s.alias),
+            Work::Wire(s) => Some(&s.alias),
             Work::Done(_) => None,
         }
     }
@@ -716,6 +788,7 @@ impl Work {
         match self {
             Work::Veth(_) => "veth",
             Work::Single(s) => s.kind.name(),
+            Work::Wire(_) => "grpc",
             Work::Done(r) => r.kind(),
         }
     }
@@ -733,6 +806,34 @@ impl Work {
             },
         }
     }
+}
+
+/// The pod's half of a gRPC wire (its TAP); `peer` is the peer pod's node once it is alive.
+fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAddr>) -> Work {
+    Work::Wire(WireSpec {
+        key: (p.key.namespace.clone(), l.uid),
+        alias: links::alias(
+            &p.key.namespace,
+            l.uid,
+            "grpc",
+            plan::short(&p.container_id),
+        ),
+        end: EndSpec {
+            netns: p.net_ns.clone().into(),
+            ifname: decl.local_intf.clone(),
+            ip: decl.local_ip,
+            mac: decl.local_mac,
+        },
+        mtu: decl.mtu.unwrap_or(DEFAULT_WIRE_MTU),
+        peer,
+        labels: LinkLabels {
+            namespace: p.key.namespace.clone(),
+            pod: p.key.name.clone(),
+            interface: decl.local_intf.clone(),
+            peer_pod: decl.peer_pod.clone(),
+            uid: l.uid,
+        },
+    })
 }
 
 /// Bytes VXLAN adds on the underlay: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) +

@@ -285,6 +285,9 @@ impl Lab {
                 self.name
             );
         }
+        if opts.link != "vxlan" && opts.link != "grpc" {
+            bail!("--link {:?}: want vxlan or grpc", opts.link);
+        }
         if opts.nodes == 0 || opts.nodes > MAX_NODES {
             bail!("--nodes {}: want 1..={MAX_NODES}", opts.nodes);
         }
@@ -343,7 +346,7 @@ impl Lab {
                 pods.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
             }
         }
-        let placed = place(&pods, &st.nodes);
+        let placed = place(&pods, &st.nodes, 0);
         if opts.parallel {
             let results: Vec<anyhow::Result<PodState>> = std::thread::scope(|s| {
                 let handles: Vec<_> = placed
@@ -453,6 +456,11 @@ impl Lab {
                 "ip", "-n", &ext, "link", "set", &ul_end, "master", "br0", "up",
             ])?;
             sys::run(&["ip", "-n", &netns, "link", "set", "eth0", "up"])?;
+            if st.link == "grpc" {
+                // Prove the point of the gRPC wire: VXLAN (UDP 4789) cannot leave a node; only
+                // TCP to the daemons' wire port crosses the underlay.
+                block_vxlan(&netns)?;
+            }
             let base = u32::from(POD_NET) + (i as u32 - 1) * block;
             let pod_cidr = format!("{}/{plen}", Ipv4Addr::from(base));
             let ndir = self.dir.join(&name);
@@ -667,6 +675,134 @@ impl Lab {
         r.map(|_| ())
     }
 
+    /// `apply FILE`: stores the file's Topologies and starts its pods that are not running yet,
+    /// then waits for their links (what `kubectl apply` of more objects does to a cluster).
+    ///
+    /// # Errors
+    /// The lab is not up, the manifest is bad, or links did not come up in time.
+    pub fn apply(&self, file: &Path, timeout: Duration) -> anyhow::Result<Vec<String>> {
+        let mut st = self.load()?;
+        let text =
+            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let m =
+            manifest::parse(&text, "default").with_context(|| format!("in {}", file.display()))?;
+        let store = self.store()?;
+        for t in &m.topologies {
+            block_on(store.apply(t)).with_context(|| format!("storing Topology {}", t.key()))?;
+        }
+        let running: HashSet<PodKey> = st.pods.iter().map(PodState::key).collect();
+        let new: Vec<PodDecl> = m
+            .pods
+            .into_iter()
+            .filter(|p| !running.contains(&PodKey::new(&p.namespace, &p.name)))
+            .collect();
+        let mut started = Vec::new();
+        for (p, node) in place(&new, &st.nodes, st.pods.len()) {
+            let ps = self.start_pod(&st, &p, &node, 1)?;
+            started.push(format!("{}/{}", ps.namespace, ps.name));
+            st.pods.push(ps);
+            self.save(&st)?;
+        }
+        self.wait_links(&st, None, timeout)?;
+        Ok(started)
+    }
+
+    /// `daemon NODE stop|start|kill`: SIGTERM (and wait), start again, or SIGKILL a node's
+    /// daemon. Pods and their interfaces are left alone.
+    ///
+    /// # Errors
+    /// Unknown node or action; the daemon does not come up.
+    pub fn daemon(&self, node: &str, action: &str) -> anyhow::Result<String> {
+        let mut st = self.load()?;
+        let i = st
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .with_context(|| format!("no node {node:?} in lab {:?}", self.name))?;
+        let pid = st.nodes[i]
+            .pid
+            .filter(|p| kill(Pid::from_raw(*p), None).is_ok());
+        let msg = match (action, pid) {
+            ("stop", Some(p)) => {
+                stop_process(p);
+                st.nodes[i].pid = None;
+                format!("meshnetd on {node} stopped (pid {p})")
+            }
+            ("kill", Some(p)) => {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while kill(Pid::from_raw(p), None).is_ok() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                st.nodes[i].pid = None;
+                format!("meshnetd on {node} killed (pid {p})")
+            }
+            ("stop" | "kill", None) => format!("meshnetd on {node} is not running"),
+            ("start", Some(p)) => format!("meshnetd on {node} is already running (pid {p})"),
+            ("start", None) => {
+                self.start_daemon(&mut st, i, &find_bin("meshnetd")?)?;
+                format!(
+                    "meshnetd on {node} started (pid {})",
+                    st.nodes[i].pid.unwrap_or_default()
+                )
+            }
+            (other, _) => bail!("daemon action {other:?}: want stop, start or kill"),
+        };
+        self.save(&st)?;
+        Ok(msg)
+    }
+
+    /// `node NODE down|up`: cuts (or restores) a node's underlay, as a failed NIC or switch port
+    /// would; the daemon keeps running.
+    ///
+    /// # Errors
+    /// Unknown node or action.
+    pub fn node(&self, node: &str, action: &str) -> anyhow::Result<String> {
+        let st = self.load()?;
+        let n = st
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node {node:?} in lab {:?}", self.name))?;
+        let state = match action {
+            "down" | "up" => action,
+            other => bail!("node action {other:?}: want down or up"),
+        };
+        sys::run(&[
+            "ip",
+            "-n",
+            &st.underlay_netns,
+            "link",
+            "set",
+            &format!("n{}", &n.name["node".len()..]),
+            state,
+        ])?;
+        Ok(format!("underlay of {node} {state}"))
+    }
+
+    /// `metrics NODE`: the Prometheus exposition of a node's daemon.
+    ///
+    /// # Errors
+    /// Unknown node, or the daemon does not answer.
+    pub fn metrics(&self, node: &str) -> anyhow::Result<String> {
+        let st = self.load()?;
+        let n = st
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node {node:?} in lab {:?}", self.name))?;
+        sys::run_in(
+            &n.netns,
+            &[
+                "curl",
+                "-sSf",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{HTTP_PORT}/metrics"),
+            ],
+        )
+    }
+
     /// `restart POD`: DEL, a new sandbox (new namespace and container id), ADD; waits for the
     /// pod's links.
     ///
@@ -817,6 +953,37 @@ impl Lab {
     }
 }
 
+/// Drops every UDP 4789 (VXLAN) packet a node sends, and counts it.
+fn block_vxlan(netns: &str) -> anyhow::Result<()> {
+    let nft = |args: &[&str]| {
+        let mut full = vec!["ip", "netns", "exec", netns, "nft"];
+        full.extend_from_slice(args);
+        sys::run(&full)
+    };
+    nft(&["add", "table", "inet", "meshnet_lab"])?;
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "meshnet_lab",
+        "out",
+        "{ type filter hook output priority 0; policy accept; }",
+    ])?;
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "meshnet_lab",
+        "out",
+        "udp",
+        "dport",
+        "4789",
+        "counter",
+        "drop",
+    ])?;
+    Ok(())
+}
+
 fn stop_process(pid: i32) {
     let p = Pid::from_raw(pid);
     if kill(p, Signal::SIGTERM).is_err() {
@@ -832,10 +999,11 @@ fn stop_process(pid: i32) {
     let _ = kill(p, Signal::SIGKILL);
 }
 
-/// Pods to nodes: `spec.nodeName` when it names a lab node, else round-robin.
-fn place(pods: &[PodDecl], nodes: &[NodeState]) -> Vec<(PodDecl, String)> {
+/// Pods to nodes: `spec.nodeName` when it names a lab node, else round-robin, continuing after
+/// the `already` pods the lab runs (so pods added later spread like the first ones).
+fn place(pods: &[PodDecl], nodes: &[NodeState], already: usize) -> Vec<(PodDecl, String)> {
     let names: HashSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut next = 0;
+    let mut next = already;
     pods.iter()
         .map(|p| {
             let node = match &p.node_name {

@@ -67,6 +67,26 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Store more Topologies and start the file's pods that are not running yet.
+    Apply {
+        file: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stop (SIGTERM), start, or kill (SIGKILL) a node's daemon; pods are left alone.
+    Daemon {
+        node: String,
+        /// stop, start or kill
+        action: String,
+    },
+    /// Cut (down) or restore (up) a node's underlay.
+    Node {
+        node: String,
+        /// down or up
+        action: String,
+    },
+    /// Print a node daemon's /metrics.
+    Metrics { node: String },
     /// Remove everything the lab made.
     Down,
 }
@@ -202,6 +222,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
             lab.restart(&pod, Duration::from_secs(timeout))?;
             println!("pod {pod} restarted; its links are up");
         }
+        Cmd::Apply { file, timeout } => {
+            let started = lab.apply(&file, Duration::from_secs(timeout))?;
+            println!(
+                "started {} pods ({}); all links up",
+                started.len(),
+                started.join(", ")
+            );
+        }
+        Cmd::Daemon { node, action } => println!("{}", lab.daemon(&node, &action)?),
+        Cmd::Node { node, action } => println!("{}", lab.node(&node, &action)?),
+        Cmd::Metrics { node } => print!("{}", lab.metrics(&node)?),
         Cmd::Down => {
             for l in lab.down()? {
                 println!("{l}");

@@ -155,7 +155,9 @@ fn veth<'a>(plans: &'a [PodPlan], ns: &str, name: &str, uid: i64) -> &'a VethSpe
 
 fn assert_pending(a: &Action, what: &str) {
     match a {
-        Action::Pending(m) => assert!(m.contains(what), "pending message {m:?} lacks {what:?}"),
+        Action::Pending { reason: m, .. } => {
+            assert!(m.contains(what), "pending message {m:?} lacks {what:?}")
+        }
         other => panic!("expected Pending mentioning {what:?}, got {other:?}"),
     }
 }
