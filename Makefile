@@ -3,7 +3,21 @@ CARGO ?= cargo
 LAB_BIN := target/debug/meshnet-lab
 DEMO_LAB ?= demo
 
-.PHONY: all build deps demo lab lab-down test fmt clippy
+# The kind cluster and the image (`make up docker install e2e`, the seed's local demo).
+KIND ?= kind
+KUBECTL ?= kubectl
+CLUSTER ?= meshnet
+# Fully qualified, so that podman's name matches what the kubelet asks containerd for
+# (podman would otherwise store "meshnet/meshnet" as localhost/meshnet/meshnet).
+IMAGE ?= docker.io/meshnet/meshnet:latest
+# docker when a Docker engine answers, else podman.
+CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE_CONTEXT := target/image-context
+# `make grpc=1 install`: the gRPC wire between nodes instead of VXLAN.
+MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
+
+.PHONY: all build deps demo lab lab-down test fmt clippy \
+	up down docker install uninstall e2e crdgen bench
 
 all: build
 
@@ -43,3 +57,50 @@ clippy:
 ## test: everything CI runs — format, lints, then every test (root: namespaces are real).
 test: deps fmt clippy build
 	$(CARGO) test --workspace
+
+## up: a local 3-node kind cluster (kind.yaml: one control plane, two workers, kindnet).
+up:
+	$(KIND) create cluster --name $(CLUSTER) --config kind.yaml
+
+## down: delete it.
+down:
+	$(KIND) delete cluster --name $(CLUSTER)
+
+## docker: the DaemonSet image (Dockerfile; FROM scratch, so nothing is pulled).
+docker:
+	$(CARGO) build --release -p meshnet-daemon -p meshnet-cni --bins
+	scripts/image-context.sh release $(IMAGE_CONTEXT)
+	$(CONTAINER_ENGINE) build -f Dockerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+
+## install: load the image into the kind cluster and apply the manifests (grpc=1: gRPC wire).
+install:
+	$(CONTAINER_ENGINE) save -o target/meshnet-image.tar $(IMAGE)
+	$(KIND) load image-archive target/meshnet-image.tar --name $(CLUSTER)
+	$(KUBECTL) apply -k $(MANIFESTS)
+	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=180s
+
+## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster.
+uninstall:
+	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
+
+## e2e: tests/3node.yml on the cluster; every link pinged from both ends.
+E2E_PINGS := r1:12.12.12.2 r1:13.13.13.3 r2:12.12.12.1 r2:23.23.23.3 r3:13.13.13.1 r3:23.23.23.2
+e2e:
+	$(KUBECTL) apply -f tests/3node.yml
+	$(KUBECTL) wait --for=condition=Ready pod -l test=3node --timeout=300s
+	@set -e; for p in $(E2E_PINGS); do \
+		pod=$${p%%:*}; ip=$${p#*:}; \
+		echo "$$pod -> $$ip"; \
+		$(KUBECTL) exec $$pod -- ping -c 1 -W 5 $$ip >/dev/null || { echo "FAIL: $$pod cannot reach $$ip"; exit 1; }; \
+	done; echo "e2e: all $(words $(E2E_PINGS)) pings answered"
+
+## crdgen: regenerate manifests/base/topology-crd.yaml from the Rust type (CI fails on a diff).
+crdgen:
+	$(CARGO) run -q -p meshnet-kube --bin crdgen > manifests/base/topology-crd.yaml.tmp
+	mv manifests/base/topology-crd.yaml.tmp manifests/base/topology-crd.yaml
+
+## bench: the side-by-side benchmarks on the lab (root).
+bench:
+	@$(CARGO) metadata --format-version 1 --no-deps | grep -q '"name":"meshnet-bench"' || \
+		{ echo "bench: the meshnet-bench package (bench/) does not exist yet"; exit 1; }
+	$(CARGO) run --release -p meshnet-bench -- $(BENCH_ARGS)
