@@ -57,8 +57,10 @@ impl std::str::FromStr for InterNodeLink {
 /// Where topologies are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    /// The file store in this directory.
+    /// The file store in this directory (the lab).
     File(PathBuf),
+    /// The Kubernetes API: in-cluster config, else `KUBECONFIG`.
+    Kube,
 }
 
 impl std::str::FromStr for StoreConfig {
@@ -66,7 +68,8 @@ impl std::str::FromStr for StoreConfig {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once(':') {
             Some(("file", dir)) if !dir.is_empty() => Ok(StoreConfig::File(dir.into())),
-            _ => Err(format!("store {s:?}: want file:DIR")),
+            None if s == "kube" => Ok(StoreConfig::Kube),
+            _ => Err(format!("store {s:?}: want kube or file:DIR")),
         }
     }
 }
@@ -87,6 +90,10 @@ pub struct Config {
     pub wire_port: u16,
     /// Streams (each its own HTTP/2 connection) per peer node; must be equal on all nodes.
     pub wire_shards: u32,
+    /// Chain meshnet into the node's CNI config and copy the plugin (the DaemonSet does).
+    pub install: Option<install::InstallConfig>,
+    /// Leave the CNI config and binary in place on shutdown.
+    pub keep_cni_config: bool,
 }
 
 /// Sockets the daemon serves on, bound by the caller.
@@ -104,12 +111,15 @@ pub struct Listeners {
 ///
 /// # Errors
 /// The store cannot be opened.
-pub fn open_store(cfg: &StoreConfig) -> anyhow::Result<SharedStore> {
+pub async fn open_store(cfg: &StoreConfig) -> anyhow::Result<SharedStore> {
     match cfg {
         StoreConfig::File(dir) => Ok(Arc::new(
             store::file::FileStore::open(dir)
                 .with_context(|| format!("opening file store {}", dir.display()))?,
         )),
+        StoreConfig::Kube => Ok(Arc::new(meshnet_kube::KubeStore::connect().await.context(
+            "connecting to the Kubernetes API (in-cluster config or KUBECONFIG)",
+        )?)),
     }
 }
 
@@ -123,7 +133,7 @@ pub async fn run(
     metrics_handle: Option<PrometheusHandle>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config.store)?;
+    let store = open_store(&config.store).await?;
     let ops = Arc::new(links::Kernel::new().context("netlink socket in the node namespace")?);
     let wire = match config.inter_node_link {
         InterNodeLink::Grpc => Some(gwire::WireNode::new(
@@ -152,6 +162,24 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+
+    let installer = config.install.clone().map(|cfg| {
+        match install::install(&cfg) {
+            Ok(r) => {
+                tracing::info!(primary = ?r.primary, changed = r.changed(), "CNI config installed")
+            }
+            // The primary CNI may come up after us: the watch installs as soon as it does.
+            Err(e) => tracing::warn!(error = %e, "CNI config not installed yet"),
+        }
+        let s = stopped();
+        let c = cfg.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = install::watch_and_refresh(c, s).await {
+                tracing::error!(error = %e, "CNI config watch ended");
+            }
+        });
+        (cfg, task)
+    });
 
     // Initial sync: until it succeeds the daemon is not ready.
     {
@@ -226,5 +254,16 @@ pub async fn run(
         w.await?.context("wire server")?;
     }
     watch.await?;
+    if let Some((cfg, task)) = installer {
+        let _ = task.await;
+        if config.keep_cni_config {
+            tracing::info!("keeping the CNI config and binary (--keep-cni-config)");
+        } else {
+            match install::uninstall(&cfg) {
+                Ok(_) => tracing::info!("CNI config and binary removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the CNI config"),
+            }
+        }
+    }
     Ok(())
 }

@@ -30,7 +30,7 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz ("" disables).
     #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "0.0.0.0:51112")]
     http_addr: String,
-    /// Topology store: `file:DIR`.
+    /// Topology store: `kube` (in-cluster config or KUBECONFIG) or `file:DIR`.
     #[arg(long, env = "MESHNET_STORE")]
     store: StoreConfig,
     /// Seconds between full reconciles (every link verified in the kernel).
@@ -49,6 +49,19 @@ struct Args {
     /// Must be the same on every node.
     #[arg(long, env = "MESHNET_WIRE_SHARDS")]
     wire_shards: Option<u32>,
+    /// Install meshnet into the node's CNI config found in this directory (and keep it there
+    /// while the primary config changes). Unset: no installation (the lab).
+    #[arg(long, env = "MESHNET_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where the `meshnet` plugin binary is copied.
+    #[arg(long, env = "MESHNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The `meshnet` plugin binary to copy (default: next to meshnetd).
+    #[arg(long, env = "MESHNET_CNI_BINARY")]
+    cni_binary: Option<PathBuf>,
+    /// Leave the CNI config and binary in place on shutdown (default: remove them).
+    #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG")]
+    keep_cni_config: bool,
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -126,6 +139,23 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let install = match &args.cni_conf_dir {
+        None => None,
+        Some(conf) => {
+            let binary = match &args.cni_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()
+                    .context("locating meshnetd")?
+                    .with_file_name("meshnet"),
+            };
+            let mut cfg =
+                meshnet_daemon::install::InstallConfig::new(conf, &args.cni_bin_dir, binary);
+            if args.socket != std::path::Path::new("/run/meshnet/meshnetd.sock") {
+                cfg.plugin = meshnet_daemon::install::meshnet_plugin(Some(&args.socket));
+            }
+            Some(cfg)
+        }
+    };
     let config = Config {
         node_name: args.node_name,
         host_ip: args.host_ip,
@@ -134,6 +164,8 @@ async fn main() -> anyhow::Result<()> {
         inter_node_link: args.inter_node_link_type,
         host_intf: args.host_intf.filter(|s| !s.is_empty()),
         wire_port: args.wire_addr.port(),
+        install,
+        keep_cni_config: args.keep_cni_config,
         wire_shards: args
             .wire_shards
             .unwrap_or_else(meshnet_daemon::gwire::WireNode::default_shards),

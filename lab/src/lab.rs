@@ -20,6 +20,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -59,6 +60,9 @@ pub struct NodeState {
     pub pod_cidr: String,
     pub socket: PathBuf,
     pub pid: Option<i32>,
+    /// The loopback proxy to the API server (kube store only).
+    #[serde(default)]
+    pub proxy_pid: Option<i32>,
 }
 
 /// A running pod (one sandbox).
@@ -95,6 +99,12 @@ pub struct LabState {
     pub external_netns: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    #[serde(default = "file_store")]
+    pub store: LabStore,
+}
+
+fn file_store() -> LabStore {
+    LabStore::File
 }
 
 /// Options of `up`.
@@ -108,6 +118,8 @@ pub struct UpOptions {
     pub cni_version: String,
     /// MTU of the underlay (node `ul0` and the bridge).
     pub underlay_mtu: u32,
+    /// `kube`: use the API server of this kubeconfig instead of the file store.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// In which order pods are started.
@@ -158,11 +170,20 @@ pub fn check_lab_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Holds the lab's lock for the duration of a command.
-#[derive(Debug)]
 pub struct Lab {
     pub name: String,
     pub dir: PathBuf,
+    rt: tokio::runtime::Runtime,
+    store: std::sync::OnceLock<Arc<dyn TopologyStore>>,
     _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 fn prefix(lab: &str) -> String {
@@ -212,12 +233,17 @@ fn random_hex(n: usize) -> String {
         .collect()
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime can always be built")
-        .block_on(f)
+/// Where the lab keeps its Topologies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabStore {
+    /// One file per Topology in the lab's directory.
+    File,
+    /// A Kubernetes API server (the daemons reach it through a loopback proxy in their node).
+    Kube {
+        kubeconfig: PathBuf,
+        server_port: u16,
+    },
 }
 
 impl Lab {
@@ -241,6 +267,11 @@ impl Lab {
         Ok(Lab {
             name: name.to_string(),
             dir: root.join(name),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?,
+            store: std::sync::OnceLock::new(),
             _lock: lock,
         })
     }
@@ -268,8 +299,32 @@ impl Lab {
         fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
     }
 
-    fn store(&self) -> anyhow::Result<FileStore> {
-        Ok(FileStore::open(self.dir.join("store"))?)
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The lab's Topology store: the file store, or the API server its state names.
+    fn store(&self) -> anyhow::Result<Arc<dyn TopologyStore>> {
+        if let Some(s) = self.store.get() {
+            return Ok(Arc::clone(s));
+        }
+        let kind = match self.load() {
+            Ok(st) => st.store,
+            Err(_) => LabStore::File,
+        };
+        self.open_store(&kind)
+    }
+
+    fn open_store(&self, kind: &LabStore) -> anyhow::Result<Arc<dyn TopologyStore>> {
+        let s: Arc<dyn TopologyStore> = match kind {
+            LabStore::File => Arc::new(FileStore::open(self.dir.join("store"))?),
+            LabStore::Kube { kubeconfig, .. } => Arc::new(
+                self.block_on(meshnet_kube::KubeStore::from_kubeconfig(kubeconfig))
+                    .with_context(|| format!("connecting with {}", kubeconfig.display()))?,
+            ),
+        };
+        let _ = self.store.set(Arc::clone(&s));
+        Ok(s)
     }
 
     /// `up`: builds the lab and starts every pod of `file`, then waits until every link between
@@ -325,7 +380,15 @@ impl Lab {
             external_netns: format!("{}ext", prefix(&self.name)),
             nodes: Vec::new(),
             pods: Vec::new(),
+            store: match &opts.kubeconfig {
+                None => LabStore::File,
+                Some(k) => LabStore::Kube {
+                    kubeconfig: k.clone(),
+                    server_port: kube_server_port(k)?,
+                },
+            },
         };
+        self.open_store(&st.store)?;
         self.save(&st)?;
         self.build_underlay(&mut st, opts.nodes, opts.underlay_mtu)?;
         self.save(&st)?;
@@ -335,7 +398,8 @@ impl Lab {
         }
         let store = self.store()?;
         for t in &m.topologies {
-            block_on(store.apply(t)).with_context(|| format!("storing Topology {}", t.key()))?;
+            self.block_on(store.apply(t))
+                .with_context(|| format!("storing Topology {}", t.key()))?;
         }
         let mut pods = m.pods.clone();
         match opts.order {
@@ -472,6 +536,7 @@ impl Lab {
                 pod_cidr,
                 socket: ndir.join("meshnetd.sock"),
                 pid: None,
+                proxy_pid: None,
             });
         }
         Ok(())
@@ -486,15 +551,25 @@ impl Lab {
             .open(ndir.join("meshnetd.log"))
             .context("daemon log")?;
         let _ = fs::remove_file(&node.socket);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.netns])
             .arg(meshnetd)
             .args(["--node-name", &node.name, "--host-ip", &node.ip])
             .arg("--socket")
             .arg(&node.socket)
-            .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")])
-            .arg("--store")
-            .arg(format!("file:{}", self.dir.join("store").display()))
+            .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")]);
+        match &st.store {
+            LabStore::File => {
+                cmd.arg("--store")
+                    .arg(format!("file:{}", self.dir.join("store").display()));
+            }
+            LabStore::Kube { kubeconfig, .. } => {
+                // The API server listens on the machine's loopback; the node's own loopback
+                // reaches it through the lab's proxy (see `kube_proxy`).
+                cmd.args(["--store", "kube"]).env("KUBECONFIG", kubeconfig);
+            }
+        }
+        let child = cmd
             .args(["--resync-seconds", "10", "--inter-node-link-type", &st.link])
             .env(
                 "RUST_LOG",
@@ -508,6 +583,30 @@ impl Lab {
             .context("starting meshnetd")?;
         let pid = i32::try_from(child.id()).context("pid")?;
         st.nodes[i].pid = Some(pid);
+        if let LabStore::Kube { server_port, .. } = &st.store
+            && st.nodes[i]
+                .proxy_pid
+                .is_none_or(|p| kill(Pid::from_raw(p), None).is_err())
+        {
+            let proxy = Command::new(std::env::current_exe().context("locating meshnet-lab")?)
+                .args([
+                    "kube-proxy",
+                    &format!("/run/netns/{}", st.nodes[i].netns),
+                    &server_port.to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(ndir.join("kube-proxy.log"))?,
+                )
+                .process_group(0)
+                .spawn()
+                .context("starting the API server proxy")?;
+            st.nodes[i].proxy_pid = Some(i32::try_from(proxy.id()).context("pid")?);
+        }
         // The daemon outlives this command; it is stopped by `down`.
         drop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -688,7 +787,8 @@ impl Lab {
             manifest::parse(&text, "default").with_context(|| format!("in {}", file.display()))?;
         let store = self.store()?;
         for t in &m.topologies {
-            block_on(store.apply(t)).with_context(|| format!("storing Topology {}", t.key()))?;
+            self.block_on(store.apply(t))
+                .with_context(|| format!("storing Topology {}", t.key()))?;
         }
         let running: HashSet<PodKey> = st.pods.iter().map(PodState::key).collect();
         let new: Vec<PodDecl> = m
@@ -837,7 +937,7 @@ impl Lab {
     /// # Errors
     /// The store cannot be read.
     pub fn links(&self, st: &LabState) -> anyhow::Result<Vec<LinkView>> {
-        let topos = block_on(self.store()?.list())?;
+        let topos = self.block_on(self.store()?.list())?;
         Ok(link_views(st, &topos))
     }
 
@@ -886,7 +986,7 @@ impl Lab {
     /// The lab is not up.
     pub fn verify(&self) -> anyhow::Result<(Vec<String>, usize)> {
         let st = self.load()?;
-        let topos = block_on(self.store()?.list())?;
+        let topos = self.block_on(self.store()?.list())?;
         let mut lines = Vec::new();
         let mut failures = 0;
         for l in link_views(&st, &topos) {
@@ -917,6 +1017,9 @@ impl Lab {
                 if let Some(pid) = n.pid {
                     stop_process(pid);
                     done.push(format!("stopped meshnetd on {} (pid {pid})", n.name));
+                }
+                if let Some(pid) = n.proxy_pid {
+                    stop_process(pid);
                 }
             }
         }
@@ -981,6 +1084,67 @@ fn block_vxlan(netns: &str) -> anyhow::Result<()> {
         "counter",
         "drop",
     ])?;
+    Ok(())
+}
+
+/// The API server's port, from the kubeconfig's `server: https://127.0.0.1:PORT`.
+fn kube_server_port(kubeconfig: &Path) -> anyhow::Result<u16> {
+    let text = fs::read_to_string(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", kubeconfig.display()))?;
+    let server = v["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .with_context(|| format!("{}: no clusters[0].cluster.server", kubeconfig.display()))?;
+    let rest = server
+        .strip_prefix("https://127.0.0.1:")
+        .or_else(|| server.strip_prefix("https://localhost:"))
+        .with_context(|| {
+            format!("the lab runs against an API server on this machine's loopback, not {server}")
+        })?;
+    rest.trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("port of {server}"))
+}
+
+/// `kube-proxy NETNS PORT`: listens on 127.0.0.1:PORT inside the node namespace NETNS and relays
+/// every connection to 127.0.0.1:PORT of the machine, where the API server is. The listening
+/// socket is made by a thread that entered the node's namespace (a socket stays in the
+/// namespace it was made in); connections out are made from this process's own namespace.
+///
+/// # Errors
+/// The namespace cannot be entered or the port is taken there.
+pub fn kube_proxy(netns: &Path, port: u16) -> anyhow::Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let listener = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<TcpListener> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+            TcpListener::bind(("127.0.0.1", port)).context("binding in the node namespace")
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("proxy thread panicked"))?
+    })?;
+    for conn in listener.incoming() {
+        let Ok(down) = conn else { continue };
+        std::thread::spawn(move || {
+            let Ok(up) = TcpStream::connect(("127.0.0.1", port)) else {
+                return;
+            };
+            let (Ok(down2), Ok(up2)) = (down.try_clone(), up.try_clone()) else {
+                return;
+            };
+            let a = std::thread::spawn(move || {
+                let (mut r, mut w) = (down, up);
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut r, mut w) = (up2, down2);
+            let _ = std::io::copy(&mut r, &mut w);
+            let _ = w.shutdown(std::net::Shutdown::Write);
+            let _ = a.join();
+        });
+    }
     Ok(())
 }
 

@@ -40,6 +40,10 @@ enum Cmd {
         /// Seconds to wait for every link to come up.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Use the Kubernetes API server of this kubeconfig (on this machine's loopback) as the
+        /// store, instead of the file store: every daemon runs with `--store kube`.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// MTU of the underlay between nodes.
         #[arg(long, default_value_t = 1500)]
         underlay_mtu: u32,
@@ -89,6 +93,9 @@ enum Cmd {
     Metrics { node: String },
     /// Remove everything the lab made.
     Down,
+    /// (internal) Relay 127.0.0.1:PORT inside a node namespace to the machine's loopback.
+    #[command(hide = true)]
+    KubeProxy { netns: PathBuf, port: u16 },
 }
 
 fn status(lab: &Lab, json: bool) -> anyhow::Result<()> {
@@ -172,6 +179,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
         ));
     }
+    if let Cmd::KubeProxy { netns, port } = &cli.cmd {
+        lab::kube_proxy(netns, *port)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let lab = Lab::open(&cli.lab)?;
     match cli.cmd {
         Cmd::Up {
@@ -183,6 +194,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             timeout,
             cni_version,
             underlay_mtu,
+            kubeconfig,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -192,6 +204,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout),
                 cni_version,
                 underlay_mtu,
+                kubeconfig,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;
@@ -238,7 +251,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 println!("{l}");
             }
         }
-        Cmd::Exec { .. } => unreachable!("handled above"),
+        Cmd::Exec { .. } | Cmd::KubeProxy { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
