@@ -2,7 +2,6 @@
 //! from `shared/k8s` (needs root).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)]
 #[path = "../../kube/tests/common/mod.rs"]
 mod apiserver;
 mod common;
