@@ -56,7 +56,7 @@ clippy:
 
 ## test: everything CI runs — format, lints, then every test (root: namespaces are real).
 test: deps fmt clippy build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 ## up: a local 3-node kind cluster (kind.yaml: one control plane, two workers, kindnet).
 up:

@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the lab, the demo and the tests need from Debian's packages, if missing:
 # iproute2 (ip), iputils-ping, the reference CNI plugins (ptp, host-local, portmap), iperf3,
-# ethtool, jq. Needs root (the lab makes network namespaces anyway).
-# Optional, for the image test (daemon/tests/image.rs): podman and runc, to build and run the
-# DaemonSet image with no registry; a failed optional install only warns, and that test skips.
-# (The manifest test renders with kubectl's built-in kustomize.)
+# ethtool, jq, nftables (the gRPC lab blocks VXLAN with it), curl + openssl + xz-utils (the test
+# API server), python3 (raw-frame tests), podman + runc (the image test), prometheus (promtool and
+# the scrape test). Needs root (the lab makes network namespaces anyway).
 set -euo pipefail
-optional=()
-command -v podman >/dev/null || optional+=(podman)
-command -v runc >/dev/null || command -v crun >/dev/null || optional+=(runc)
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
@@ -17,26 +13,30 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v jq >/dev/null || need+=(jq)
 command -v nsenter >/dev/null || need+=(util-linux)
-if ((${#need[@]} == 0 && ${#optional[@]} == 0)); then
+command -v nft >/dev/null || need+=(nftables)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v python3 >/dev/null || need+=(python3)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || command -v crun >/dev/null || need+=(runc)
+command -v promtool >/dev/null || need+=(prometheus)
+if ((${#need[@]} == 0)); then
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
-  if ((${#need[@]} == 0)); then
-    echo "warning: optional packages missing: ${optional[*]} (run as root to install them)" >&2
-    exit 0
-  fi
   echo "missing packages: ${need[*]} — run as root (the lab needs root anyway)" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ((${#need[@]} > 0)); then
-  echo "installing: ${need[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "installing: ${need[*]}"
+# Packages with services (prometheus) must not start them on this machine: deny service starts
+# while installing, as Debian's policy-rc.d allows.
+policy=/usr/sbin/policy-rc.d
+made_policy=
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
 fi
-if ((${#optional[@]} > 0)); then
-  echo "installing (optional): ${optional[*]}"
-  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${optional[@]}" >/dev/null; }; then
-    echo "warning: could not install ${optional[*]}: the image test will be skipped" >&2
-  fi
-fi
+trap '[[ -n $made_policy ]] && rm -f "$policy"' EXIT
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -24,6 +24,7 @@ pub mod gwire;
 pub mod http;
 pub mod install;
 pub mod links;
+pub mod metrics_desc;
 pub mod netns;
 pub mod plan;
 mod pollfd;

@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    meshnet_daemon::metrics_desc::describe();
     let local = bind_unix(&args.socket)?;
     let http = if args.http_addr.is_empty() {
         None

@@ -42,12 +42,7 @@ fn render(dir: &str) -> Option<Vec<Value>> {
         assert!(!docs.is_empty(), "{dir} rendered nothing");
         return Some(docs);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "neither kubectl nor kustomize is installed"
-    );
-    eprintln!("skipping: neither kubectl nor kustomize is installed");
-    None
+    panic!("neither kubectl nor kustomize is installed: the manifests cannot be rendered");
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
