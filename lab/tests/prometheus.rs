@@ -102,7 +102,7 @@ fn promtool_accepts_the_exposition_and_prometheus_scrapes_per_link_rates() {
         .unwrap();
     let _prom = Prometheus { child, dir };
     // Traffic while Prometheus scrapes, so rate() has something to show.
-    let ping = Command::new("ip")
+    let mut ping = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -119,9 +119,8 @@ fn promtool_accepts_the_exposition_and_prometheus_scrapes_per_link_rates() {
         .unwrap();
     let q = "rate(meshnet_link_tx_frames_total{kind=\"grpc\",pod=\"r1\",uid=\"1\"}[5s])";
     let t = Instant::now();
-    let mut last = serde_json::Value::Null;
     let found = loop {
-        last = query(&node1, q);
+        let last = query(&node1, q);
         let results = last["data"]["result"]
             .as_array()
             .cloned()
@@ -154,7 +153,8 @@ fn promtool_accepts_the_exposition_and_prometheus_scrapes_per_link_rates() {
     let ups = up["data"]["result"].as_array().cloned().unwrap_or_default();
     assert_eq!(ups.len(), 2, "{up:#}");
     assert!(ups.iter().all(|r| r["value"][1] == "1"), "{up:#}");
-    let _ = Command::new("kill").arg(ping.id().to_string()).status();
+    let _ = ping.kill();
+    let _ = ping.wait();
 }
 
 trait OutputWithStdin {
