@@ -16,7 +16,7 @@ IMAGE_CONTEXT := target/image-context
 # `make grpc=1 install`: the gRPC wire between nodes instead of VXLAN.
 MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
 
-.PHONY: all build deps demo lab lab-down test fmt clippy \
+.PHONY: all build deps demo lab lab-down test fmt clippy \ fuzz
 	up down docker install uninstall e2e crdgen bench
 
 all: build
@@ -104,3 +104,9 @@ bench:
 	@$(CARGO) metadata --format-version 1 --no-deps | grep -q '"name":"meshnet-bench"' || \
 		{ echo "bench: the meshnet-bench package (bench/) does not exist yet"; exit 1; }
 	$(CARGO) run --release -p meshnet-bench -- $(BENCH_ARGS)
+
+## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (needs a nightly toolchain and cargo-fuzz).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd wire && cargo +nightly fuzz run batch_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd cni && cargo +nightly fuzz run cni_request -- -max_total_time=$(FUZZ_SECONDS)
