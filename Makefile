@@ -16,7 +16,7 @@ IMAGE_CONTEXT := target/image-context
 # `make grpc=1 install`: the gRPC wire between nodes instead of VXLAN.
 MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
 
-.PHONY: all build deps demo lab lab-down test fmt clippy \ fuzz
+.PHONY: all build deps demo lab lab-down test fmt clippy fuzz \
 	up down docker install uninstall e2e crdgen bench
 
 all: build
