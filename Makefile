@@ -16,7 +16,7 @@ IMAGE_CONTEXT := target/image-context
 # `make grpc=1 install`: the gRPC wire between nodes instead of VXLAN.
 MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
 
-.PHONY: all build deps demo lab lab-down test fmt clippy fuzz \
+.PHONY: all build deps demo lab lab-down test fmt clippy fuzz soak \
 	up down docker install uninstall e2e crdgen bench
 
 all: build
@@ -110,3 +110,9 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd wire && cargo +nightly fuzz run batch_decode -- -max_total_time=$(FUZZ_SECONDS)
 	cd cni && cargo +nightly fuzz run cni_request -- -max_total_time=$(FUZZ_SECONDS)
+
+## soak: 10 minutes of TCP + small-frame UDP across a 3-node gRPC lab while r5 restarts every 30 s,
+## then every frame accounted for, memory bounded, every link verified (SOAK_SECONDS to change).
+SOAK_SECONDS ?= 600
+soak: deps build
+	scripts/soak.py --seconds $(SOAK_SECONDS) --flap-every 30

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Soak: mixed traffic across a 3-node gRPC-wire lab while links flap, then account for every frame.
+
+  scripts/soak.py [--seconds N] [--flap-every S] [--lab NAME] [--rss-bound-mb MB]
+
+* Lab: tests/5node.yml across 3 nodes with --link grpc (VXLAN blocked on the underlay).
+* Traffic for the whole run: TCP (iperf3) r1 -> r2 over uid 1, and 64-byte UDP frames (iperf3 -u)
+  r3 -> r4 over uid 6.
+* Flaps: pod r5 (links to r1, r2, r3, r4) is restarted every --flap-every seconds: a new sandbox,
+  its four wires torn down and rebuilt each time.
+* Afterwards, from every daemon's /metrics:
+  - for every wire whose two pods were never restarted: frames sent by one half = frames received
+    by the other + frames the receiver counted as dropped, in both directions, exactly;
+  - over all wires: sent = received + dropped at the receiver + frames for unknown wire ids (a
+    batch in flight when its receiving half was removed), exactly;
+  - every daemon's resident memory stays under --rss-bound-mb;
+  - every link verifies.
+Exit status 0 when all hold; the report says what was measured.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def lab_bin():
+    for profile in ("release", "debug"):
+        p = os.path.join(REPO, "target", profile, "meshnet-lab")
+        if os.path.exists(p):
+            return p
+    sys.exit("meshnet-lab is not built: cargo build --workspace --bins")
+
+
+def run(args, check=True, capture=True):
+    r = subprocess.run(args, capture_output=capture, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"`{' '.join(args)}` failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def metrics(lab, node):
+    text = run([LAB, "--lab", lab, "metrics", node]).stdout
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r'^([a-z_]+)(?:\{(.*)\})? ([0-9.eE+-]+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'([a-z_]+)="([^"]*)"', m.group(2) or ""))
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def pid_rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(l.split(":", 1) for l in f if ":" in l)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):
+        return None, None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=600)
+    ap.add_argument("--flap-every", type=int, default=30)
+    ap.add_argument("--lab", default="soak")
+    ap.add_argument("--rss-bound-mb", type=float, default=150.0)
+    a = ap.parse_args()
+    lab = a.lab
+    run([LAB, "--lab", lab, "down"], check=False)
+    try:
+        return soak(a, lab)
+    finally:
+        run([LAB, "--lab", lab, "down"], check=False)
+
+
+def soak(a, lab):
+    run([LAB, "--lab", lab, "up", os.path.join(REPO, "tests", "5node.yml"), "--nodes", "3", "--link", "grpc"])
+    st = json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)
+    pods = {p["name"]: p for p in st["pods"]}
+    ns = lambda pod: pods[pod]["netns"]  # noqa: E731 (r1..r4 keep their sandbox all run)
+    port_tcp, port_udp = 5401, 5402
+    run(["ip", "netns", "exec", ns("r2"), "iperf3", "-s", "-D", "-p", str(port_tcp)])
+    run(["ip", "netns", "exec", ns("r4"), "iperf3", "-s", "-D", "-p", str(port_udp)])
+    time.sleep(0.5)
+    tcp = subprocess.Popen(["ip", "netns", "exec", ns("r1"), "iperf3", "-c", "12.12.12.2", "-p", str(port_tcp),
+                            "-t", str(a.seconds), "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    udp = subprocess.Popen(["ip", "netns", "exec", ns("r3"), "iperf3", "-c", "34.34.34.4", "-p", str(port_udp),
+                            "-u", "-l", "64", "-b", "20M", "-t", str(a.seconds), "-J"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    flaps = 0
+    peak = {}
+    while time.time() - start < a.seconds:
+        time.sleep(min(a.flap_every, max(0.0, a.seconds - (time.time() - start))))
+        if time.time() - start >= a.seconds:
+            break
+        run([LAB, "--lab", lab, "restart", "r5"])
+        flaps += 1
+        for n in json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)["nodes"]:
+            rss, hwm = pid_rss_mb(n["pid"])
+            if hwm is not None:
+                peak[n["name"]] = max(peak.get(n["name"], 0.0), hwm)
+    tcp_out, _ = tcp.communicate()
+    udp_out, _ = udp.communicate()
+    time.sleep(2)  # let queues drain before reading counters
+    report = {"seconds": a.seconds, "flaps": flaps}
+    try:
+        t = json.loads(tcp_out)["end"]["sum_received"]
+        report["tcp_gbytes"] = round(t["bytes"] / 1e9, 2)
+        report["tcp_gbps"] = round(t["bits_per_second"] / 1e9, 2)
+    except (ValueError, KeyError):
+        report["tcp_error"] = tcp_out[-300:]
+    try:
+        u = json.loads(udp_out)["end"]["sum"]
+        report["udp_packets"] = u.get("packets")
+        report["udp_lost_percent"] = u.get("lost_percent")
+    except (ValueError, KeyError):
+        report["udp_error"] = udp_out[-300:]
+
+    st = json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)
+    series = []
+    for n in st["nodes"]:
+        series += metrics(lab, n["name"])
+        rss, hwm = pid_rss_mb(n["pid"])
+        report[f"{n['name']}_rss_mb"] = round(rss or 0, 1)
+        peak[n["name"]] = max(peak.get(n["name"], 0.0), hwm or 0.0)
+    report["peak_rss_mb"] = {k: round(v, 1) for k, v in peak.items()}
+
+    def total(name, **want):
+        return sum(v for (m, l, v) in series if m == name and all(l.get(k) == w for k, w in want.items()))
+
+    failures = []
+    # Per wire, for wires between pods that kept their sandbox.
+    wires = {}
+    for (m, l, v) in series:
+        if m == "meshnet_link_tx_frames_total" and l.get("kind") == "grpc":
+            wires.setdefault(l["uid"], set()).add((l["pod"], l["peer_pod"]))
+    checked = 0
+    for uid, ends in sorted(wires.items(), key=lambda x: int(x[0])):
+        for (pod, peer) in ends:
+            if "r5" in (pod, peer):
+                continue
+            tx = total("meshnet_link_tx_frames_total", uid=uid, pod=pod)
+            rx = total("meshnet_link_rx_frames_total", uid=uid, pod=peer)
+            dr = total("meshnet_link_drops_total", uid=uid, pod=peer)
+            checked += 1
+            if tx != rx + dr:
+                failures.append(f"uid {uid} {pod}->{peer}: sent {tx:.0f} != received {rx:.0f} + dropped {dr:.0f}")
+    report["wires_checked_exactly"] = checked
+    tx = total("meshnet_link_tx_frames_total")
+    rx = total("meshnet_link_rx_frames_total")
+    rx_drops = sum(v for (m, l, v) in series if m == "meshnet_link_drops_total" and l.get("reason") in ("queue_full", "oversize", "io_error"))
+    unknown = total("meshnet_wire_unknown_wire_frames_total")
+    report.update(sent=tx, received=rx, dropped_at_receiver=rx_drops, unknown_wire=unknown,
+                  peer_down=total("meshnet_link_drops_total", reason="peer_down"))
+    if tx != rx + rx_drops + unknown:
+        failures.append(f"all wires: sent {tx:.0f} != received {rx:.0f} + dropped {rx_drops:.0f} + unknown {unknown:.0f}")
+    for node, mb in peak.items():
+        if mb > a.rss_bound_mb:
+            failures.append(f"{node}: daemon peak RSS {mb:.1f} MB over the bound {a.rss_bound_mb} MB")
+    v = run([LAB, "--lab", lab, "verify"], check=False)
+    report["verify"] = v.stdout.strip().splitlines()[-1] if v.stdout.strip() else v.stderr.strip()
+    if v.returncode != 0:
+        failures.append("verify failed:\n" + v.stdout + v.stderr)
+    report["failures"] = failures
+    print(json.dumps(report, indent=2))
+    return 1 if failures else 0
+
+
+LAB = lab_bin()
+if __name__ == "__main__":
+    sys.exit(main())
