@@ -30,7 +30,7 @@ REPO = os.path.dirname(HERE)
 
 
 def lab_bin():
-    for profile in ("release", "debug"):
+    for profile in ("debug", "release"):
         p = os.path.join(REPO, "target", profile, "meshnet-lab")
         if os.path.exists(p):
             return p
