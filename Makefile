@@ -25,7 +25,7 @@ deps:
 	@scripts/install-deps.sh
 
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --examples
 
 ## demo: build, bring up tests/3node.yml in the lab, verify every link, print the link table.
 demo: deps build
@@ -99,10 +99,12 @@ crdgen:
 	$(CARGO) run -q -p meshnet-kube --bin crdgen > manifests/base/topology-crd.yaml.tmp
 	mv manifests/base/topology-crd.yaml.tmp manifests/base/topology-crd.yaml
 
-## bench: the side-by-side benchmarks on the lab (root).
-bench:
+## bench: the side-by-side benchmarks on the lab (root): bench-results/bench.{json,md,svg}.
+## BENCH_ARGS="--quick" for a run under 5 minutes; `meshnet-bench --help` for the rest.
+bench: deps
 	@$(CARGO) metadata --format-version 1 --no-deps | grep -q '"name":"meshnet-bench"' || \
 		{ echo "bench: the meshnet-bench package (bench/) does not exist yet"; exit 1; }
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p meshnet-bench -- $(BENCH_ARGS)
 
 ## fuzz: run each cargo-fuzz target for FUZZ_SECONDS (needs a nightly toolchain and cargo-fuzz).

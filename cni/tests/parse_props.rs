@@ -38,8 +38,16 @@ fn mutate(rng: &mut StdRng, base: &[u8]) -> Vec<u8> {
 #[test]
 fn random_and_mutated_requests_never_panic() {
     let mut rng = StdRng::seed_from_u64(0x6d65_7368);
-    let commands = ["ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC", "add", "", "ADD\0"];
-    let args = ["K8S_POD_NAMESPACE=default;K8S_POD_NAME=r1", "", "K8S_POD_NAME=../../x", "a=b=c;;", "IgnoreUnknown=1;K8S_POD_NAME="];
+    let commands = [
+        "ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC", "add", "", "ADD\0",
+    ];
+    let args = [
+        "K8S_POD_NAMESPACE=default;K8S_POD_NAME=r1",
+        "",
+        "K8S_POD_NAME=../../x",
+        "a=b=c;;",
+        "IgnoreUnknown=1;K8S_POD_NAME=",
+    ];
     let mut errors = 0;
     for n in 0..60_000 {
         let stdin = if n % 3 == 0 {
@@ -51,7 +59,14 @@ fn random_and_mutated_requests_never_panic() {
             ("CNI_COMMAND", commands[n % commands.len()].to_string()),
             ("CNI_CONTAINERID", "c0ffee".to_string()),
             ("CNI_NETNS", "/run/netns/fuzz".to_string()),
-            ("CNI_IFNAME", if n % 7 == 0 { "a/b".to_string() } else { "eth0".to_string() }),
+            (
+                "CNI_IFNAME",
+                if n % 7 == 0 {
+                    "a/b".to_string()
+                } else {
+                    "eth0".to_string()
+                },
+            ),
             ("CNI_ARGS", args[n % args.len()].to_string()),
         ]);
         if let Err(e) = Invocation::parse(&env, &stdin) {
@@ -61,5 +76,8 @@ fn random_and_mutated_requests_never_panic() {
             assert!(json["code"].as_u64().is_some_and(|c| c > 0), "{json}");
         }
     }
-    assert!(errors > 30_000, "most mutated requests are refused: {errors}");
+    assert!(
+        errors > 30_000,
+        "most mutated requests are refused: {errors}"
+    );
 }

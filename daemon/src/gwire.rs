@@ -22,14 +22,16 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use meshnet_proto::v1::wire_client::WireClient;
 use meshnet_proto::v1::wire_server::Wire;
-use meshnet_proto::v1::{Batches, Bind, Hello, Unbind, WireMessage, wire_message::Body};
+use meshnet_proto::v1::{
+    Ack, Batches, Bind, Hello, UnaryFrame, Unbind, WireMessage, wire_message::Body,
+};
 use meshnet_wire::WireId;
 use meshnet_wire::batch::{self, BatchEncoder, Filled};
 use meshnet_wire::table::DropReason;
@@ -56,6 +58,73 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Keepalive: a peer that stops answering is declared gone within about two seconds.
 pub const KEEPALIVE: Duration = Duration::from_millis(700);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Mutual TLS for the node-to-node API, from a directory laid out like a Kubernetes TLS Secret
+/// plus its CA: `tls.crt`, `tls.key` (this node's certificate and key) and `ca.crt` (the CA that
+/// signs every node's certificate). Each side requires the other's certificate to chain to the
+/// CA; the server certificate must be valid for the name [`WIRE_TLS_NAME`] (node addresses change,
+/// the name does not). Without TLS a node still accepts streams only from the address of a node
+/// it shares a wire with.
+#[derive(Clone)]
+pub struct WireTls {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// The name every node's wire certificate carries (as a DNS subject alternative name).
+pub const WIRE_TLS_NAME: &str = "meshnet-wire";
+
+impl std::fmt::Debug for WireTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireTls { .. }")
+    }
+}
+
+impl WireTls {
+    /// Reads `tls.crt`, `tls.key` and `ca.crt` from `dir`; `Ok(None)` when `dir` holds no
+    /// `tls.crt` (an optional Secret that is not there).
+    ///
+    /// # Errors
+    /// A certificate file exists but the set is incomplete or unreadable.
+    pub fn load(dir: &std::path::Path) -> std::io::Result<Option<Self>> {
+        if !dir.join("tls.crt").exists() {
+            return Ok(None);
+        }
+        let read = |f: &str| {
+            std::fs::read(dir.join(f)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(f).display()))
+            })
+        };
+        Ok(Some(WireTls {
+            ca: read("ca.crt")?,
+            cert: read("tls.crt")?,
+            key: read("tls.key")?,
+        }))
+    }
+
+    fn identity(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(&self.cert, &self.key)
+    }
+
+    fn ca(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(&self.ca)
+    }
+
+    /// The server side: our certificate, and client certificates required to chain to the CA.
+    pub fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(self.ca())
+    }
+
+    fn client(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(self.ca())
+            .identity(self.identity())
+            .domain_name(WIRE_TLS_NAME)
+    }
+}
 
 /// Identity of a wire: the link's namespace and uid.
 pub type WireKey = (String, i64);
@@ -124,11 +193,35 @@ pub struct Half {
     metrics: LinkMetrics,
     reader: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     ifindex: u32,
+    /// The interface's `tx_dropped` when its carrier last went down (or was last accounted):
+    /// what the pod sends while the peer is away is dropped by the kernel at the TAP, and counted
+    /// here as `peer_down`.
+    dropped_base: StdMutex<Option<u64>>,
 }
 
 impl Half {
-    fn set_carrier(&self, up: bool, changed: &Notify) {
+    /// Adds the frames the kernel dropped at the interface since the last look to `peer_down`,
+    /// and remembers the new baseline (`keep`) or forgets it.
+    fn account_peer_down(self: &Arc<Self>, keep: bool) {
+        let half = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(now) = half.io.kernel_tx_dropped() else {
+                return;
+            };
+            let mut base = half.dropped_base.lock().expect("dropped_base lock");
+            if let Some(b) = *base
+                && now > b
+            {
+                half.metrics.drop(DropReason::PeerDown, now - b);
+            }
+            *base = keep.then_some(now);
+        });
+    }
+
+    fn set_carrier(self: &Arc<Self>, up: bool, changed: &Notify) {
         if self.carrier.swap(up, Ordering::AcqRel) != up {
+            // Down: take the baseline; up: count what was dropped meanwhile.
+            self.account_peer_down(!up);
             if let Err(e) = self.io.set_carrier(up) {
                 tracing::warn!(wire = ?self.key, error = %e, "cannot set carrier");
             }
@@ -250,6 +343,12 @@ pub struct WireNode {
     allowed: StdMutex<HashSet<IpAddr>>,
     /// Signalled when a carrier changes, so the reconciler updates link status.
     pub changed: Arc<Notify>,
+    /// Mutual TLS toward peers (see [`WireTls`]); plain HTTP/2 when unset.
+    client_tls: std::sync::OnceLock<tonic::transport::ClientTlsConfig>,
+    /// The endpoint kind and, for benchmarks, a legacy design ([`set_design`]).
+    design: WireDesign,
+    /// Legacy unary design only: one client per peer node (see "Legacy wire designs").
+    unary: StdMutex<HashMap<IpAddr, WireClient<tonic::transport::Channel>>>,
 }
 
 impl std::fmt::Debug for WireNode {
@@ -272,12 +371,45 @@ impl WireNode {
             peers: StdMutex::new(HashMap::new()),
             allowed: StdMutex::new(HashSet::new()),
             changed: Arc::new(Notify::new()),
+            client_tls: std::sync::OnceLock::new(),
+            design: design(),
+            unary: StdMutex::new(HashMap::new()),
         })
+    }
+
+    /// How this node's wire is built (endpoint kind, legacy design).
+    pub fn design(&self) -> WireDesign {
+        self.design
     }
 
     /// Default shard count: one per core, at most 4.
     pub fn default_shards() -> u32 {
         std::thread::available_parallelism().map_or(2, |n| n.get().min(4) as u32)
+    }
+
+    /// Every second, counts what the pods of down wires sent meanwhile (see `Half::dropped_base`),
+    /// so `peer_down` grows during an outage, not only after it.
+    pub async fn account_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let down: Vec<Arc<Half>> = self
+                .halves
+                .lock()
+                .expect("halves lock")
+                .values()
+                .filter(|h| !h.carrier.load(Ordering::Acquire))
+                .cloned()
+                .collect();
+            for h in down {
+                h.account_peer_down(true);
+            }
+        }
+    }
+
+    /// Dials peers with mutual TLS from now on.
+    pub fn use_tls(&self, tls: &WireTls) {
+        let _ = self.client_tls.set(tls.client());
     }
 
     /// Nodes allowed to connect: the peer nodes of every planned wire.
@@ -327,6 +459,7 @@ impl WireNode {
             metrics: LinkMetrics::new(labels),
             reader: StdMutex::new(None),
             ifindex,
+            dropped_base: StdMutex::new(None),
         });
         half.set_carrier(false, &self.changed);
         let reader = tokio::spawn(Arc::clone(self).read_loop(Arc::clone(&half)));
@@ -459,9 +592,11 @@ impl WireNode {
     }
 
     async fn dial_shard(self: Arc<Self>, peer: Arc<Peer>, shard: Arc<Shard>) {
+        let tls = self.client_tls.get().cloned();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = match peer.ip {
-            IpAddr::V4(a) => format!("http://{a}:{}", self.port),
-            IpAddr::V6(a) => format!("http://[{a}]:{}", self.port),
+            IpAddr::V4(a) => format!("{scheme}://{a}:{}", self.port),
+            IpAddr::V6(a) => format!("{scheme}://[{a}]:{}", self.port),
         };
         let mut backoff = Duration::from_millis(50);
         let mut first = true;
@@ -480,6 +615,16 @@ impl WireNode {
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+            let endpoint = match &tls {
+                None => endpoint,
+                Some(t) => match endpoint.tls_config(t.clone()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(peer = %peer.ip, error = %e, "wire TLS configuration refused");
+                        return;
+                    }
+                },
+            };
             let hello = WireMessage {
                 body: Some(Body::Hello(Hello {
                     node_ip: self.me.to_string(),
@@ -559,6 +704,7 @@ impl WireNode {
         };
         first.extend(binds.into_iter().map(|(k, id)| bind_msg(id, &k)));
         let gen_rx = shard.generation.subscribe();
+        let legacy = self.design.legacy != WireLegacy::None;
         let tail =
             futures::stream::unfold((guard, gen_rx), move |(mut guard, mut gen_rx)| async move {
                 let item = tokio::select! {
@@ -574,7 +720,8 @@ impl WireNode {
                         let mut size = b.len();
                         let mut batch = vec![b];
                         // Combine what is already queued, up to a bound: no waiting for more.
-                        while size < MESSAGE_BYTES {
+                        // (Not in a legacy design: one frame per message there.)
+                        while size < MESSAGE_BYTES && !legacy {
                             match guard.try_recv() {
                                 Ok(Outbound::Batch(b)) => {
                                     size += b.len();
@@ -643,6 +790,9 @@ impl WireNode {
                 }
             }
         }
+        // End our side of the stream too (before the shard is free for a new one, so this
+        // never ends a successor's stream).
+        shard.generation.send_modify(|g| *g += 1);
         shard.connected.store(false, Ordering::Release);
         metrics::gauge!("meshnet_wire_connected", "peer" => peer.ip.to_string(), "shard" => shard.index.to_string())
             .set(0.0);
@@ -767,7 +917,7 @@ impl WireNode {
             let mut enc = BatchEncoder::new(BATCH_BYTES);
             let mut bytes = 0u64;
             let mut drained = false;
-            while enc.frames() < BATCH_FRAMES {
+            while enc.frames() < self.design.batch_frames() {
                 match enc.push_with(WireId(id), |buf: &mut BytesMut| half.io.recv(buf)) {
                     Ok(Filled::Frame(n)) => bytes += n as u64,
                     Ok(Filled::NotReady) => {
@@ -792,6 +942,19 @@ impl WireNode {
                 continue;
             }
             match target {
+                Some(s) if self.design.legacy == WireLegacy::Unary => {
+                    let peer = *half.peer.lock().expect("peer lock");
+                    let sent = match peer {
+                        Some(p) => self.unary_send(p, s.index, enc.finish()).await,
+                        None => false,
+                    };
+                    if sent {
+                        half.metrics.tx_frames.increment(n);
+                        half.metrics.tx_bytes.increment(bytes);
+                    } else {
+                        half.metrics.drop(DropReason::PeerDown, n);
+                    }
+                }
                 Some(s) => {
                     // Bounded queue: when full, this await is the back-pressure.
                     if s.tx.send(Outbound::Batch(enc.finish())).await.is_ok() {
@@ -885,10 +1048,242 @@ impl Wire for WireService {
                 peer.shards.len()
             )));
         };
+        // A live stream is never displaced: a second connection for a busy shard is refused
+        // (a restarted peer's old stream ends at once with its TCP connection, or within the
+        // keepalive timeout, and the peer's dialler retries).
+        if shard
+            .connected
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Status::already_exists(format!(
+                "shard {} of node {claimed} already has a live stream",
+                hello.shard
+            )));
+        }
         peer.connects.increment(1);
         let out = node.outbound(Arc::clone(&shard), None).await;
         let (n2, p2, s2) = (Arc::clone(node), Arc::clone(&peer), Arc::clone(&shard));
         tokio::spawn(n2.on_stream(p2, s2, inbound));
         Ok(Response::new(Box::pin(out.map(Ok))))
+    }
+
+    /// Legacy unary design only (see "Legacy wire designs").
+    async fn send(&self, request: Request<UnaryFrame>) -> Result<Response<Ack>, Status> {
+        self.0.unary_receive(request).map(Response::new)
+    }
+}
+
+// ================================================================================================
+// Legacy wire designs — for the benchmarks only (`meshnet-bench`), never the default.
+//
+// `--wire-legacy per-frame|unary` (env MESHNET_WIRE_LEGACY) makes this wire reproduce, in our
+// own code, the designs earlier gRPC wires use, so that `bench/` can show what batching and the
+// virtio-net header are worth, measured against the same endpoints, daemons and lab:
+//
+// * `per-frame`: one frame per gRPC message on the long-lived stream — a batch holds one frame
+//   and queued batches are never combined — and the TAP opened without offloads
+//   (`Offloads::NONE`: the pod's stack segments and checksums every frame itself). Run it with
+//   `--wire-shards 1` for one stream per node pair.
+// * `unary`: as `per-frame`, but each frame goes in its own unary `Send` call, awaited before the
+//   half reads its next frame, as the Go meshnet-cni wire did (one call per packet). Wire ids are
+//   still bound on the `Carry` stream, which also carries the carrier state.
+//
+// Nothing above changes unless a legacy design is set: the default path only reads
+// `design.legacy == WireLegacy::None` and `design.batch_frames()` (= BATCH_FRAMES).
+// ================================================================================================
+
+/// A legacy wire design to reproduce (benchmarks only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireLegacy {
+    /// The product's design: batches, combined messages, offloads, sharded streams.
+    #[default]
+    None,
+    /// One frame per stream message, no offloads on the TAP.
+    PerFrame,
+    /// One unary call per frame, no offloads on the TAP.
+    Unary,
+}
+
+impl std::str::FromStr for WireLegacy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "none" => Ok(WireLegacy::None),
+            "per-frame" => Ok(WireLegacy::PerFrame),
+            "unary" => Ok(WireLegacy::Unary),
+            other => Err(format!(
+                "wire legacy design {other:?}: want none, per-frame or unary"
+            )),
+        }
+    }
+}
+
+/// The frame endpoint of a wire half in the pod (`--wire-endpoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointKind {
+    /// A TAP in the pod (`tapio`).
+    #[default]
+    Tap,
+    /// A veth whose pod end is the link and whose host end, in the node, is read and written
+    /// with AF_PACKET (`afhalf`).
+    AfPacket,
+}
+
+impl std::str::FromStr for EndpointKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "tap" => Ok(EndpointKind::Tap),
+            "afpacket" | "af_packet" | "af-packet" => Ok(EndpointKind::AfPacket),
+            other => Err(format!("wire endpoint {other:?}: want tap or afpacket")),
+        }
+    }
+}
+
+/// How this daemon's wire is built, beyond its addresses and shard count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireDesign {
+    pub endpoint: EndpointKind,
+    pub legacy: WireLegacy,
+}
+
+impl WireDesign {
+    /// Frames read from a half into one batch.
+    fn batch_frames(&self) -> usize {
+        match self.legacy {
+            WireLegacy::None => BATCH_FRAMES,
+            WireLegacy::PerFrame | WireLegacy::Unary => 1,
+        }
+    }
+
+    /// Offloads a half's TAP negotiates: all of them, or none in a legacy design.
+    pub fn tap_offloads(&self) -> meshnet_wire::sys::tap::Offloads {
+        match self.legacy {
+            WireLegacy::None => meshnet_wire::sys::tap::Offloads::ALL,
+            WireLegacy::PerFrame | WireLegacy::Unary => meshnet_wire::sys::tap::Offloads::NONE,
+        }
+    }
+}
+
+static DESIGN: OnceLock<WireDesign> = OnceLock::new();
+
+/// Sets the process's wire design, once, before the daemon starts ([`WireNode::new`] reads it).
+/// The binary calls it from its flags; a library user that never calls it gets the default.
+///
+/// # Errors
+/// The design was set already (the one in effect is returned).
+pub fn set_design(d: WireDesign) -> Result<(), WireDesign> {
+    DESIGN.set(d)?;
+    Ok(())
+}
+
+/// The process's wire design (default unless [`set_design`] was called).
+pub fn design() -> WireDesign {
+    DESIGN.get().copied().unwrap_or_default()
+}
+
+impl WireNode {
+    /// Legacy unary design: sends one record in its own `Send` call and waits for the answer.
+    /// Returns whether the peer took it.
+    async fn unary_send(&self, peer: IpAddr, shard: u32, batch: Bytes) -> bool {
+        let client = {
+            let mut clients = self.unary.lock().expect("unary lock");
+            match clients.get(&peer) {
+                Some(c) => c.clone(),
+                None => {
+                    let url = match peer {
+                        IpAddr::V4(a) => format!("http://{a}:{}", self.port),
+                        IpAddr::V6(a) => format!("http://[{a}]:{}", self.port),
+                    };
+                    let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
+                        return false;
+                    };
+                    let c = WireClient::new(
+                        ep.connect_timeout(Duration::from_secs(2))
+                            .tcp_nodelay(true)
+                            .connect_lazy(),
+                    );
+                    clients.insert(peer, c.clone());
+                    c
+                }
+            }
+        };
+        let mut client = client;
+        client
+            .send(Request::new(UnaryFrame { shard, batch }))
+            .await
+            .is_ok()
+    }
+
+    /// Legacy unary design: a frame from a peer node, checked as a stream's would be (the caller
+    /// must be a peer of one of our halves, and wire ids resolve only through that peer's binds).
+    fn unary_receive(&self, request: Request<UnaryFrame>) -> Result<Ack, Status> {
+        if self.design.legacy != WireLegacy::Unary {
+            return Err(Status::unimplemented(
+                "Send is the legacy unary design; this node does not run it",
+            ));
+        }
+        let remote = request
+            .remote_addr()
+            .map(|a| a.ip())
+            .ok_or_else(|| Status::permission_denied("no remote address"))?;
+        if !self.allowed.lock().expect("allowed lock").contains(&remote) {
+            return Err(Status::permission_denied(format!(
+                "node {remote} carries no wire with this node"
+            )));
+        }
+        let frame = request.into_inner();
+        let peer = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .get(&remote)
+            .cloned()
+            .ok_or_else(|| Status::failed_precondition("no stream with this node yet"))?;
+        let shard = peer
+            .shards
+            .get(frame.shard as usize)
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument("shard out of range"))?;
+        self.deliver(&peer, &shard, frame.batch);
+        Ok(Ack {})
+    }
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use super::*;
+
+    #[test]
+    fn parses_designs() {
+        assert_eq!("".parse::<WireLegacy>(), Ok(WireLegacy::None));
+        assert_eq!("per-frame".parse::<WireLegacy>(), Ok(WireLegacy::PerFrame));
+        assert_eq!("UNARY".parse::<WireLegacy>(), Ok(WireLegacy::Unary));
+        assert!("batch".parse::<WireLegacy>().is_err());
+        assert_eq!(
+            "afpacket".parse::<EndpointKind>(),
+            Ok(EndpointKind::AfPacket)
+        );
+        assert_eq!("tap".parse::<EndpointKind>(), Ok(EndpointKind::Tap));
+        assert!("xdp".parse::<EndpointKind>().is_err());
+    }
+
+    #[test]
+    fn legacy_designs_send_single_frames_without_offloads() {
+        let product = WireDesign::default();
+        assert_eq!(product.batch_frames(), BATCH_FRAMES);
+        assert_eq!(
+            product.tap_offloads(),
+            meshnet_wire::sys::tap::Offloads::ALL
+        );
+        for legacy in [WireLegacy::PerFrame, WireLegacy::Unary] {
+            let d = WireDesign {
+                legacy,
+                ..WireDesign::default()
+            };
+            assert_eq!(d.batch_frames(), 1);
+            assert_eq!(d.tap_offloads(), meshnet_wire::sys::tap::Offloads::NONE);
+        }
     }
 }

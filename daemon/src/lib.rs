@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 
+pub mod afhalf;
 pub mod api;
 pub mod gwire;
 pub mod http;
@@ -95,6 +96,8 @@ pub struct Config {
     pub install: Option<install::InstallConfig>,
     /// Leave the CNI config and binary in place on shutdown.
     pub keep_cni_config: bool,
+    /// Mutual TLS for the node-to-node API.
+    pub wire_tls: Option<gwire::WireTls>,
 }
 
 /// Sockets the daemon serves on, bound by the caller.
@@ -144,6 +147,9 @@ pub async fn run(
         )),
         InterNodeLink::Vxlan => None,
     };
+    if let Some(w) = &wire {
+        tokio::spawn(Arc::clone(w).account_loop());
+    }
     let reconciler = Arc::new(Reconciler::new(
         NodeIdentity {
             name: config.node_name.clone(),
@@ -218,7 +224,19 @@ pub async fn run(
             ))
             .max_decoding_message_size(gwire::MAX_MESSAGE)
             .max_encoding_message_size(gwire::MAX_MESSAGE);
-            let server = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &config.wire_tls {
+                node.use_tls(tls);
+                builder = builder
+                    .tls_config(tls.server())
+                    .context("wire TLS configuration")?;
+                tracing::info!("node-to-node API: mutual TLS");
+            } else {
+                tracing::warn!(
+                    "node-to-node API without TLS: peers are checked by address only (set MESHNET_WIRE_TLS_DIR)"
+                );
+            }
+            let server = builder
                 .tcp_nodelay(true)
                 .initial_stream_window_size(gwire::STREAM_WINDOW)
                 .initial_connection_window_size(gwire::CONNECTION_WINDOW)

@@ -49,6 +49,14 @@ struct Args {
     /// Must be the same on every node.
     #[arg(long, env = "MESHNET_WIRE_SHARDS")]
     wire_shards: Option<u32>,
+    /// The pod's interface of a gRPC wire: `tap` (a TAP), or `afpacket` (a veth whose host end
+    /// in the node is read and written with AF_PACKET).
+    #[arg(long, env = "MESHNET_WIRE_ENDPOINT", default_value = "tap")]
+    wire_endpoint: meshnet_daemon::gwire::EndpointKind,
+    /// Benchmarks only: reproduce a legacy wire design in our code — `per-frame` (one frame
+    /// per stream message, no offloads) or `unary` (one unary call per frame). Default: none.
+    #[arg(long, env = "MESHNET_WIRE_LEGACY", default_value = "none")]
+    wire_legacy: meshnet_daemon::gwire::WireLegacy,
     /// Install meshnet into the node's CNI config found in this directory (and keep it there
     /// while the primary config changes). Unset: no installation (the lab).
     #[arg(long, env = "MESHNET_CNI_CONF_DIR")]
@@ -62,6 +70,10 @@ struct Args {
     /// Leave the CNI config and binary in place on shutdown (default: remove them).
     #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG")]
     keep_cni_config: bool,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt` for mutual TLS on the node-to-node API
+    /// (e.g. a mounted Secret; without `tls.crt` in it the wire runs without TLS).
+    #[arg(long, env = "MESHNET_WIRE_TLS_DIR")]
+    wire_tls_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -104,6 +116,13 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let design = meshnet_daemon::gwire::WireDesign {
+        endpoint: args.wire_endpoint,
+        legacy: args.wire_legacy,
+    };
+    if meshnet_daemon::gwire::set_design(design).is_err() {
+        anyhow::bail!("the wire design was set twice");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
@@ -113,6 +132,9 @@ async fn main() -> anyhow::Result<()> {
         fmt.json().init();
     } else {
         fmt.init();
+    }
+    if design != meshnet_daemon::gwire::WireDesign::default() {
+        tracing::info!(?design, "wire design");
     }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
@@ -167,6 +189,11 @@ async fn main() -> anyhow::Result<()> {
         wire_port: args.wire_addr.port(),
         install,
         keep_cni_config: args.keep_cni_config,
+        wire_tls: match &args.wire_tls_dir {
+            Some(d) => meshnet_daemon::gwire::WireTls::load(d)
+                .with_context(|| format!("reading the wire TLS files in {}", d.display()))?,
+            None => None,
+        },
         wire_shards: args
             .wire_shards
             .unwrap_or_else(meshnet_daemon::gwire::WireNode::default_shards),

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use meshnet_wire::endpoint::FrameEndpoint;
-use meshnet_wire::sys::tap::{Tap, TapOptions};
+use meshnet_wire::sys::tap::{Offloads, Tap, TapOptions};
 use meshnet_wire::vnet::VnetBytes;
 
-use crate::gwire::{LinkLabels, WireKey, WireNode};
+use crate::gwire::{EndpointKind, LinkLabels, WireKey, WireNode};
 use crate::links::{EndSpec, Kernel, LinkError, Mode, Outcome};
 use crate::netns;
 
@@ -54,6 +54,23 @@ pub trait HalfIo: Send + Sync + 'static {
     /// # Errors
     /// The ioctl failed.
     fn set_carrier(&self, up: bool) -> io::Result<()>;
+    /// Frames the kernel dropped on their way from the pod into this interface (its `tx_dropped`:
+    /// what the pod sent while the carrier was down). Blocking; `None` when unknown.
+    fn kernel_tx_dropped(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The `tx_dropped` column of `ifname` in a `/proc/net/dev` text.
+pub fn tx_dropped_of(net_dev: &str, ifname: &str) -> Option<u64> {
+    net_dev.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != ifname {
+            return None;
+        }
+        // 8 receive columns, then tx bytes, packets, errs, drop.
+        rest.split_whitespace().nth(11)?.parse().ok()
+    })
 }
 
 /// A TAP shared by a reader and a writer: reads go through the [`Tap`] (only the reader task
@@ -90,15 +107,33 @@ impl HalfIo for TapHalf {
             .map_err(|_| io::Error::other("tap lock poisoned"))?
             .set_carrier(up)
     }
+
+    fn kernel_tx_dropped(&self) -> Option<u64> {
+        let (ns, name) = {
+            let tap = self.tap.lock().ok()?;
+            (tap.netns().ok()?, tap.name().to_string())
+        };
+        let text = meshnet_wire::sys::netns::in_netns(&ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        })
+        .ok()?
+        .ok()?;
+        tx_dropped_of(&text, &name)
+    }
 }
 
 /// Opens (creating if `create`) the TAP `ifname` inside the pod's namespace; its MTU, address
 /// and alias are set by netlink afterwards, like every other link end.
-async fn open_tap(end: &EndSpec, create: bool) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
+async fn open_tap(
+    end: &EndSpec,
+    create: bool,
+    offloads: Offloads,
+) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
     let ns = netns::open(&end.netns)?;
     let name = end.ifname.clone();
     let opts = TapOptions {
         persist: true,
+        offloads,
         ..TapOptions::default()
     };
     let path = end.netns.display().to_string();
@@ -143,11 +178,18 @@ pub async fn ensure_half(
     mode: Mode,
 ) -> Result<Outcome, LinkError> {
     let end = &spec.end;
+    let design = node.design();
+    // The endpoint kind decides what the pod's interface is: a TAP, or the pod end of a veth
+    // whose host end the daemon reads with AF_PACKET (`afhalf`).
+    let (kind, open) = match design.endpoint {
+        EndpointKind::Tap => ("tun", HalfOpen::Tap(design.tap_offloads())),
+        EndpointKind::AfPacket => ("veth", HalfOpen::AfPacket),
+    };
     let st = Kernel::lookup(&end.netns, &end.ifname).await?;
     let mut outcome = Outcome::Unchanged;
     match &st {
         Some(st)
-            if st.kind.as_deref() == Some("tun")
+            if st.kind.as_deref() == Some(kind)
                 && st.alias.as_deref() == Some(spec.alias.as_str()) =>
         {
             if let Some(d) = crate::links::end_drift(end, st, Some(spec.mtu)) {
@@ -164,7 +206,7 @@ pub async fn ensure_half(
                         end.ifname
                     )));
                 }
-                let (io, ifindex) = open_tap(end, false).await?;
+                let (io, ifindex) = open.open(spec, false).await?;
                 node.register(spec.key.clone(), io, ifindex, &spec.labels, spec.peer);
                 outcome = Outcome::Repaired;
             } else {
@@ -201,11 +243,31 @@ pub async fn ensure_half(
         }
         None => {}
     }
-    let (io, ifindex) = open_tap(end, true).await?;
+    let (io, ifindex) = open.open(spec, true).await?;
     if let Err(e) = Kernel::configure(end, &spec.alias, Some(spec.mtu)).await {
         let _ = Kernel::delete_in(&end.netns, &end.ifname).await;
         return Err(e);
     }
     node.register(spec.key.clone(), io, ifindex, &spec.labels, spec.peer);
     Ok(Outcome::Created)
+}
+
+/// How a half's interface is made or attached to, by endpoint kind.
+#[derive(Debug, Clone, Copy)]
+enum HalfOpen {
+    Tap(Offloads),
+    AfPacket,
+}
+
+impl HalfOpen {
+    async fn open(
+        self,
+        spec: &WireSpec,
+        create: bool,
+    ) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
+        match self {
+            HalfOpen::Tap(offloads) => open_tap(&spec.end, create, offloads).await,
+            HalfOpen::AfPacket => crate::afhalf::open(spec, create).await,
+        }
+    }
 }

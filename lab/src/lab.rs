@@ -101,6 +101,8 @@ pub struct LabState {
     pub pods: Vec<PodState>,
     #[serde(default = "file_store")]
     pub store: LabStore,
+    #[serde(default)]
+    pub wire_tls: bool,
 }
 
 fn file_store() -> LabStore {
@@ -120,6 +122,8 @@ pub struct UpOptions {
     pub underlay_mtu: u32,
     /// `kube`: use the API server of this kubeconfig instead of the file store.
     pub kubeconfig: Option<PathBuf>,
+    /// Mutual TLS between the daemons' wire servers (a lab CA, one certificate per node).
+    pub wire_tls: bool,
 }
 
 /// In which order pods are started.
@@ -380,6 +384,7 @@ impl Lab {
             external_netns: format!("{}ext", prefix(&self.name)),
             nodes: Vec::new(),
             pods: Vec::new(),
+            wire_tls: opts.wire_tls,
             store: match &opts.kubeconfig {
                 None => LabStore::File,
                 Some(k) => LabStore::Kube {
@@ -391,6 +396,9 @@ impl Lab {
         self.open_store(&st.store)?;
         self.save(&st)?;
         self.build_underlay(&mut st, opts.nodes, opts.underlay_mtu)?;
+        if st.wire_tls {
+            self.make_certificates(&st)?;
+        }
         self.save(&st)?;
         for i in 0..st.nodes.len() {
             self.start_daemon(&mut st, i, &meshnetd)?;
@@ -558,6 +566,9 @@ impl Lab {
             .arg("--socket")
             .arg(&node.socket)
             .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")]);
+        if st.wire_tls {
+            cmd.arg("--wire-tls-dir").arg(ndir.join("tls"));
+        }
         match &st.store {
             LabStore::File => {
                 cmd.arg("--store")
@@ -619,6 +630,72 @@ impl Lab {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// A lab CA and, per node, `tls.crt`/`tls.key`/`ca.crt` valid for the wire's TLS name, for
+    /// both serving and dialling (what a cluster would put in the `meshnet-wire-tls` Secret).
+    fn make_certificates(&self, st: &LabState) -> anyhow::Result<()> {
+        let ca_dir = self.dir.join("ca");
+        fs::create_dir_all(&ca_dir)?;
+        let p = |d: &Path, f: &str| d.join(f).display().to_string();
+        sys::run(&[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=meshnet-lab-ca",
+            "-keyout",
+            &p(&ca_dir, "ca.key"),
+            "-out",
+            &p(&ca_dir, "ca.crt"),
+        ])?;
+        let ext = ca_dir.join("ext.cnf");
+        fs::write(
+            &ext,
+            "subjectAltName=DNS:meshnet-wire\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )?;
+        for n in &st.nodes {
+            let d = self.dir.join(&n.name).join("tls");
+            fs::create_dir_all(&d)?;
+            sys::run(&[
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={}", n.name),
+                "-keyout",
+                &p(&d, "tls.key"),
+                "-out",
+                &p(&d, "tls.csr"),
+            ])?;
+            sys::run(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-days",
+                "30",
+                "-in",
+                &p(&d, "tls.csr"),
+                "-CA",
+                &p(&ca_dir, "ca.crt"),
+                "-CAkey",
+                &p(&ca_dir, "ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &p(&d, "tls.crt"),
+                "-extfile",
+                &ext.display().to_string(),
+            ])?;
+            fs::copy(ca_dir.join("ca.crt"), d.join("ca.crt"))?;
         }
         Ok(())
     }

@@ -44,6 +44,9 @@ enum Cmd {
         /// store, instead of the file store: every daemon runs with `--store kube`.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Mutual TLS on the daemons' wire (a lab CA and one certificate per node).
+        #[arg(long)]
+        wire_tls: bool,
         /// MTU of the underlay between nodes.
         #[arg(long, default_value_t = 1500)]
         underlay_mtu: u32,
@@ -195,6 +198,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             cni_version,
             underlay_mtu,
             kubeconfig,
+            wire_tls,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -205,6 +209,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 cni_version,
                 underlay_mtu,
                 kubeconfig,
+                wire_tls,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;

@@ -131,3 +131,25 @@ fn malformed_foreign_oversize_and_stalled_peers_are_refused_or_counted() {
     }
     lab.ok(&["verify"]);
 }
+
+#[test]
+fn with_mutual_tls_a_peer_without_a_certificate_gets_nothing() {
+    let lab = LabGuard::new("mtls");
+    lab.ok(&[
+        "up",
+        &topo("3node.yml"),
+        "--nodes",
+        "2",
+        "--link",
+        "grpc",
+        "--wire-tls",
+    ]);
+    lab.assert_links_up(3);
+    lab.ok(&["verify"]);
+    // Same source address as the real node2, but no certificate: no stream, no frame.
+    let out = run_rogue(&lab, "node2", "streams");
+    assert!(out.contains("streams: 0 open"), "{out}");
+    let m = lab.ok(&["metrics", "node1"]);
+    assert_eq!(metric(&m, "meshnet_wire_unknown_wire_frames_total"), 0.0);
+    lab.ok(&["verify"]);
+}
