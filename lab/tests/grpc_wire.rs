@@ -130,31 +130,8 @@ fn grpc_across_three_nodes_verifies_every_example_with_vxlan_blocked() {
     }
 }
 
-const JUMBO: &str = r#"
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: j1}
-spec:
-  links:
-  - {uid: 1, peer_pod: j2, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.1/24, peer_ip: 192.0.2.2/24, mtu: 9000}
-  - {uid: 2, peer_pod: j2, local_intf: eth2, peer_intf: eth2}
----
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: j2}
-spec:
-  links:
-  - {uid: 1, peer_pod: j1, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.2/24, peer_ip: 192.0.2.1/24, mtu: 9000}
-  - {uid: 2, peer_pod: j1, local_intf: eth2, peer_intf: eth2}
----
-{apiVersion: v1, kind: Pod, metadata: {name: j1}, spec: {nodeName: node1}}
----
-{apiVersion: v1, kind: Pod, metadata: {name: j2}, spec: {nodeName: node2}}
-"#;
-
 fn jumbo_lab(tag: &str) -> LabGuard {
-    let f = std::env::temp_dir().join(format!("jumbo-grpc-{tag}-{}.yml", std::process::id()));
-    std::fs::write(&f, JUMBO).unwrap();
+    let f = common::jumbo_file(tag);
     let lab = LabGuard::new(tag);
     lab.ok(&["up", f.to_str().unwrap(), "--nodes", "2", "--link", "grpc"]);
     let _ = std::fs::remove_file(f);

@@ -121,37 +121,9 @@ fn hundred_restarts_of_a_cross_node_pod_leave_nothing_behind() {
     );
 }
 
-fn write_jumbo(name: &str) -> std::path::PathBuf {
-    let f = std::env::temp_dir().join(format!("{name}-{}.yml", std::process::id()));
-    std::fs::write(
-        &f,
-        r#"
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: j1, labels: {test: jumbo}}
-spec:
-  links:
-  - {uid: 1, peer_pod: j2, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.1/24, peer_ip: 192.0.2.2/24, mtu: 9000}
----
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: j2}
-spec:
-  links:
-  - {uid: 1, peer_pod: j1, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.2/24, peer_ip: 192.0.2.1/24, mtu: 9000}
----
-{apiVersion: v1, kind: Pod, metadata: {name: j1}, spec: {nodeName: node1}}
----
-{apiVersion: v1, kind: Pod, metadata: {name: j2}, spec: {nodeName: node2}}
-"#,
-    )
-    .unwrap();
-    f
-}
-
 #[test]
 fn jumbo_vxlan_link_needs_a_jumbo_underlay() {
-    let f = write_jumbo("jumbo");
+    let f = common::jumbo_file("vxlan");
     {
         let lab = LabGuard::new("jumbo");
         lab.ok(&[

@@ -158,3 +158,34 @@ pub fn lab_processes(name: &str) -> usize {
         })
         .count()
 }
+
+/// Two pods on two nodes joined by a jumbo link (uid 1, mtu 9000, 192.0.2.1/2) and a plain link
+/// without addresses (uid 2).
+pub const JUMBO_PAIR: &str = r#"
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: j1}
+spec:
+  links:
+  - {uid: 1, peer_pod: j2, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.1/24, peer_ip: 192.0.2.2/24, mtu: 9000}
+  - {uid: 2, peer_pod: j2, local_intf: eth2, peer_intf: eth2}
+---
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: j2}
+spec:
+  links:
+  - {uid: 1, peer_pod: j1, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.2/24, peer_ip: 192.0.2.1/24, mtu: 9000}
+  - {uid: 2, peer_pod: j1, local_intf: eth2, peer_intf: eth2}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: j1}, spec: {nodeName: node1}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: j2}, spec: {nodeName: node2}}
+"#;
+
+/// Writes [`JUMBO_PAIR`] to a file unique to this process and `tag`.
+pub fn jumbo_file(tag: &str) -> PathBuf {
+    let f = std::env::temp_dir().join(format!("jumbo-{tag}-{}.yml", std::process::id()));
+    std::fs::write(&f, JUMBO_PAIR).unwrap();
+    f
+}
