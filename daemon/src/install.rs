@@ -304,6 +304,13 @@ pub fn chains_meshnet(conflist: &Value) -> bool {
 /// there is exactly one. Everything else — `cniVersion` included — is kept as it is.
 pub fn with_meshnet(mut conflist: Value, plugin: &Value) -> Value {
     if let Some(obj) = conflist.as_object_mut() {
+        // The original cniVersion is kept (the Go plugin forced 0.3.0 on everyone), except below
+        // 0.3.0: chaining (prevResult) starts at 0.3.0, so an older list cannot carry meshnet and
+        // its primary plugin's result at once. 0.3.0 is the oldest version that can.
+        let old = obj.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+        if matches!(old, "0.1.0" | "0.2.0" | "") {
+            obj.insert("cniVersion".into(), Value::String("0.3.0".into()));
+        }
         let plugins = obj
             .entry("plugins")
             .or_insert_with(|| Value::Array(Vec::new()));
