@@ -945,7 +945,10 @@ impl WireNode {
                 Some(s) if self.design.legacy == WireLegacy::Unary => {
                     let peer = *half.peer.lock().expect("peer lock");
                     let sent = match peer {
-                        Some(p) => self.unary_send(p, s.index, enc.finish()).await,
+                        Some(p) => {
+                            self.unary_send(p, s.index, self.design.message_body(enc.finish()))
+                                .await
+                        }
                         None => false,
                     };
                     if sent {
@@ -957,7 +960,8 @@ impl WireNode {
                 }
                 Some(s) => {
                     // Bounded queue: when full, this await is the back-pressure.
-                    if s.tx.send(Outbound::Batch(enc.finish())).await.is_ok() {
+                    let body = self.design.message_body(enc.finish());
+                    if s.tx.send(Outbound::Batch(body)).await.is_ok() {
                         half.metrics.tx_frames.increment(n);
                         half.metrics.tx_bytes.increment(bytes);
                     } else {
@@ -1157,6 +1161,17 @@ impl WireDesign {
         }
     }
 
+    /// A finished batch as it goes into a message. The product sends the batch as it is; a
+    /// legacy design copies its single frame into a buffer of its own size, as a per-frame
+    /// protobuf message does — a batch shares the reader's 256 KiB arena, and one queued
+    /// per-frame message would otherwise pin a whole arena.
+    fn message_body(&self, batch: Bytes) -> Bytes {
+        match self.legacy {
+            WireLegacy::None => batch,
+            WireLegacy::PerFrame | WireLegacy::Unary => Bytes::copy_from_slice(&batch),
+        }
+    }
+
     /// Offloads a half's TAP negotiates: all of them, or none in a legacy design.
     pub fn tap_offloads(&self) -> meshnet_wire::sys::tap::Offloads {
         match self.legacy {
@@ -1284,6 +1299,17 @@ mod legacy_tests {
             };
             assert_eq!(d.batch_frames(), 1);
             assert_eq!(d.tap_offloads(), meshnet_wire::sys::tap::Offloads::NONE);
+            // A legacy message owns a buffer of its own size, not a share of the arena.
+            let arena = Bytes::from(vec![7u8; 4096]).slice(0..100);
+            let body = d.message_body(arena.clone());
+            assert_eq!(body, arena);
+            assert_ne!(body.as_ptr(), arena.as_ptr());
         }
+        let arena = Bytes::from(vec![7u8; 4096]).slice(0..100);
+        assert_eq!(
+            product.message_body(arena.clone()).as_ptr(),
+            arena.as_ptr(),
+            "the product sends the batch as it is"
+        );
     }
 }
