@@ -88,8 +88,8 @@ def soak(a, lab):
     pods = {p["name"]: p for p in st["pods"]}
     ns = lambda pod: pods[pod]["netns"]  # noqa: E731 (r1..r4 keep their sandbox all run)
     port_tcp, port_udp = 5401, 5402
-    run(["ip", "netns", "exec", ns("r2"), "iperf3", "-s", "-D", "-p", str(port_tcp)])
-    run(["ip", "netns", "exec", ns("r4"), "iperf3", "-s", "-D", "-p", str(port_udp)])
+    run(["ip", "netns", "exec", ns("r2"), "iperf3", "-s", "-1", "-D", "-p", str(port_tcp)])
+    run(["ip", "netns", "exec", ns("r4"), "iperf3", "-s", "-1", "-D", "-p", str(port_udp)])
     time.sleep(0.5)
     tcp = subprocess.Popen(["ip", "netns", "exec", ns("r1"), "iperf3", "-c", "12.12.12.2", "-p", str(port_tcp),
                             "-t", str(a.seconds), "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
