@@ -417,9 +417,7 @@ impl Lab {
         }
         system::unregister_lab(&self.name);
         // `meshnet-lab down` keeps the lab's lock file; this run's lab names are its own.
-        let root = std::env::var_os("MESHNET_LAB_DIR")
-            .map_or_else(|| PathBuf::from("/run/meshnet-lab"), PathBuf::from);
-        let _ = std::fs::remove_file(root.join(format!("{}.lock", self.name)));
+        let _ = std::fs::remove_file(system::lab_state_root().join(format!("{}.lock", self.name)));
     }
 }
 

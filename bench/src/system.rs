@@ -32,16 +32,16 @@ pub fn run_limited(argv: &[&str], env: &[(&str, &str)], limit: Duration) -> anyh
     let dir = tempdir_for_output()?;
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
-    let child = Command::new(prog)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(&err_path)?)
-        .spawn()
-        .with_context(|| format!("starting {prog}"))?;
+    let child = spawn_registered(
+        Command::new(prog)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path)?)
+            .stderr(std::fs::File::create(&err_path)?),
+        prog,
+    )?;
     let pid = child.id();
-    register_child(pid);
     let r = wait_limited(child, limit);
     unregister_child(pid);
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -167,8 +167,7 @@ impl Owned {
                 });
             }
         }
-        let child = cmd.spawn().with_context(|| format!("starting {prog}"))?;
-        register_child(child.id());
+        let child = spawn_registered(&mut cmd, prog)?;
         Ok(Owned {
             child,
             what: argv.join(" "),
@@ -232,17 +231,28 @@ fn stop_pid(pid: u32) {
 struct Registry {
     labs: Vec<(PathBuf, String)>,
     children: Vec<u32>,
+    /// Set by [`clean_up_everything`]: nothing new is started after it.
+    stopping: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     labs: Vec::new(),
     children: Vec::new(),
+    stopping: false,
 });
 
-fn register_child(pid: u32) {
-    if let Ok(mut r) = REGISTRY.lock() {
-        r.children.push(pid);
+/// Starts `cmd` and registers the child, under the registry's lock, so that a clean-up that
+/// has begun either sees the child or prevents it.
+fn spawn_registered(cmd: &mut Command, prog: &str) -> anyhow::Result<Child> {
+    let mut r = REGISTRY
+        .lock()
+        .map_err(|_| anyhow::anyhow!("process registry poisoned"))?;
+    if r.stopping {
+        bail!("not starting {prog}: the run is being interrupted");
     }
+    let child = cmd.spawn().with_context(|| format!("starting {prog}"))?;
+    r.children.push(child.id());
+    Ok(child)
 }
 
 fn unregister_child(pid: u32) {
@@ -268,7 +278,10 @@ pub fn unregister_lab(name: &str) {
 /// Stops every registered child and takes every registered lab down (after a signal).
 pub fn clean_up_everything() {
     let (labs, children) = match REGISTRY.lock() {
-        Ok(mut r) => (std::mem::take(&mut r.labs), std::mem::take(&mut r.children)),
+        Ok(mut r) => {
+            r.stopping = true;
+            (std::mem::take(&mut r.labs), std::mem::take(&mut r.children))
+        }
         Err(_) => return,
     };
     for pid in children {
@@ -281,6 +294,7 @@ pub fn clean_up_everything() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        let _ = std::fs::remove_file(lab_state_root().join(format!("{name}.lock")));
         eprintln!("meshnet-bench: took lab {name} down");
     }
 }
@@ -329,4 +343,10 @@ pub fn netns_list() -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
+}
+
+/// Where `meshnet-lab` keeps its labs (`$MESHNET_LAB_DIR`, default `/run/meshnet-lab`).
+pub fn lab_state_root() -> PathBuf {
+    std::env::var_os("MESHNET_LAB_DIR")
+        .map_or_else(|| PathBuf::from("/run/meshnet-lab"), PathBuf::from)
 }
