@@ -55,6 +55,9 @@ const MAX_SHARDS: u32 = 64;
 /// HTTP/2 windows sized for throughput (a 1 ms underlay at 10 Gbit/s holds ~1.25 MB in flight).
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept: a combined message travels in few DATA frames instead of one
+/// per 16 KiB (h2's default), which costs a header, a buffer and a wake-up each on both sides.
+pub const MAX_FRAME: u32 = 1024 * 1024;
 /// Keepalive: a peer that stops answering is declared gone within about two seconds.
 pub const KEEPALIVE: Duration = Duration::from_millis(700);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -218,8 +221,11 @@ impl Half {
         });
     }
 
-    fn set_carrier(self: &Arc<Self>, up: bool, changed: &Notify) {
-        if self.carrier.swap(up, Ordering::AcqRel) != up {
+    /// Sets the carrier; whether it changed. Use [`WireNode::set_carrier`], which also keeps
+    /// the set of down halves.
+    fn set_carrier(self: &Arc<Self>, up: bool, changed: &Notify) -> bool {
+        let flipped = self.carrier.swap(up, Ordering::AcqRel) != up;
+        if flipped {
             // Down: take the baseline; up: count what was dropped meanwhile.
             self.account_peer_down(!up);
             if let Err(e) = self.io.set_carrier(up) {
@@ -229,6 +235,7 @@ impl Half {
             tracing::info!(namespace = %self.key.0, link_uid = self.key.1, up, "wire carrier");
             changed.notify_one();
         }
+        flipped
     }
 }
 
@@ -339,6 +346,9 @@ pub struct WireNode {
     port: u16,
     shards: u32,
     halves: StdMutex<HashMap<WireKey, Arc<Half>>>,
+    /// Halves whose carrier is down, for [`WireNode::account_loop`] (so that an idle node with
+    /// every wire up does not look at each half every second).
+    down: StdMutex<HashMap<WireKey, std::sync::Weak<Half>>>,
     peers: StdMutex<HashMap<IpAddr, Arc<Peer>>>,
     allowed: StdMutex<HashSet<IpAddr>>,
     /// Signalled when a carrier changes, so the reconciler updates link status.
@@ -368,6 +378,7 @@ impl WireNode {
             port,
             shards: shards.clamp(1, MAX_SHARDS),
             halves: StdMutex::new(HashMap::new()),
+            down: StdMutex::new(HashMap::new()),
             peers: StdMutex::new(HashMap::new()),
             allowed: StdMutex::new(HashSet::new()),
             changed: Arc::new(Notify::new()),
@@ -393,16 +404,34 @@ impl WireNode {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let down: Vec<Arc<Half>> = self
-                .halves
-                .lock()
-                .expect("halves lock")
-                .values()
-                .filter(|h| !h.carrier.load(Ordering::Acquire))
-                .cloned()
-                .collect();
+            let down: Vec<Arc<Half>> = {
+                let mut down = self.down.lock().expect("down lock");
+                down.retain(|_, h| h.strong_count() > 0);
+                down.values()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .filter(|h| !h.carrier.load(Ordering::Acquire))
+                    .collect()
+            };
             for h in down {
                 h.account_peer_down(true);
+            }
+        }
+    }
+
+    /// Sets a half's carrier and keeps the set of down halves (under its lock, so that two
+    /// concurrent changes leave the set matching the last one).
+    fn set_carrier(&self, half: &Arc<Half>, up: bool) {
+        let mut down = self.down.lock().expect("down lock");
+        if half.set_carrier(up, &self.changed) {
+            if up {
+                if down
+                    .get(&half.key)
+                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(half)))
+                {
+                    down.remove(&half.key);
+                }
+            } else {
+                down.insert(half.key.clone(), Arc::downgrade(half));
             }
         }
     }
@@ -461,7 +490,7 @@ impl WireNode {
             ifindex,
             dropped_base: StdMutex::new(None),
         });
-        half.set_carrier(false, &self.changed);
+        self.set_carrier(&half, false);
         let reader = tokio::spawn(Arc::clone(self).read_loop(Arc::clone(&half)));
         *half.reader.lock().expect("reader lock") = Some(reader);
         if let Some(old) = self
@@ -491,7 +520,7 @@ impl WireNode {
         if let Some(old) = old {
             self.unbind_from(half, old);
         }
-        half.set_carrier(false, &self.changed);
+        self.set_carrier(half, false);
         if let Some(p) = peer {
             let peer = self.peer(p);
             let shard = &peer.shards[shard_of(&half.key, peer.shards.len())];
@@ -612,6 +641,7 @@ impl WireNode {
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
@@ -679,11 +709,7 @@ impl WireNode {
     /// The outbound message stream of a shard for a new stream: the Hello (when dialling), a Bind
     /// for every wire on the shard, then the shard's queue, combining ready batches into one
     /// message. Takes over from any previous stream of the shard.
-    async fn outbound(
-        &self,
-        shard: Arc<Shard>,
-        hello: Option<WireMessage>,
-    ) -> tokio_stream::wrappers::ReceiverStream<WireMessage> {
+    async fn outbound(&self, shard: Arc<Shard>, hello: Option<WireMessage>) -> OutboundStream {
         let gen_now = {
             let mut g = 0;
             shard.generation.send_modify(|v| {
@@ -703,70 +729,13 @@ impl WireNode {
                 .collect()
         };
         first.extend(binds.into_iter().map(|(k, id)| bind_msg(id, &k)));
-        let gen_rx = shard.generation.subscribe();
-        let legacy = self.design.legacy != WireLegacy::None;
-        let tail =
-            futures::stream::unfold((guard, gen_rx), move |(mut guard, mut gen_rx)| async move {
-                let item = tokio::select! {
-                    m = guard.recv() => m?,
-                    () = superseded(&mut gen_rx, gen_now) => return None,
-                };
-                let msg = match item {
-                    Outbound::Bind(id, k) => bind_msg(id, &k),
-                    Outbound::Unbind(id) => WireMessage {
-                        body: Some(Body::Unbind(Unbind { wire_id: id })),
-                    },
-                    Outbound::Batch(b) => {
-                        let mut size = b.len();
-                        let mut batch = vec![b];
-                        // Combine what is already queued, up to a bound: no waiting for more.
-                        // (Not in a legacy design: one frame per message there.)
-                        while size < MESSAGE_BYTES && !legacy {
-                            match guard.try_recv() {
-                                Ok(Outbound::Batch(b)) => {
-                                    size += b.len();
-                                    batch.push(b);
-                                }
-                                Ok(other) => {
-                                    // Keep order: a Bind/Unbind ends the combined message.
-                                    let msg = match other {
-                                        Outbound::Bind(id, k) => bind_msg(id, &k),
-                                        Outbound::Unbind(id) => WireMessage {
-                                            body: Some(Body::Unbind(Unbind { wire_id: id })),
-                                        },
-                                        Outbound::Batch(_) => unreachable!("matched above"),
-                                    };
-                                    let combined = WireMessage {
-                                        body: Some(Body::Batches(Batches { batch })),
-                                    };
-                                    return Some((
-                                        futures::stream::iter(vec![combined, msg]),
-                                        (guard, gen_rx),
-                                    ));
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        WireMessage {
-                            body: Some(Body::Batches(Batches { batch })),
-                        }
-                    }
-                };
-                Some((futures::stream::iter(vec![msg]), (guard, gen_rx)))
-            })
-            .flatten();
-        // A concrete, channel-backed stream for tonic (its client future must be provably Send
-        // for any stream it holds, which an opaque combinator stream does not let rustc show).
-        let (tx, rx) = mpsc::channel::<WireMessage>(4);
-        tokio::spawn(async move {
-            let mut all = Box::pin(futures::stream::iter(first).chain(tail));
-            while let Some(m) = all.next().await {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+        let mut gen_rx = shard.generation.subscribe();
+        OutboundStream {
+            pending: first.into(),
+            queue: guard,
+            superseded: Box::pin(async move { superseded(&mut gen_rx, gen_now).await }),
+            combine: self.design.legacy == WireLegacy::None,
+        }
     }
 
     /// Runs one connected stream's inbound side until it ends; the shard is connected meanwhile.
@@ -804,7 +773,7 @@ impl WireNode {
             .map(|(_, h)| h)
             .collect();
         for h in bound {
-            h.set_carrier(false, &self.changed);
+            self.set_carrier(&h, false);
         }
         tracing::info!(peer = %peer.ip, shard = shard.index, "wire stream down");
     }
@@ -829,7 +798,7 @@ impl WireNode {
                             let id = shard.out_id(&key);
                             let _ = shard.tx.try_send(Outbound::Bind(id, key));
                         }
-                        h.set_carrier(true, &self.changed);
+                        self.set_carrier(&h, true);
                     }
                     None => {
                         shard.in_ids.lock().expect("in_ids lock").remove(&b.wire_id);
@@ -838,7 +807,7 @@ impl WireNode {
             }
             Some(Body::Unbind(u)) => {
                 if let Some(h) = shard.in_ids.lock().expect("in_ids lock").remove(&u.wire_id) {
-                    h.set_carrier(false, &self.changed);
+                    self.set_carrier(&h, false);
                 }
             }
             Some(Body::Batches(bs)) => {
@@ -973,6 +942,79 @@ impl WireNode {
                 None => half.metrics.drop(DropReason::PeerDown, n),
             }
         }
+    }
+}
+
+/// A stream's outbound messages, polled directly by tonic's HTTP/2 body (no task or channel in
+/// between): first the Hello and Binds queued for it, then the shard's queue, combining batches
+/// already queued into one message. Ends when a newer stream takes over the shard.
+///
+/// A named type rather than a combinator chain: tonic's client needs the request stream to be
+/// provably `Send`, which rustc cannot show for `async` closures inside `unfold`.
+struct OutboundStream {
+    pending: std::collections::VecDeque<WireMessage>,
+    queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Outbound>>,
+    superseded: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// Combine queued batches into one message (not in a legacy design: one frame per message).
+    combine: bool,
+}
+
+impl OutboundStream {
+    fn control(item: Outbound) -> WireMessage {
+        match item {
+            Outbound::Bind(id, k) => bind_msg(id, &k),
+            Outbound::Unbind(id) => WireMessage {
+                body: Some(Body::Unbind(Unbind { wire_id: id })),
+            },
+            Outbound::Batch(b) => WireMessage {
+                body: Some(Body::Batches(Batches { batch: vec![b] })),
+            },
+        }
+    }
+}
+
+impl Stream for OutboundStream {
+    type Item = WireMessage;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WireMessage>> {
+        use std::task::Poll;
+        if self.superseded.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if let Some(m) = self.pending.pop_front() {
+            return Poll::Ready(Some(m));
+        }
+        let first = match self.queue.poll_recv(cx) {
+            Poll::Ready(Some(item)) => item,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        let Outbound::Batch(b) = first else {
+            return Poll::Ready(Some(Self::control(first)));
+        };
+        let mut size = b.len();
+        let mut batch = vec![b];
+        // Combine what is already queued, up to a bound: no waiting for more.
+        while size < MESSAGE_BYTES && self.combine {
+            match self.queue.try_recv() {
+                Ok(Outbound::Batch(b)) => {
+                    size += b.len();
+                    batch.push(b);
+                }
+                Ok(other) => {
+                    // Keep order: a Bind/Unbind goes right after the combined message.
+                    self.pending.push_back(Self::control(other));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(WireMessage {
+            body: Some(Body::Batches(Batches { batch })),
+        }))
     }
 }
 

@@ -240,6 +240,7 @@ pub async fn run(
                 .tcp_nodelay(true)
                 .initial_stream_window_size(gwire::STREAM_WINDOW)
                 .initial_connection_window_size(gwire::CONNECTION_WINDOW)
+                .max_frame_size(gwire::MAX_FRAME)
                 .http2_keepalive_interval(Some(gwire::KEEPALIVE))
                 .http2_keepalive_timeout(Some(gwire::KEEPALIVE_TIMEOUT))
                 .add_service(svc)
