@@ -9,6 +9,7 @@
 //! was built for, so a link whose peer sandbox changed is recognised as stale. Meshnet deletes or
 //! replaces only interfaces that carry such an alias — never one it did not make.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -355,6 +356,9 @@ impl Kernel {
         netns: &Path,
         ifname: &str,
     ) -> Result<Option<IfaceState>, LinkError> {
+        if let Some(known) = snapshot::take(netns, ifname) {
+            return Ok(known);
+        }
         let name = ifname.to_string();
         let (ns, n2) = (netns.to_path_buf(), name.clone());
         netns::in_netns(netns, move |h| async move { get_iface(&h, &n2).await })
@@ -748,5 +752,228 @@ impl LinkOps for Kernel {
 
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
         Self::delete_in(netns, ifname).await
+    }
+}
+
+/// Every interface of a namespace with its addresses, read with one link dump and one address
+/// dump (what [`get_iface`] reads for one name).
+async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtnetlink::Error> {
+    let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await? {
+        let name = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let Some(name) = name {
+            by_index.insert(msg.header.index, (name, state_of(&msg)));
+        }
+    }
+    let mut addrs = handle.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        let Some((_, s)) = by_index.get_mut(&a.header.index) else {
+            continue;
+        };
+        for attr in &a.attributes {
+            let ip = match attr {
+                AddressAttribute::Local(ip) => *ip,
+                AddressAttribute::Address(ip) if matches!(ip, IpAddr::V6(_)) => *ip,
+                _ => continue,
+            };
+            if let Ok(n) = IpNet::new(ip, a.header.prefix_len)
+                && !s.addrs.contains(&n)
+            {
+                s.addrs.push(n);
+            }
+        }
+    }
+    Ok(by_index.into_values().collect())
+}
+
+/// Interface state read ahead for a whole reconcile run.
+///
+/// Checking 1000 links one by one costs 1000 namespace threads, each with its own netlink
+/// socket and two requests; a run that checks many links in few namespaces instead dumps each
+/// namespace once ([`snapshot::scope`]) and [`Kernel::lookup`] answers from that dump.
+///
+/// Each name is answered from the dump **at most once**: the first lookup of a name sees the
+/// state at the start of the run, any later lookup of it (after the link was built or changed)
+/// goes to the kernel. Runs are serialised (the reconciler's memo lock), and the dump is scoped
+/// to one run's task, so nothing outlives it.
+pub mod snapshot {
+    use std::collections::{HashMap, HashSet};
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
+
+    use super::{IfaceState, dump_ifaces};
+
+    #[derive(Debug, Default)]
+    struct Namespace {
+        ifaces: HashMap<String, IfaceState>,
+        answered: HashSet<String>,
+    }
+
+    type Dumps = Arc<Mutex<HashMap<PathBuf, Namespace>>>;
+
+    tokio::task_local! {
+        static DUMPS: Dumps;
+    }
+
+    /// Runs `f` with every namespace in `netns` dumped once beforehand (namespaces that cannot be
+    /// read are left to per-link lookups, which report the error).
+    pub async fn scope<F: std::future::Future>(
+        netns: impl IntoIterator<Item = PathBuf>,
+        f: F,
+    ) -> F::Output {
+        use futures::StreamExt;
+        let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
+            .map(|path| async move {
+                let r =
+                    crate::netns::in_netns(&path, |h| async move { dump_ifaces(&h).await }).await;
+                match r {
+                    Ok(Ok(ifaces)) => Some((
+                        path,
+                        Namespace {
+                            ifaces,
+                            answered: HashSet::new(),
+                        },
+                    )),
+                    _ => None,
+                }
+            })
+            .buffer_unordered(4)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        DUMPS.scope(Arc::new(Mutex::new(dumps)), f).await
+    }
+
+    /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once per
+    /// name; `None` when there is no dump for it or the name was answered before.
+    pub(super) fn take(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
+        DUMPS
+            .try_with(|d| {
+                let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ns = d.get_mut(netns)?;
+                ns.answered
+                    .insert(ifname.to_string())
+                    .then(|| ns.ifaces.get(ifname).cloned())
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A throw-away named namespace (`ip netns add`), deleted on drop, panic included.
+    struct TestNs(String);
+
+    impl TestNs {
+        fn new(tag: &str) -> Self {
+            static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("mnd-{tag}-{}-{seq}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            let ns = TestNs(name);
+            ns.ip(&["link", "set", "lo", "up"]);
+            ns
+        }
+
+        fn path(&self) -> PathBuf {
+            PathBuf::from(format!("/run/netns/{}", self.0))
+        }
+
+        fn ip(&self, args: &[&str]) {
+            if !Path::new(&format!("/run/netns/{}", self.0)).exists() {
+                let out = Command::new("ip").args(["netns", "add", &self.0]).output();
+                assert!(out.unwrap().status.success(), "ip netns add {}", self.0);
+            }
+            let out = Command::new("ip")
+                .args(["-n", &self.0])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+
+    fn sorted(mut s: IfaceState) -> IfaceState {
+        s.addrs.sort();
+        s
+    }
+
+    /// The read-ahead dump answers like a per-name lookup, once per name; later lookups of the
+    /// name (after the run changed it) see the kernel.
+    #[tokio::test]
+    async fn snapshot_answers_each_name_once_then_the_kernel() {
+        let ns = TestNs::new("snap");
+        ns.ip(&[
+            "link", "add", "d0", "mtu", "1400", "type", "veth", "peer", "name", "d0p",
+        ]);
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "d0"]);
+        ns.ip(&["link", "set", "d0", "alias", "meshnet|t|1|veth|x", "up"]);
+        let path = ns.path();
+        let direct = Kernel::lookup(&path, "d0")
+            .await
+            .unwrap()
+            .expect("d0 exists");
+        assert_eq!(direct.mtu, Some(1400));
+
+        let p2 = path.clone();
+        let (first, again, absent, after_delete, created) =
+            snapshot::scope([path.clone()], async {
+                let first = Kernel::lookup(&p2, "d0").await.unwrap();
+                // Changed during the run: the dump must not answer for d0 again.
+                ns.ip(&["link", "del", "d0"]);
+                let again = Kernel::lookup(&p2, "d0").await.unwrap();
+                let absent = Kernel::lookup(&p2, "nope").await.unwrap();
+                ns.ip(&[
+                    "link", "add", "nope", "type", "veth", "peer", "name", "nopep",
+                ]);
+                let after_delete = Kernel::lookup(&p2, "nope").await.unwrap();
+                ns.ip(&[
+                    "link", "add", "late", "type", "veth", "peer", "name", "latep",
+                ]);
+                let created = Kernel::lookup(&p2, "late").await.unwrap();
+                (first, again, absent, after_delete, created)
+            })
+            .await;
+        assert_eq!(sorted(first.expect("d0 in the dump")), sorted(direct));
+        assert_eq!(again, None, "second lookup of d0 must go to the kernel");
+        assert_eq!(absent, None, "absent from the dump");
+        assert!(
+            after_delete.is_some(),
+            "second lookup of a name sees the kernel"
+        );
+        assert_eq!(
+            created, None,
+            "the dump is the state at the start of the run"
+        );
+        // Outside a run nothing is cached.
+        assert!(Kernel::lookup(&path, "late").await.unwrap().is_some());
+    }
+
+    /// A namespace that cannot be read is left to per-link lookups, which report it.
+    #[tokio::test]
+    async fn snapshot_of_a_missing_namespace_defers_to_the_lookup() {
+        let missing = PathBuf::from(format!("/run/netns/mnd-missing-{}", std::process::id()));
+        let m2 = missing.clone();
+        let r = snapshot::scope([missing], async move { Kernel::lookup(&m2, "eth0").await }).await;
+        assert!(r.is_err(), "{r:?}");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -355,9 +355,19 @@ impl Reconciler {
                 }
             }
         }
+        // Every namespace this run touches is read once up front instead of once per link.
+        let namespaces: HashSet<PathBuf> = todo
+            .iter()
+            .flat_map(|(_, w)| match w {
+                Work::Veth(s) => vec![s.a.netns.clone(), s.b.netns.clone()],
+                Work::Wire(s) => vec![s.end.netns.clone()],
+                Work::Single(s) => vec![s.end.netns.clone()],
+                Work::Done(_) => Vec::new(),
+            })
+            .collect();
         let ops = Arc::clone(&self.ops);
         let wire = self.wire.clone();
-        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
+        let build = futures::stream::iter(todo)
             .map(|(k, w)| {
                 let ops = Arc::clone(&ops);
                 let wire = wire.clone();
@@ -375,8 +385,9 @@ impl Reconciler {
                 }
             })
             .buffer_unordered(PARALLEL_LINK_OPS)
-            .collect()
-            .await;
+            .collect();
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> =
+            links::snapshot::scope(namespaces, build).await;
         let mut failed: HashMap<String, String> = HashMap::new();
         for (k, w, r) in results {
             let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
