@@ -33,6 +33,8 @@ const RELAY_PORT: u16 = 5300;
 pub const UDP_PAYLOAD: u32 = 64;
 /// Interval between pings, in seconds (root may go this low).
 const PING_INTERVAL: &str = "0.002";
+/// meshnetd's default `--resync-seconds` (a full verification of every link this often).
+const DAEMON_RESYNC_SECONDS: u32 = 30;
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -231,6 +233,11 @@ pub struct Options {
     pub pings: u32,
     pub scale: Vec<u32>,
     pub scale_reps: usize,
+    /// Idle CPU (largest scale run only): wait this long after all links are up (the pods'
+    /// own start-up chatter — IPv6 DAD, MLD, router solicitations — crosses the wires), …
+    pub idle_settle_seconds: u32,
+    /// … then measure for this long: one full resync interval of the daemon, so the periodic
+    /// verification of every link is in the figure.
     pub idle_seconds: u32,
     /// Where `meshnet-lab`, `meshnetd` and `meshnet` are.
     pub bin_dir: PathBuf,
@@ -250,7 +257,8 @@ impl Options {
             pings: 1000,
             scale: vec![10, 100, 1000],
             scale_reps: 3,
-            idle_seconds: 5,
+            idle_settle_seconds: 10,
+            idle_seconds: DAEMON_RESYNC_SECONDS,
             bin_dir,
         }
     }
@@ -263,7 +271,8 @@ impl Options {
             seconds: 1,
             pings: 200,
             scale: vec![10, 100],
-            idle_seconds: 1,
+            idle_settle_seconds: 2,
+            idle_seconds: 5,
             ..Options::full(out_dir, bin_dir)
         }
     }
@@ -564,6 +573,8 @@ pub fn run_bench(o: Options) -> anyhow::Result<Report> {
             .map(|c| c.name().to_string())
             .collect(),
         scale_links: b.o.scale.clone(),
+        idle_settle_seconds: b.o.idle_settle_seconds,
+        idle_seconds: b.o.idle_seconds,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     let report = b.report(machine, settings);
@@ -1024,7 +1035,7 @@ impl Bench {
 
     fn scale_once(&mut self, link: &str, n: u32, rep: usize) -> anyhow::Result<()> {
         let name = self.lab_name("sc");
-        let env = if link == "grpc" {
+        let mut env = if link == "grpc" {
             let shards = std::thread::available_parallelism()
                 .map_or(2, |n| n.get().min(4))
                 .to_string();
@@ -1032,6 +1043,12 @@ impl Bench {
         } else {
             LabKind::Kernel.env("1")
         };
+        // The daemon's own resync interval, not the lab's shorter one: idle CPU as users get it.
+        env.push((
+            "MESHNET_LAB_RESYNC_SECONDS",
+            DAEMON_RESYNC_SECONDS.to_string(),
+        ));
+        let measure_idle = self.o.scale.iter().max() == Some(&n);
         let mut lab = Lab::up(&self.o, &name, &topo::scale_base(), link, &env)?;
         std::thread::sleep(Duration::from_millis(500));
         let daemons = lab.daemons();
@@ -1045,24 +1062,30 @@ impl Bench {
         let timeout = Duration::from_secs(120 + u64::from(n) / 2);
         let took = lab.apply(&self.o, &topo::scale_lab(&ns, n), timeout)?;
         std::thread::sleep(Duration::from_secs(1));
-        let c0: anyhow::Result<Vec<(u64, u64)>> =
-            daemons.iter().map(|p| system::pid_cpu(*p)).collect();
-        let c0 = c0?;
-        let idle = Duration::from_secs(u64::from(self.o.idle_seconds));
-        std::thread::sleep(idle);
-        let c1: anyhow::Result<Vec<(u64, u64)>> =
-            daemons.iter().map(|p| system::pid_cpu(*p)).collect();
-        let c1 = c1?;
+        let idle_pct = if measure_idle {
+            std::thread::sleep(Duration::from_secs(u64::from(self.o.idle_settle_seconds)));
+            let c0: anyhow::Result<Vec<(u64, u64)>> =
+                daemons.iter().map(|p| system::pid_cpu(*p)).collect();
+            let c0 = c0?;
+            let idle = Duration::from_secs(u64::from(self.o.idle_seconds));
+            std::thread::sleep(idle);
+            let c1: anyhow::Result<Vec<(u64, u64)>> =
+                daemons.iter().map(|p| system::pid_cpu(*p)).collect();
+            let tck = system::clk_tck();
+            Some(
+                c0.iter()
+                    .zip(&c1?)
+                    .map(|(a, b)| {
+                        (b.0 + b.1).saturating_sub(a.0 + a.1) as f64 / tck / idle.as_secs_f64()
+                            * 100.0
+                    })
+                    .fold(0.0, f64::max),
+            )
+        } else {
+            None
+        };
         let after = rss(&daemons)?;
         lab.down();
-        let tck = system::clk_tck();
-        let idle_pct = c0
-            .iter()
-            .zip(&c1)
-            .map(|(a, b)| {
-                (b.0 + b.1).saturating_sub(a.0 + a.1) as f64 / tck / idle.as_secs_f64() * 100.0
-            })
-            .fold(0.0, f64::max);
         let rss_mb = after.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
         let per_link = before
             .iter()
@@ -1072,12 +1095,13 @@ impl Bench {
             / before.len().max(1) as f64;
         let secs = took.as_secs_f64();
         for (m, unit, v) in [
-            ("up_s", "s", secs),
-            ("links_per_s", "links/s", f64::from(n) / secs),
-            ("rss_mb", "MB", rss_mb),
-            ("kib_per_link", "KiB", per_link),
+            ("up_s", "s", Some(secs)),
+            ("links_per_s", "links/s", Some(f64::from(n) / secs)),
+            ("rss_mb", "MB", Some(rss_mb)),
+            ("kib_per_link", "KiB", Some(per_link)),
             ("idle_cpu_pct", "% of a core", idle_pct),
         ] {
+            let Some(v) = v else { continue };
             self.runs
                 .add(Series::new(link, m, "plain").links(n), unit, rep, v);
         }

@@ -34,6 +34,9 @@ pub struct RunSettings {
     pub paths: Vec<String>,
     pub conditions: Vec<String>,
     pub scale_links: Vec<u32>,
+    /// Idle CPU (largest scale run only): seconds waited after all links were up, then measured.
+    pub idle_settle_seconds: u32,
+    pub idle_seconds: u32,
     pub wall_seconds: f64,
 }
 
@@ -411,7 +414,10 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(
             out,
             "## Scale: N cross-node links between two pods (`meshnet-lab apply`, timed until all \
-             are up)\n"
+             are up)\n\nIdle CPU: the busier daemon, largest N only, over {} s starting {} s after \
+             all links were up (daemons at their default 30 s resync, so one full verification of \
+             every link is included).\n",
+            r.settings.idle_seconds, r.settings.idle_settle_seconds
         );
         out.push_str("| link | N |");
         for (_, title, _) in SCALE_METRICS {

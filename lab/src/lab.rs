@@ -581,7 +581,9 @@ impl Lab {
             }
         }
         let child = cmd
-            .args(["--resync-seconds", "10", "--inter-node-link-type", &st.link])
+            .arg("--resync-seconds")
+            .arg(std::env::var("MESHNET_LAB_RESYNC_SECONDS").unwrap_or_else(|_| "10".into()))
+            .args(["--inter-node-link-type", &st.link])
             .env(
                 "RUST_LOG",
                 std::env::var("MESHNET_LAB_LOG").unwrap_or_else(|_| "info".into()),
