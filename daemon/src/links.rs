@@ -721,6 +721,9 @@ impl LinkOps for Kernel {
     }
 
     async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
+        if let Some(known) = snapshot::owned(netns) {
+            return Ok(known);
+        }
         let ns = netns.to_path_buf();
         netns::in_netns(netns, move |h| async move {
             let mut out = Vec::new();
@@ -794,70 +797,121 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
 ///
 /// Checking 1000 links one by one costs 1000 namespace threads, each with its own netlink
 /// socket and two requests; a run that checks many links in few namespaces instead dumps each
-/// namespace once ([`snapshot::scope`]) and [`Kernel::lookup`] answers from that dump.
+/// namespace once ([`Snapshot::read`](snapshot::Snapshot::read)) and [`Kernel::lookup`] answers
+/// from that dump, as does [`LinkOps::owned`] for the stale-link sweep.
 ///
 /// Each name is answered from the dump **at most once**: the first lookup of a name sees the
 /// state at the start of the run, any later lookup of it (after the link was built or changed)
-/// goes to the kernel. Runs are serialised (the reconciler's memo lock), and the dump is scoped
-/// to one run's task, so nothing outlives it.
+/// goes to the kernel. The owned list is answered from the dump only for a namespace the run did
+/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock), and
+/// the dump is scoped to one run's task, so nothing outlives it.
 pub mod snapshot {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, Mutex};
 
-    use super::{IfaceState, dump_ifaces};
+    use super::{IfaceState, OwnedAlias, dump_ifaces};
 
     #[derive(Debug, Default)]
     struct Namespace {
         ifaces: HashMap<String, IfaceState>,
         answered: HashSet<String>,
+        /// The run changed something here: the list of owned interfaces must be read again.
+        touched: bool,
     }
 
-    type Dumps = Arc<Mutex<HashMap<PathBuf, Namespace>>>;
+    /// The dumps of one run.
+    #[derive(Debug, Clone, Default)]
+    pub struct Snapshot(Arc<Mutex<HashMap<PathBuf, Namespace>>>);
 
     tokio::task_local! {
-        static DUMPS: Dumps;
+        static CURRENT: Snapshot;
     }
 
-    /// Runs `f` with every namespace in `netns` dumped once beforehand (namespaces that cannot be
-    /// read are left to per-link lookups, which report the error).
+    impl Snapshot {
+        /// Dumps every namespace in `netns` (namespaces that cannot be read are left to
+        /// per-link lookups, which report the error).
+        pub async fn read(netns: impl IntoIterator<Item = PathBuf>) -> Self {
+            use futures::StreamExt;
+            let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
+                .map(|path| async move {
+                    let r = crate::netns::in_netns(&path, |h| async move { dump_ifaces(&h).await })
+                        .await;
+                    match r {
+                        Ok(Ok(ifaces)) => Some((
+                            path,
+                            Namespace {
+                                ifaces,
+                                ..Namespace::default()
+                            },
+                        )),
+                        _ => None,
+                    }
+                })
+                .buffer_unordered(4)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+            Snapshot(Arc::new(Mutex::new(dumps)))
+        }
+
+        /// Runs `f` with lookups answered from this snapshot.
+        pub async fn with<F: std::future::Future>(&self, f: F) -> F::Output {
+            CURRENT.scope(self.clone(), f).await
+        }
+
+        /// Records that the run changed `netns` (built, repaired or failed there).
+        pub fn touched(&self, netns: &Path) {
+            if let Some(ns) = self.lock().get_mut(netns) {
+                ns.touched = true;
+            }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Namespace>> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+    }
+
+    /// Runs `f` with every namespace in `netns` dumped once beforehand.
     pub async fn scope<F: std::future::Future>(
         netns: impl IntoIterator<Item = PathBuf>,
         f: F,
     ) -> F::Output {
-        use futures::StreamExt;
-        let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
-            .map(|path| async move {
-                let r =
-                    crate::netns::in_netns(&path, |h| async move { dump_ifaces(&h).await }).await;
-                match r {
-                    Ok(Ok(ifaces)) => Some((
-                        path,
-                        Namespace {
-                            ifaces,
-                            answered: HashSet::new(),
-                        },
-                    )),
-                    _ => None,
-                }
-            })
-            .buffer_unordered(4)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        DUMPS.scope(Arc::new(Mutex::new(dumps)), f).await
+        Snapshot::read(netns).await.with(f).await
     }
 
     /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once per
     /// name; `None` when there is no dump for it or the name was answered before.
     pub(super) fn take(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
-        DUMPS
-            .try_with(|d| {
-                let mut d = d.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        CURRENT
+            .try_with(|s| {
+                let mut d = s.lock();
                 let ns = d.get_mut(netns)?;
                 ns.answered
                     .insert(ifname.to_string())
                     .then(|| ns.ifaces.get(ifname).cloned())
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.
+    pub(super) fn owned(netns: &Path) -> Option<Vec<(String, OwnedAlias)>> {
+        CURRENT
+            .try_with(|s| {
+                let d = s.lock();
+                let ns = d.get(netns).filter(|ns| !ns.touched)?;
+                Some(
+                    ns.ifaces
+                        .iter()
+                        .filter_map(|(name, st)| {
+                            let a = OwnedAlias::parse(st.alias.as_deref()?)?;
+                            Some((name.clone(), a))
+                        })
+                        .collect(),
+                )
             })
             .ok()
             .flatten()
@@ -966,6 +1020,26 @@ mod tests {
         );
         // Outside a run nothing is cached.
         assert!(Kernel::lookup(&path, "late").await.unwrap().is_some());
+    }
+
+    /// The sweep's list of owned interfaces comes from the dump while the run has not touched
+    /// the namespace, and from the kernel once it has.
+    #[tokio::test]
+    async fn snapshot_owned_list_until_the_namespace_is_touched() {
+        let ns = TestNs::new("owned");
+        ns.ip(&["link", "add", "o1", "type", "veth", "peer", "name", "o1p"]);
+        ns.ip(&["link", "set", "o1", "alias", "meshnet|t|7|veth|x"]);
+        let path = ns.path();
+        let kernel = Kernel::new().unwrap();
+        let snap = snapshot::Snapshot::read([path.clone()]).await;
+        ns.ip(&["link", "del", "o1"]);
+        let names =
+            |v: Vec<(String, OwnedAlias)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let untouched = snap.with(kernel.owned(&path)).await.unwrap();
+        assert_eq!(names(untouched), vec!["o1".to_string()], "from the dump");
+        snap.touched(&path);
+        let touched = snap.with(kernel.owned(&path)).await.unwrap();
+        assert!(names(touched).is_empty(), "from the kernel once touched");
     }
 
     /// A namespace that cannot be read is left to per-link lookups, which report it.

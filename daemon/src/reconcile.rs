@@ -356,15 +356,8 @@ impl Reconciler {
             }
         }
         // Every namespace this run touches is read once up front instead of once per link.
-        let namespaces: HashSet<PathBuf> = todo
-            .iter()
-            .flat_map(|(_, w)| match w {
-                Work::Veth(s) => vec![s.a.netns.clone(), s.b.netns.clone()],
-                Work::Wire(s) => vec![s.end.netns.clone()],
-                Work::Single(s) => vec![s.end.netns.clone()],
-                Work::Done(_) => Vec::new(),
-            })
-            .collect();
+        let namespaces: HashSet<PathBuf> =
+            todo.iter().flat_map(|(_, w)| w.netns()).cloned().collect();
         let ops = Arc::clone(&self.ops);
         let wire = self.wire.clone();
         let build = futures::stream::iter(todo)
@@ -386,10 +379,15 @@ impl Reconciler {
             })
             .buffer_unordered(PARALLEL_LINK_OPS)
             .collect();
-        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> =
-            links::snapshot::scope(namespaces, build).await;
+        let snapshot = links::snapshot::Snapshot::read(namespaces).await;
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = snapshot.with(build).await;
         let mut failed: HashMap<String, String> = HashMap::new();
         for (k, w, r) in results {
+            if !matches!(r, Ok(Outcome::Unchanged)) {
+                for ns in w.netns() {
+                    snapshot.touched(ns);
+                }
+            }
             let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
             match r {
                 Ok(outcome) => {
@@ -425,7 +423,9 @@ impl Reconciler {
 
         let mut reports = Vec::new();
         for (p, ws) in plans.iter().zip(works) {
-            self.sweep_stale(memo, p, &ws, &topos, depth).await;
+            snapshot
+                .with(self.sweep_stale(memo, p, &ws, &topos, depth))
+                .await;
             let report = PodReport {
                 key: p.key.clone(),
                 links: p
@@ -792,6 +792,16 @@ impl Work {
             Work::Single(s) => Some(&s.alias),
             Work::Wire(s) => Some(&s.alias),
             Work::Done(_) => None,
+        }
+    }
+
+    /// The namespaces the link's ends live in.
+    fn netns(&self) -> Vec<&PathBuf> {
+        match self {
+            Work::Veth(s) => vec![&s.a.netns, &s.b.netns],
+            Work::Wire(s) => vec![&s.end.netns],
+            Work::Single(s) => vec![&s.end.netns],
+            Work::Done(_) => Vec::new(),
         }
     }
 
