@@ -1063,6 +1063,23 @@ impl Bench {
         let took = lab.apply(&self.o, &topo::scale_lab(&ns, n), timeout)?;
         std::thread::sleep(Duration::from_secs(1));
         let idle_pct = if measure_idle {
+            // Idle means silent links: a fresh interface's IPv6 router solicitations never stop
+            // (RFC 7559 backoff), and 1000 of them are traffic the wire must carry (README).
+            for ns in lab.pods.values() {
+                run_ok(
+                    &[
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        "sysctl",
+                        "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                    ],
+                    &[],
+                    Duration::from_secs(10),
+                )?;
+            }
             std::thread::sleep(Duration::from_secs(u64::from(self.o.idle_settle_seconds)));
             let c0: anyhow::Result<Vec<(u64, u64)>> =
                 daemons.iter().map(|p| system::pid_cpu(*p)).collect();

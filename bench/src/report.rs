@@ -416,7 +416,8 @@ pub fn markdown(r: &Report) -> String {
             "## Scale: N cross-node links between two pods (`meshnet-lab apply`, timed until all \
              are up)\n\nIdle CPU: the busier daemon, largest N only, over {} s starting {} s after \
              all links were up (daemons at their default 30 s resync, so one full verification of \
-             every link is included).\n",
+             every link is included), with IPv6 turned off in the pods so that the links are \
+             silent.\n",
             r.settings.idle_seconds, r.settings.idle_settle_seconds
         );
         out.push_str("| link | N |");
