@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -250,6 +251,16 @@ pub enum LabStore {
     },
 }
 
+impl Drop for Lab {
+    /// With no lab of this name left (never brought up, a refused `up`, or `down`), its lock
+    /// file goes too, while still held; `open` copes with a waiter that locked the removed file.
+    fn drop(&mut self) {
+        if !self.dir.exists() {
+            let _ = fs::remove_file(state_root().join(format!("{}.lock", self.name)));
+        }
+    }
+}
+
 impl Lab {
     /// Opens lab `name`, taking its lock (waits for another command on the same lab).
     ///
@@ -260,14 +271,23 @@ impl Lab {
         let root = state_root();
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let lock_path = root.join(format!("{name}.lock"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+        // The lock file is removed when no lab of this name is left (see `Drop`), so a waiter
+        // may end up holding the lock of a file that is gone: it checks and starts over.
+        let lock = loop {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .with_context(|| format!("opening {}", lock_path.display()))?;
+            let lock = Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+            let held = lock.metadata().map(|m| m.ino()).ok();
+            let current = fs::metadata(&lock_path).map(|m| m.ino()).ok();
+            if held.is_some() && held == current {
+                break lock;
+            }
+        };
         Ok(Lab {
             name: name.to_string(),
             dir: root.join(name),
@@ -337,6 +357,8 @@ impl Lab {
     /// # Errors
     /// The lab exists already, the manifest is bad, or a link did not come up in time.
     pub fn up(&self, file: &Path, opts: &UpOptions) -> anyhow::Result<LabState> {
+        // Refused before anything is made.
+        resync_seconds()?;
         if self.state_path().exists() {
             bail!(
                 "lab {:?} is already up; run `meshnet-lab --lab {} down` first",
@@ -580,9 +602,9 @@ impl Lab {
                 cmd.args(["--store", "kube"]).env("KUBECONFIG", kubeconfig);
             }
         }
+        let resync = resync_seconds()?;
         let child = cmd
-            .arg("--resync-seconds")
-            .arg(std::env::var("MESHNET_LAB_RESYNC_SECONDS").unwrap_or_else(|_| "10".into()))
+            .args(["--resync-seconds", &resync.to_string()])
             .args(["--inter-node-link-type", &st.link])
             .env(
                 "RUST_LOG",
@@ -1524,4 +1546,14 @@ fn verify_link(st: &LabState, l: &LinkView) -> Vec<(bool, String)> {
         }
     }
     out
+}
+
+/// The daemons' `--resync-seconds`: `MESHNET_LAB_RESYNC_SECONDS`, else 10.
+fn resync_seconds() -> anyhow::Result<u64> {
+    match std::env::var("MESHNET_LAB_RESYNC_SECONDS") {
+        Ok(v) => v.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
+            format!("MESHNET_LAB_RESYNC_SECONDS={v:?} is not a positive number of seconds")
+        }),
+        Err(_) => Ok(10),
+    }
 }

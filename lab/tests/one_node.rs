@@ -45,6 +45,12 @@ fn triangle_verifies_and_down_leaves_nothing() {
             .join(&lab.name)
             .exists()
     );
+    assert!(
+        !std::path::Path::new("/run/meshnet-lab")
+            .join(format!("{}.lock", lab.name))
+            .exists(),
+        "the lab's lock file is left"
+    );
 }
 
 #[test]
