@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::MacVlanMode;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -265,21 +265,25 @@ pub async fn get_iface(
         .set_link_index_filter(s.index)
         .execute();
     while let Some(a) = addrs.try_next().await? {
-        let plen = a.header.prefix_len;
-        for attr in &a.attributes {
-            let ip = match attr {
-                AddressAttribute::Local(ip) => *ip,
-                AddressAttribute::Address(ip) if matches!(ip, IpAddr::V6(_)) => *ip,
-                _ => continue,
-            };
-            if let Ok(n) = IpNet::new(ip, plen)
-                && !s.addrs.contains(&n)
-            {
-                s.addrs.push(n);
-            }
-        }
+        add_addresses(&mut s, &a);
     }
     Ok(Some(s))
+}
+
+/// Adds the interface addresses an address message carries (IPv4 local, IPv6 address).
+fn add_addresses(s: &mut IfaceState, a: &AddressMessage) {
+    for attr in &a.attributes {
+        let ip = match attr {
+            AddressAttribute::Local(ip) => *ip,
+            AddressAttribute::Address(ip) if matches!(ip, IpAddr::V6(_)) => *ip,
+            _ => continue,
+        };
+        if let Ok(n) = IpNet::new(ip, a.header.prefix_len)
+            && !s.addrs.contains(&n)
+        {
+            s.addrs.push(n);
+        }
+    }
 }
 
 /// Brings an existing interface to its spec: alias, address, MTU, up. Extra addresses a user
@@ -774,20 +778,8 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
     }
     let mut addrs = handle.address().get().execute();
     while let Some(a) = addrs.try_next().await? {
-        let Some((_, s)) = by_index.get_mut(&a.header.index) else {
-            continue;
-        };
-        for attr in &a.attributes {
-            let ip = match attr {
-                AddressAttribute::Local(ip) => *ip,
-                AddressAttribute::Address(ip) if matches!(ip, IpAddr::V6(_)) => *ip,
-                _ => continue,
-            };
-            if let Ok(n) = IpNet::new(ip, a.header.prefix_len)
-                && !s.addrs.contains(&n)
-            {
-                s.addrs.push(n);
-            }
+        if let Some((_, s)) = by_index.get_mut(&a.header.index) {
+            add_addresses(s, &a);
         }
     }
     Ok(by_index.into_values().collect())
@@ -874,14 +866,6 @@ pub mod snapshot {
         }
     }
 
-    /// Runs `f` with every namespace in `netns` dumped once beforehand.
-    pub async fn scope<F: std::future::Future>(
-        netns: impl IntoIterator<Item = PathBuf>,
-        f: F,
-    ) -> F::Output {
-        Snapshot::read(netns).await.with(f).await
-    }
-
     /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once per
     /// name; `None` when there is no dump for it or the name was answered before.
     pub(super) fn take(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
@@ -933,6 +917,8 @@ mod tests {
             let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let name = format!("mnd-{tag}-{}-{seq}", std::process::id());
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            let out = Command::new("ip").args(["netns", "add", &name]).output();
+            assert!(out.unwrap().status.success(), "ip netns add {name}");
             let ns = TestNs(name);
             ns.ip(&["link", "set", "lo", "up"]);
             ns
@@ -943,10 +929,6 @@ mod tests {
         }
 
         fn ip(&self, args: &[&str]) {
-            if !Path::new(&format!("/run/netns/{}", self.0)).exists() {
-                let out = Command::new("ip").args(["netns", "add", &self.0]).output();
-                assert!(out.unwrap().status.success(), "ip netns add {}", self.0);
-            }
             let out = Command::new("ip")
                 .args(["-n", &self.0])
                 .args(args)
@@ -989,8 +971,9 @@ mod tests {
         assert_eq!(direct.mtu, Some(1400));
 
         let p2 = path.clone();
-        let (first, again, absent, after_delete, created) =
-            snapshot::scope([path.clone()], async {
+        let snap = snapshot::Snapshot::read([path.clone()]).await;
+        let (first, again, absent, after_delete, created) = snap
+            .with(async {
                 let first = Kernel::lookup(&p2, "d0").await.unwrap();
                 // Changed during the run: the dump must not answer for d0 again.
                 ns.ip(&["link", "del", "d0"]);
@@ -1047,7 +1030,8 @@ mod tests {
     async fn snapshot_of_a_missing_namespace_defers_to_the_lookup() {
         let missing = PathBuf::from(format!("/run/netns/mnd-missing-{}", std::process::id()));
         let m2 = missing.clone();
-        let r = snapshot::scope([missing], async move { Kernel::lookup(&m2, "eth0").await }).await;
+        let snap = snapshot::Snapshot::read([missing]).await;
+        let r = snap.with(Kernel::lookup(&m2, "eth0")).await;
         assert!(r.is_err(), "{r:?}");
     }
 }
