@@ -110,13 +110,23 @@ impl LabGuard {
             .collect()
     }
 
-    /// Every link in `status` is up, and there are `n` of them.
+    /// Every link in `status` is up, and there are `n` of them — within 2 s: each daemon writes
+    /// its ends' status shortly after the kernel changes (a carrier coming up is written after a
+    /// 20 ms pause and a reconcile run), so right after an event the store may still be behind.
     pub fn assert_links_up(&self, n: usize) {
-        let st = self.status();
-        let links = st["links"].as_array().unwrap();
-        assert_eq!(links.len(), n, "links: {links:#?}");
-        for l in links {
-            assert_eq!(l["state"], "up", "link not up: {l:#}");
+        let t = std::time::Instant::now();
+        loop {
+            let st = self.status();
+            let links = st["links"].as_array().unwrap().clone();
+            let all_up = links.len() == n && links.iter().all(|l| l["state"] == "up");
+            if all_up || t.elapsed() > std::time::Duration::from_secs(2) {
+                assert_eq!(links.len(), n, "links: {links:#?}");
+                for l in &links {
+                    assert_eq!(l["state"], "up", "link not up: {l:#}");
+                }
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
