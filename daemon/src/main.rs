@@ -97,25 +97,25 @@ fn bind_unix(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled: the daemon installs its CNI config early in `run`, and a SIGTERM in between
+/// would otherwise kill it with the default action and leave that config behind.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let shutdown = shutdown_signal()?;
     let design = meshnet_daemon::gwire::WireDesign {
         endpoint: args.wire_endpoint,
         legacy: args.wire_legacy,
@@ -202,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         Listeners { local, http, wire },
         Some(metrics),
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     let _ = std::fs::remove_file(&args.socket);
