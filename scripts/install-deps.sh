@@ -3,7 +3,8 @@
 # iproute2 (ip), iputils-ping, the reference CNI plugins (ptp, host-local, portmap), iperf3,
 # ethtool, jq, nftables (the gRPC lab blocks VXLAN with it), curl + openssl + xz-utils (the test
 # API server), python3 (raw-frame tests), podman + runc (the image test), prometheus (promtool and
-# the scrape test). Needs root (the lab makes network namespaces anyway).
+# the scrape test), frr (routers in lab pods: OSPF/BFD tests), containerd (the CRI test drives a
+# real runtime), protobuf-compiler (the CRI client's build script compiles the CRI protos). Needs root (the lab makes network namespaces anyway).
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
@@ -21,6 +22,9 @@ command -v python3 >/dev/null || need+=(python3)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || command -v crun >/dev/null || need+=(runc)
 command -v promtool >/dev/null || need+=(prometheus)
+[[ -x /usr/lib/frr/zebra ]] || need+=(frr)
+command -v containerd >/dev/null || need+=(containerd)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 if ((${#need[@]} == 0)); then
   exit 0
 fi
