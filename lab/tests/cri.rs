@@ -270,6 +270,8 @@ state = "{d}/state"
   # the pause container's oom_score_adj no lower than containerd's: lowering it needs
   # CAP_SYS_RESOURCE, which a CI container may not grant
   restrict_oom_score_adj = true
+  # no AppArmor profile to load on hosts that have AppArmor on (the test is about networking)
+  disable_apparmor = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     # plain copies: works on any filesystem the temp dir is on (overlay on overlay does not)
     snapshotter = "native"
