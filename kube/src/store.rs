@@ -16,7 +16,8 @@
 //!   but every etcd3-backed API server uses etcd's revision, which grows with every write; if one
 //!   does not parse, only equality is known and the overlay wins until the watch delivers exactly
 //!   that version. Overlay and cache are read under one lock, and the watcher retires an entry
-//!   under it only after the reflector applied the event, so a read never sees neither. A re-list
+//!   under it only after the reflector applied the event, so a read that finds no entry finds the
+//!   cache with that version. A re-list
 //!   (after `410 Gone`) replaces the cache and clears the overlay: the list is fresh, and any
 //!   later write arrives as a watch event. Writes of *other* clients are seen once the watch
 //!   delivers them (typically milliseconds), as with any informer.
@@ -55,6 +56,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -105,6 +107,8 @@ struct Inner {
     written: Mutex<HashMap<PodKey, Written>>,
     /// The watch's last error, for the message of a read that times out waiting for the cache.
     last_watch_error: Mutex<Option<String>>,
+    /// The highest `resourceVersion` the cache has applied (0: none numeric yet).
+    watch_progress: AtomicU64,
     watcher: Mutex<Option<AbortHandle>>,
     permits: Semaphore,
     sync_timeout: Duration,
@@ -298,6 +302,7 @@ impl KubeStore {
                 writer: Mutex::new(Some(writer)),
                 written: Mutex::new(HashMap::new()),
                 last_watch_error: Mutex::new(None),
+                watch_progress: AtomicU64::new(0),
                 watcher: Mutex::new(None),
                 permits: Semaphore::new(MAX_IN_FLIGHT),
                 sync_timeout,
@@ -386,13 +391,17 @@ impl KubeStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records a version this store wrote (or read fresh), unless the cache already has it or a
-    /// later one. A deletion is recorded only while the cache still has the object: otherwise the
-    /// watch has delivered the deletion already (and nothing would retire the entry).
+    /// Records a version this store wrote (or read fresh), unless the cache already has it or
+    /// something later: the watch has passed that version (etcd revisions are global, so the
+    /// cache then reflects a state at least as new — also when the object was deleted since, and
+    /// no event would come to retire the entry), or the cached copy is that version or later. A
+    /// deletion is recorded only while the cache still has the object: otherwise the watch has
+    /// delivered the deletion already.
     fn remember(&self, key: PodKey, w: Written) {
         let mut written = self.written();
         let cached = self.inner.cache.get(&Cached::object_ref(&key));
         let needed = match (&w, cached) {
+            (Written::Present(t), _) if self.watch_passed(&t.metadata.resource_version) => false,
             (Written::Present(t), Some(c)) => {
                 !same_or_later(&c.resource_version, &t.metadata.resource_version)
             }
@@ -404,6 +413,13 @@ impl KubeStore {
         } else if matches!(w, Written::Deleted) {
             written.remove(&key);
         }
+    }
+
+    /// Whether the watch has delivered an event at `version` or later (numeric versions only).
+    fn watch_passed(&self, version: &str) -> bool {
+        version
+            .parse::<u64>()
+            .is_ok_and(|v| self.inner.watch_progress.load(Ordering::Acquire) >= v)
     }
 
     /// Number of own writes the watch has not delivered yet (for tests).
@@ -431,10 +447,29 @@ async fn run_watcher(
         });
     let mut stream = reflector::reflector(writer, events).boxed();
     let mut lists = 0u64;
+    let mut listed_up_to = 0u64;
     while let Some(item) = stream.next().await {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        // The reflector has applied the event: the cache is at least this far. A list's objects
+        // count only once the list is swapped in, at `InitDone`.
+        let version = |c: &Cached| c.resource_version.parse::<u64>().unwrap_or(0);
+        match &item {
+            Ok(watcher::Event::Apply(c) | watcher::Event::Delete(c)) => {
+                inner
+                    .watch_progress
+                    .fetch_max(version(c), Ordering::Release);
+            }
+            Ok(watcher::Event::Init) => listed_up_to = 0,
+            Ok(watcher::Event::InitApply(c)) => listed_up_to = listed_up_to.max(version(c)),
+            Ok(watcher::Event::InitDone) => {
+                inner
+                    .watch_progress
+                    .fetch_max(listed_up_to, Ordering::Release);
+            }
+            Err(_) => {}
+        }
         // No receivers is fine: nobody is watching right now.
         match item {
             Ok(ref event @ (watcher::Event::Apply(ref c) | watcher::Event::Delete(ref c))) => {
