@@ -583,15 +583,22 @@ state = "{d}/state"
 impl Drop for Node {
     fn drop(&mut self) {
         // Normally `shut_down` left nothing; after a panic, remove what is left by force.
-        if let Some(mut c) = self.meshnetd.get_mut().unwrap().take() {
+        let unpoisoned = std::sync::PoisonError::into_inner;
+        if let Some(mut c) = self.meshnetd.get_mut().unwrap_or_else(unpoisoned).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(mut c) = self.containerd.get_mut().unwrap().take() {
+        if let Some(mut c) = self.containerd.get_mut().unwrap_or_else(unpoisoned).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.sandboxes.get_mut().unwrap().values().flatten() {
+        for pid in self
+            .sandboxes
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .flatten()
+        {
             kill(*pid, "-KILL");
         }
         for pid in processes_mentioning(&self.dir.display().to_string()) {
