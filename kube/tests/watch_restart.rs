@@ -147,8 +147,8 @@ async fn watch_survives_an_api_server_restart() {
     assert!(b.get(&key("r3")).await.expect("get").is_some());
 }
 
-/// LIST requests for Topologies the API server has served so far (from its /metrics).
-fn topology_lists(server: &Server) -> u64 {
+/// `verb` requests for Topologies the API server has served so far (from its /metrics).
+fn topology_requests(server: &Server, verb: &str) -> u64 {
     let pki = server.run_dir.join("pki");
     let out = std::process::Command::new("curl")
         .arg("-sf")
@@ -167,14 +167,15 @@ fn topology_lists(server: &Server) -> u64 {
         .filter(|l| {
             l.starts_with("apiserver_request_total{")
                 && l.contains(r#"resource="topologies""#)
-                && l.contains(r#"verb="LIST""#)
+                && l.contains(&format!(r#"verb="{verb}""#))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
 
 /// What a busy node does — ADD after ADD, each reading its pod and every Topology and writing
-/// status — sends no LIST once the cache is filled (the watch's one initial list).
+/// status — sends no LIST and no GET once the cache is filled (the watch's one initial list):
+/// only the status writes reach the API server.
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_come_from_the_cache_not_from_a_list_per_request() {
     let server = Server::start();
@@ -183,8 +184,9 @@ async fn reads_come_from_the_cache_not_from_a_list_per_request() {
         s.apply(&topo(&format!("r{i}"))).await.expect("apply");
     }
     assert_eq!(s.list().await.expect("list").len(), 20);
-    let before = topology_lists(&server);
-    assert!(before >= 1, "the cache was filled by a LIST");
+    let lists = topology_requests(&server, "LIST");
+    let gets = topology_requests(&server, "GET");
+    assert!(lists >= 1, "the cache was filled by a LIST");
     for i in 0..100 {
         let k = key(&format!("r{}", i % 20));
         let id = format!("c{i}");
@@ -200,5 +202,21 @@ async fn reads_come_from_the_cache_not_from_a_list_per_request() {
         let got = s.get(&k).await.expect("get").expect("exists");
         assert_eq!(got.status.container_id, id);
     }
-    assert_eq!(topology_lists(&server), before, "LISTs sent by reads");
+    assert_eq!(
+        topology_requests(&server, "LIST"),
+        lists,
+        "LISTs sent by reads"
+    );
+    assert_eq!(
+        topology_requests(&server, "GET"),
+        gets,
+        "GETs sent by reads"
+    );
+    // A key the cache does not have is asked for once (it may be newer than the watch).
+    assert!(s.get(&key("absent")).await.expect("get").is_none());
+    assert_eq!(
+        topology_requests(&server, "GET"),
+        gets + 1,
+        "a miss asks the API server"
+    );
 }
