@@ -61,6 +61,24 @@ async fn must_get(s: &KubeStore, k: &PodKey) -> Topology {
 }
 
 /// Keys of the listed objects in the given namespaces (other tests write elsewhere).
+/// The object once the store's cache has it with `want` true: writes of other clients reach
+/// the store through its watch.
+async fn eventually(s: &KubeStore, k: &PodKey, want: impl Fn(&Topology) -> bool) -> Topology {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = s.get(k).await.expect("get")
+            && want(&t)
+        {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store never saw the change of {k}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn listed(s: &KubeStore, namespaces: &[&str]) -> Vec<PodKey> {
     s.list()
         .await
@@ -171,9 +189,8 @@ async fn objects_written_as_go_clients_write_them_are_accepted() {
         json!({"src_ip": "10.1.1.1", "net_ns": "/run/netns/cni-1", "container_id": "abc"}),
         "nulls of non-nullable fields are pruned"
     );
-    let t = must_get(&s, &key(ns, "r1")).await;
+    let t = eventually(&s, &key(ns, "r1"), |t| t.status.src_ip == "10.1.1.1").await;
     assert_eq!(t.spec.links[0].local_ip, "");
-    assert_eq!(t.status.src_ip, "10.1.1.1");
     assert!(t.status.skipped.is_empty());
     assert!(t.status.is_alive());
 
@@ -183,7 +200,7 @@ async fn objects_written_as_go_clients_write_them_are_accepted() {
     api.replace_status("r1", &PostParams::default(), &update)
         .await
         .expect("skipped list");
-    let t = must_get(&s, &key(ns, "r1")).await;
+    let t = eventually(&s, &key(ns, "r1"), |t| !t.status.skipped.is_empty()).await;
     assert_eq!(t.status.skipped.len(), 1);
     assert_eq!(t.status.skipped[0].pod_name, "r2");
 
@@ -757,4 +774,101 @@ async fn update_status_writes_and_returns_the_new_object() {
     assert_eq!(r.status, alive());
     assert_ne!(r.metadata.resource_version, v.metadata.resource_version);
     assert_eq!(must_get(&s, &k).await, r);
+}
+
+/// Read-your-writes on the cached store: every read right after one's own write sees it (get
+/// and list), before the watch has necessarily delivered it; once it has, the overlay is empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_right_after_own_writes_see_them() {
+    let s = store().await;
+    let ns = "ryw";
+    let k = key(ns, "r1");
+    s.apply(&topo(ns, "r1")).await.expect("apply");
+    assert!(s.get(&k).await.expect("get").is_some(), "own create");
+    for i in 0..50 {
+        let id = format!("sandbox-{i}");
+        let written = update_status(&s, &k, |st| {
+            st.container_id.clone_from(&id);
+            true
+        })
+        .await
+        .expect("update_status")
+        .expect("exists");
+        assert_eq!(written.status.container_id, id);
+        let got = must_get(&s, &k).await;
+        assert_eq!(got.status.container_id, id, "get after own write {i}");
+        assert_eq!(
+            got.metadata.resource_version,
+            written.metadata.resource_version
+        );
+        let all = s.list().await.expect("list");
+        let mine = all.iter().find(|t| t.key() == k).expect("listed");
+        assert_eq!(mine.status.container_id, id, "list after own write {i}");
+    }
+    s.delete(&k).await.expect("delete");
+    assert!(s.get(&k).await.expect("get").is_none(), "own delete");
+    assert!(listed(&s, &[ns]).await.is_empty(), "own delete, listed");
+    // The watch delivers every write, retiring the overlay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.pending_own_writes() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "overlay never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s.get(&k).await.expect("get").is_none(),
+        "still deleted from the cache"
+    );
+}
+
+/// Another client's write reaches the cache through the watch, and a status write that races it
+/// converges on the first retry (the conflict reads the winner from the API server).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_clients_write_reaches_the_cache_and_a_racing_write_converges() {
+    let s = store().await;
+    let ns = "other-writer";
+    let k = key(ns, "r1");
+    s.apply(&topo(ns, "r1")).await.expect("apply");
+    let before = must_get(&s, &k).await;
+    // Another client writes the status behind this store's back.
+    let api = raw_api(&s, ns);
+    let mut obj = api.get("r1").await.expect("raw get");
+    obj.data["status"] = json!({"src_ip": "192.0.2.9"});
+    api.replace_status("r1", &PostParams::default(), &obj)
+        .await
+        .expect("raw status");
+    // A write from the stale version conflicts, and the conflict refreshed this store's view.
+    let stale = s
+        .replace_status(&k, &alive(), &before.metadata.resource_version)
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(
+        must_get(&s, &k).await.status.src_ip,
+        "192.0.2.9",
+        "refreshed"
+    );
+    let t = update_status(&s, &k, |st| {
+        st.container_id = "c1".into();
+        true
+    })
+    .await
+    .expect("update_status")
+    .expect("exists");
+    assert_eq!(
+        t.status.src_ip, "192.0.2.9",
+        "kept the other writer's field"
+    );
+    assert_eq!(t.status.container_id, "c1");
+    // A write the store never made arrives through the watch.
+    let mut obj = api.get("r1").await.expect("raw get");
+    obj.data["status"]["net_ns"] = json!("/run/netns/x");
+    api.replace_status("r1", &PostParams::default(), &obj)
+        .await
+        .expect("raw status");
+    eventually(&s, &k, |t| t.status.net_ns == "/run/netns/x").await;
 }

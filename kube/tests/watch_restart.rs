@@ -2,6 +2,9 @@
 //! and started again on the same data. Meanwhile the API server's watch cache starts over at
 //! etcd's current revision, so resuming at the watcher's older `resourceVersion` gets
 //! `410 Gone` and the watcher re-lists, which subscribers see as `Resync`.
+//!
+//! Also on a private server (whose request counters no other test moves): reads come from the
+//! store's cache, not from a LIST per request.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use meshnet_kube::KubeStore;
-use meshnet_topology::store::{StoreEvent, TopologyStore};
+use meshnet_topology::store::{StoreEvent, TopologyStore, update_status};
 use meshnet_topology::topology::{Link, PodKey, Topology};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
@@ -142,4 +145,78 @@ async fn watch_survives_an_api_server_restart() {
     a.apply(&topo("r3")).await.expect("apply r3");
     wait_for(&mut rx, &StoreEvent::Changed(key("r3")), 30).await;
     assert!(b.get(&key("r3")).await.expect("get").is_some());
+}
+
+/// `verb` requests for Topologies the API server has served so far (from its /metrics).
+fn topology_requests(server: &Server, verb: &str) -> u64 {
+    let pki = server.run_dir.join("pki");
+    let out = std::process::Command::new("curl")
+        .arg("-sf")
+        .arg("--cacert")
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("https://127.0.0.1:{}/metrics", server.port))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "GET /metrics: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains(r#"resource="topologies""#)
+                && l.contains(&format!(r#"verb="{verb}""#))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What a busy node does — ADD after ADD, each reading its pod and every Topology and writing
+/// status — sends no LIST and no GET once the cache is filled (the watch's one initial list):
+/// only the status writes reach the API server.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_come_from_the_cache_not_from_a_list_per_request() {
+    let server = Server::start();
+    let s = server.store().await;
+    for i in 0..20 {
+        s.apply(&topo(&format!("r{i}"))).await.expect("apply");
+    }
+    assert_eq!(s.list().await.expect("list").len(), 20);
+    let lists = topology_requests(&server, "LIST");
+    let gets = topology_requests(&server, "GET");
+    assert!(lists >= 1, "the cache was filled by a LIST");
+    for i in 0..100 {
+        let k = key(&format!("r{}", i % 20));
+        let id = format!("c{i}");
+        update_status(&s, &k, |st| {
+            st.container_id.clone_from(&id);
+            true
+        })
+        .await
+        .expect("update_status")
+        .expect("exists");
+        let all = s.list().await.expect("list");
+        assert_eq!(all.len(), 20);
+        let got = s.get(&k).await.expect("get").expect("exists");
+        assert_eq!(got.status.container_id, id);
+    }
+    assert_eq!(
+        topology_requests(&server, "LIST"),
+        lists,
+        "LISTs sent by reads"
+    );
+    assert_eq!(
+        topology_requests(&server, "GET"),
+        gets,
+        "GETs sent by reads"
+    );
+    // A key the cache does not have is asked for once (it may be newer than the watch).
+    assert!(s.get(&key("absent")).await.expect("get").is_none());
+    assert_eq!(
+        topology_requests(&server, "GET"),
+        gets + 1,
+        "a miss asks the API server"
+    );
 }

@@ -291,7 +291,10 @@ impl Lab {
         Ok(Lab {
             name: name.to_string(),
             dir: root.join(name),
-            rt: tokio::runtime::Builder::new_current_thread()
+            // One worker thread, not a current-thread runtime: the kube store's cache is filled
+            // by a background watch task, which must run between two `block_on`s.
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
                 .context("tokio runtime")?,

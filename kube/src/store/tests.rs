@@ -146,7 +146,10 @@ fn undecodable_objects_are_corrupt_with_their_path() {
 async fn watch_outside_a_server_does_not_panic() {
     // A client toward a closed port: the watcher fails and retries in the background.
     let config = Config::new("https://127.0.0.1:1".parse().expect("uri"));
-    let store = KubeStore::from_client(Client::try_from(config).expect("client"));
+    let store = KubeStore::with_sync_timeout(
+        Client::try_from(config).expect("client"),
+        std::time::Duration::from_millis(500),
+    );
     let mut rx = store.watch();
     let _rx2 = store.watch();
     assert_eq!(store.kind(), "kube");
@@ -156,6 +159,93 @@ async fn watch_outside_a_server_does_not_panic() {
         .get(&key("default", "r1"))
         .await
         .expect_err("no server");
-    assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
+    // The read waited for the cache, then said why it is empty.
+    let StoreError::Backend(msg) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(msg.contains("did not fill within"), "{msg}");
     drop(store);
+}
+
+fn cached(ns: &str, name: &str, version: &str) -> Cached {
+    let mut t = model::Topology::new(ns, name, Vec::new());
+    t.metadata.resource_version = version.into();
+    Cached {
+        key: key(ns, name),
+        resource_version: version.into(),
+        topo: Ok(Arc::new(t)),
+    }
+}
+
+fn mine(version: &str) -> Written {
+    let mut t = model::Topology::new("ns", "r1", Vec::new());
+    t.metadata.resource_version = version.into();
+    Written::Present(Arc::new(t))
+}
+
+fn seen(view: View<'_>) -> Option<String> {
+    match view {
+        View::Cache(c) => Some(format!("cache {}", c.resource_version)),
+        View::Mine(t) => Some(format!("mine {}", t.metadata.resource_version)),
+        View::Absent => None,
+    }
+}
+
+#[test]
+fn versions_compare_as_numbers_and_otherwise_only_by_equality() {
+    assert!(same_or_later("10", "9"));
+    assert!(same_or_later("10", "10"));
+    assert!(!same_or_later("9", "10"));
+    assert!(same_or_later("abc", "abc"));
+    assert!(!same_or_later("abd", "abc"));
+}
+
+#[test]
+fn a_read_sees_the_newer_of_cache_and_own_write() {
+    let c = |v| cached("ns", "r1", v);
+    // Nothing written: the cache, or nothing.
+    assert_eq!(seen(resolve(Some(&c("5")), None)), Some("cache 5".into()));
+    assert_eq!(seen(resolve(None, None)), None);
+    // Own write not yet delivered by the watch: the write.
+    assert_eq!(
+        seen(resolve(Some(&c("5")), Some(&mine("7")))),
+        Some("mine 7".into())
+    );
+    assert_eq!(seen(resolve(None, Some(&mine("7")))), Some("mine 7".into()));
+    // The watch caught up, or someone wrote after us: the cache.
+    assert_eq!(
+        seen(resolve(Some(&c("7")), Some(&mine("7")))),
+        Some("cache 7".into())
+    );
+    assert_eq!(
+        seen(resolve(Some(&c("9")), Some(&mine("7")))),
+        Some("cache 9".into())
+    );
+    // Deleted by us: gone until the watch delivers the deletion.
+    assert_eq!(seen(resolve(Some(&c("7")), Some(&Written::Deleted))), None);
+    assert_eq!(seen(resolve(None, Some(&Written::Deleted))), None);
+    // Versions that are not numbers: the write wins until the watch delivers exactly it.
+    assert_eq!(
+        seen(resolve(Some(&c("b")), Some(&mine("a")))),
+        Some("mine a".into())
+    );
+    assert_eq!(
+        seen(resolve(Some(&c("a")), Some(&mine("a")))),
+        Some("cache a".into())
+    );
+}
+
+#[test]
+fn the_watch_retires_own_writes_it_has_delivered() {
+    let apply = |v| watcher::Event::Apply(cached("ns", "r1", v));
+    let delete = |v| watcher::Event::Delete(cached("ns", "r1", v));
+    assert!(!mine("7").retired_by(&apply("6")), "an older event");
+    assert!(mine("7").retired_by(&apply("7")), "the write itself");
+    assert!(mine("7").retired_by(&apply("8")), "a later write");
+    assert!(mine("7").retired_by(&delete("9")), "deleted since");
+    assert!(
+        !Written::Deleted.retired_by(&apply("9")),
+        "an update from before the delete"
+    );
+    assert!(Written::Deleted.retired_by(&delete("9")));
 }

@@ -1,6 +1,6 @@
-//! A real API server for the integration tests (`shared/k8s/apiserver.sh`, see `script`), with
-//! the generated CRD installed by `kubectl apply --server-side`. Needs bash, openssl, curl, xz and
-//! kubectl.
+//! A real API server for the integration tests (envtest's `KUBEBUILDER_ASSETS` or
+//! `shared/k8s/apiserver.sh`, see `script`), with the generated CRD installed by
+//! `kubectl apply --server-side`. Needs bash, openssl, curl, xz and kubectl.
 //!
 //! * [`shared`]: one server per test binary, started by the first test that asks (tests of one
 //!   binary run in parallel threads, each with its own tokio runtime and so its own client).
@@ -24,30 +24,59 @@ use meshnet_kube::KubeStore;
 
 pub const CRD_NAME: &str = "topologies.networkop.co.uk";
 
-/// `$MESHNET_APISERVER_SH`, else `shared/k8s/apiserver.sh` beside the workspace (as CI lays it
-/// out), else `/work/shared/k8s/apiserver.sh`.
+/// The API server launcher, found in this order:
+/// * `$MESHNET_APISERVER_SH`: any script with the interface of `shared/k8s/apiserver.sh`;
+/// * `$KUBEBUILDER_ASSETS` (the envtest convention: a directory with `etcd` and `kube-apiserver`):
+///   the repository's `scripts/envtest-apiserver.sh` starts them as envtest does;
+/// * `../shared/k8s/apiserver.sh` beside the repository (as CI lays it out).
+///
+/// Otherwise it panics saying how to get one. No path outside the repository and `../shared`.
 fn script() -> PathBuf {
-    static SCRIPT: OnceLock<PathBuf> = OnceLock::new();
+    static SCRIPT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     SCRIPT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("MESHNET_APISERVER_SH") {
-                return PathBuf::from(p);
-            }
-            let candidates = [
-                workspace().join("../shared/k8s/apiserver.sh"),
-                PathBuf::from("/work/shared/k8s/apiserver.sh"),
-            ];
-            candidates
-                .iter()
-                .find(|p| p.is_file())
-                .cloned()
-                .unwrap_or_else(|| {
-                    panic!(
-                        "no API server script: set MESHNET_APISERVER_SH (looked at {candidates:?})"
-                    )
-                })
-        })
+        .get_or_init(find_script)
         .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_script() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("MESHNET_APISERVER_SH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "MESHNET_APISERVER_SH={} is not a file",
+                p.display()
+            ))
+        };
+    }
+    if let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|a| !a.is_empty()) {
+        let assets = PathBuf::from(assets);
+        let missing: Vec<_> = ["etcd", "kube-apiserver"]
+            .into_iter()
+            .filter(|b| !assets.join(b).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "KUBEBUILDER_ASSETS={} lacks {missing:?} (envtest wants etcd and kube-apiserver there)",
+                assets.display()
+            ));
+        }
+        return Ok(workspace().join("scripts/envtest-apiserver.sh"));
+    }
+    let shared = workspace().join("../shared/k8s/apiserver.sh");
+    if shared.is_file() {
+        return Ok(shared);
+    }
+    Err(format!(
+        "no Kubernetes API server for the tests. Either set KUBEBUILDER_ASSETS to a directory with \
+         etcd and kube-apiserver (envtest's convention; e.g. `setup-envtest use -p path` from \
+         sigs.k8s.io/controller-runtime/tools/setup-envtest prints one), or put the project's \
+         shared/ directory beside the repository ({} is missing; its k8s/apiserver.sh starts etcd \
+         and apiextensions-apiserver from bin/*.xz)",
+        shared.display()
+    ))
 }
 
 pub fn workspace() -> PathBuf {
