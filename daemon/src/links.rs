@@ -202,6 +202,8 @@ pub trait LinkOps: Send + Sync + 'static {
     async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
     /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
+    /// Whether the recorded sandbox namespace `netns` still exists.
+    fn netns_exists(&self, netns: &Path) -> bool;
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -759,6 +761,10 @@ impl LinkOps for Kernel {
 
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
         Self::delete_in(netns, ifname).await
+    }
+
+    fn netns_exists(&self, netns: &Path) -> bool {
+        netns::exists(netns)
     }
 }
 

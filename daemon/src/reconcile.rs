@@ -336,7 +336,8 @@ impl Reconciler {
         depth: Depth,
     ) -> Result<Vec<PodReport>, ReconcileError> {
         let started = Instant::now();
-        let topos = self.store.list().await?;
+        let mut topos = self.store.list().await?;
+        self.release_vanished(memo, &mut topos).await;
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
         let works = self.resolve(&plans).await;
 
@@ -441,6 +442,35 @@ impl Reconciler {
         metrics::counter!("meshnet_reconcile_runs_total").increment(1);
         metrics::histogram!("meshnet_reconcile_seconds").record(started.elapsed().as_secs_f64());
         Ok(reports)
+    }
+
+    /// Treats a pod of this node whose recorded namespace no longer exists (its sandbox was
+    /// removed while the daemon was down, so no DEL reached us) as gone: its status is cleared
+    /// as a DEL would, and `topos` shows it not alive, so its peers go pending instead of its
+    /// links failing with "No such file or directory" on every run.
+    async fn release_vanished(&self, memo: &mut Memo, topos: &mut [Topology]) {
+        for t in topos.iter_mut() {
+            let s = &t.status;
+            if !s.is_alive()
+                || !crate::topology::same_node(&s.src_ip, &self.node.ip)
+                || self.ops.netns_exists(Path::new(&s.net_ns))
+            {
+                continue;
+            }
+            let key = t.key();
+            tracing::info!(pod = %key, net_ns = %s.net_ns, container_id = %s.container_id,
+                "the pod's network namespace is gone: releasing it");
+            if let Err(e) = clear_status(self.store.as_ref(), &key, &s.container_id).await {
+                tracing::warn!(pod = %key, error = %e, "cannot release a vanished pod");
+            }
+            memo.forget_netns(&key.namespace, &s.net_ns);
+            memo.swept.remove(&key);
+            memo.primary_if.remove(&key);
+            t.status = TopologyStatus {
+                skipped: std::mem::take(&mut t.status.skipped),
+                ..TopologyStatus::default()
+            };
+        }
     }
 
     /// Removes meshnet interfaces in a pod that its plan no longer has (link removed from the
@@ -616,28 +646,7 @@ impl Reconciler {
             tracing::info!(pod = %key, container_id, current, "DEL for a replaced sandbox: status kept");
             return Ok(true);
         }
-        store::update_status(self.store.as_ref(), key, |s| {
-            if !container_id.is_empty()
-                && !s.container_id.is_empty()
-                && s.container_id != container_id
-            {
-                return false;
-            }
-            if s.net_ns.is_empty()
-                && s.container_id.is_empty()
-                && s.src_ip.is_empty()
-                && s.links.is_empty()
-            {
-                return false;
-            }
-            s.net_ns.clear();
-            s.container_id.clear();
-            s.src_ip.clear();
-            s.node.clear();
-            s.links.clear();
-            true
-        })
-        .await?;
+        clear_status(self.store.as_ref(), key, container_id).await?;
         memo.forget_netns(&key.namespace, &topo.status.net_ns);
         memo.swept.remove(key);
         memo.primary_if.remove(key);
@@ -770,6 +779,36 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Marks a pod not alive (DEL, or its namespace vanished): clears what ADD recorded, unless the
+/// status now belongs to another sandbox than `container_id` (`""`: any).
+async fn clear_status(
+    store: &dyn store::TopologyStore,
+    key: &PodKey,
+    container_id: &str,
+) -> Result<(), StoreError> {
+    store::update_status(store, key, |s| {
+        if !container_id.is_empty() && !s.container_id.is_empty() && s.container_id != container_id
+        {
+            return false;
+        }
+        if s.net_ns.is_empty()
+            && s.container_id.is_empty()
+            && s.src_ip.is_empty()
+            && s.links.is_empty()
+        {
+            return false;
+        }
+        s.net_ns.clear();
+        s.container_id.clear();
+        s.src_ip.clear();
+        s.node.clear();
+        s.links.clear();
+        true
+    })
+    .await
+    .map(|_| ())
 }
 
 /// A link's identity on this node: (namespace, uid).

@@ -199,3 +199,43 @@ pub fn jumbo_file(tag: &str) -> PathBuf {
     std::fs::write(&f, JUMBO_PAIR).unwrap();
     f
 }
+
+impl LabGuard {
+    /// A pod's `Topology` as the lab's file store holds it (spec and status).
+    pub fn topology(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let f = PathBuf::from("/run/meshnet-lab")
+            .join(&self.name)
+            .join("store")
+            .join(format!("{namespace}_{name}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap()
+    }
+
+    /// A pod's own status entry for link `uid` (state and message), as its daemon wrote it.
+    pub fn end_status(&self, name: &str, uid: i64) -> serde_json::Value {
+        let t = self.topology("default", name);
+        t["status"]["links"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["uid"] == uid).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The pod's network namespace, from `status`.
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let st = self.status();
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .and_then(|p| p["netns"].as_str())
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .to_string()
+    }
+}
+
+/// Writes `yaml` to a file unique to this process and `tag`.
+pub fn yaml_file(tag: &str, yaml: &str) -> PathBuf {
+    let f = std::env::temp_dir().join(format!("meshnet-{tag}-{}.yml", std::process::id()));
+    std::fs::write(&f, yaml).unwrap();
+    f
+}

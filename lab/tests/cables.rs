@@ -1,0 +1,331 @@
+//! Links that behave like cables (issue 12), end to end: bad names and clashing uids are per-link
+//! errors that leave nothing behind and never show as `up`, a pod whose namespace vanished is
+//! gone, and the router owns its port (admin state, MTU and its own addresses survive resyncs).
+//! Needs root; every lab is named `cable-*` and removed on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{LabGuard, yaml_file};
+use meshnet_lab::lab::{LabState, link_views};
+use meshnet_topology::topology::Topology;
+
+/// Runs `ip ARGS` inside `netns`, asserting success; returns stdout.
+#[allow(dead_code)] // used by the port-ownership tests below
+fn ip(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {netns} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip -j link show dev IFNAME` in `netns`, parsed.
+#[allow(dead_code)]
+fn link_json(netns: &str, ifname: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&ip(netns, &["-j", "link", "show", "dev", ifname])).unwrap();
+    v[0].clone()
+}
+
+/// Runs the lab with its daemons resyncing every 2 s (the variable is read when a daemon starts).
+fn with_resync(lab: &LabGuard, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
+        .env("MESHNET_LAB_RESYNC_SECONDS", RESYNC.to_string())
+        .args(["--lab", &lab.name])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshnet-lab {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.logs()
+    );
+}
+
+/// The daemons' full resync interval in these tests, seconds.
+const RESYNC: u64 = 2;
+
+fn sorted_ifaces(netns: &str) -> Vec<String> {
+    let mut v = LabGuard::interfaces(netns);
+    v.sort();
+    v
+}
+
+/// `%` makes a creating request a name template (`p%` became `p0`); with it, a pod's ADD failed
+/// as a whole (taking the valid links down) and VXLAN leaked `p0` in the pod. Now each such
+/// link is an error of its own, the other links are up, and nothing is made for it.
+#[test]
+fn percent_names_are_per_link_errors_that_leave_nothing() {
+    let f = yaml_file(
+        "cable-pct",
+        r#"
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: a1}
+spec:
+  links:
+  - {uid: 1, peer_pod: a2, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.1/24, peer_ip: 192.0.2.2/24}
+  - {uid: 2, peer_pod: a2, local_intf: "p%", peer_intf: "p%"}
+  - {uid: 3, peer_pod: a3, local_intf: eth3, peer_intf: eth3, local_ip: 198.51.100.101/30, peer_ip: 198.51.100.102/30}
+  - {uid: 4, peer_pod: a3, local_intf: "q%d", peer_intf: "q%d"}
+---
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: a2}
+spec:
+  links:
+  - {uid: 1, peer_pod: a1, local_intf: eth1, peer_intf: eth1, local_ip: 192.0.2.2/24, peer_ip: 192.0.2.1/24}
+  - {uid: 2, peer_pod: a1, local_intf: "p%", peer_intf: "p%"}
+---
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: a3}
+spec:
+  links:
+  - {uid: 3, peer_pod: a1, local_intf: eth3, peer_intf: eth3, local_ip: 198.51.100.102/30, peer_ip: 198.51.100.101/30}
+  - {uid: 4, peer_pod: a1, local_intf: "q%d", peer_intf: "q%d"}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: a1}, spec: {nodeName: node1}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: a2}, spec: {nodeName: node2}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: a3}, spec: {nodeName: node1}}
+"#,
+    );
+    let lab = LabGuard::new("cable-pct");
+    let out = lab.run(&["up", f.to_str().unwrap(), "--nodes", "2", "--timeout", "20"]);
+    // `up` waits for every link, so it reports the two refused ones — but every pod started
+    // (its ADD succeeded).
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("contains '%'"), "{err}");
+    for (pod, uid) in [("a1", 2), ("a2", 2), ("a1", 4), ("a3", 4)] {
+        let s = lab.end_status(pod, uid);
+        assert_eq!(s["state"], "error", "{pod} uid {uid}: {s:#}");
+        assert!(
+            s["message"].as_str().unwrap().contains("contains '%'"),
+            "{pod} uid {uid}: {s:#}"
+        );
+    }
+    for (pod, uid) in [("a1", 1), ("a2", 1), ("a1", 3), ("a3", 3)] {
+        assert_eq!(lab.end_status(pod, uid)["state"], "up", "{pod} uid {uid}");
+    }
+    // Nothing was made under a template name, in any pod.
+    assert_eq!(
+        sorted_ifaces(&lab.pod_netns("a1")),
+        ["eth0", "eth1", "eth3", "lo"]
+    );
+    assert_eq!(sorted_ifaces(&lab.pod_netns("a2")), ["eth0", "eth1", "lo"]);
+    assert_eq!(sorted_ifaces(&lab.pod_netns("a3")), ["eth0", "eth3", "lo"]);
+    // The valid links carry traffic (VXLAN across nodes, veth on the node).
+    lab.ok(&[
+        "exec",
+        "a1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "192.0.2.2",
+    ]);
+    lab.ok(&[
+        "exec",
+        "a3",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "198.51.100.101",
+    ]);
+}
+
+/// r1–r3 and r2–r4 both declare uid 7. Before, r1–r3 got a veth, r2 and r4 got nothing, and all
+/// four ends said `up` (and `verify` passed). Now every end is an error naming the others,
+/// nothing is built for uid 7, the pods' other links are up, and `verify` fails.
+#[test]
+fn one_uid_used_by_two_pairs_is_an_error_on_every_end() {
+    let mut yaml = String::new();
+    for (me, peer) in [("r1", "r3"), ("r3", "r1"), ("r2", "r4"), ("r4", "r2")] {
+        yaml.push_str(&format!(
+            "apiVersion: networkop.co.uk/v1beta1\nkind: Topology\nmetadata: {{name: {me}}}\nspec:\n  links:\n  - {{uid: 7, peer_pod: {peer}, local_intf: eth1, peer_intf: eth1}}\n"
+        ));
+        // A good link on each pod, which the clash must spare.
+        let good = match me {
+            "r1" => "  - {uid: 1, peer_pod: r2, local_intf: eth2, peer_intf: eth2}\n",
+            "r2" => "  - {uid: 1, peer_pod: r1, local_intf: eth2, peer_intf: eth2}\n",
+            _ => "",
+        };
+        yaml.push_str(good);
+        yaml.push_str(&format!(
+            "---\n{{apiVersion: v1, kind: Pod, metadata: {{name: {me}}}}}\n---\n"
+        ));
+    }
+    let f = yaml_file("cable-uid", &yaml);
+    let lab = LabGuard::new("cable-uid");
+    let out = lab.run(&["up", f.to_str().unwrap(), "--timeout", "20"]);
+    assert!(!out.status.success(), "uid 7 cannot be up");
+    for (me, others) in [
+        ("r1", "r2, r3, r4"),
+        ("r2", "r1, r3, r4"),
+        ("r3", "r1, r2, r4"),
+        ("r4", "r1, r2, r3"),
+    ] {
+        let s = lab.end_status(me, 7);
+        assert_eq!(s["state"], "error", "{me}: {s:#}");
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("also declared by pods {others}")),
+            "{me}: {s:#}"
+        );
+        assert!(
+            !LabGuard::interfaces(&lab.pod_netns(me)).contains(&"eth1".to_string()),
+            "{me} got an eth1 for a clashing uid"
+        );
+    }
+    assert_eq!(lab.end_status("r1", 1)["state"], "up");
+    assert_eq!(lab.end_status("r2", 1)["state"], "up");
+    let st = lab.status();
+    let view = st["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["uid"] == 7)
+        .cloned()
+        .unwrap();
+    assert_eq!(view["state"], "error", "{view:#}");
+    assert!(!lab.run(&["verify"]).status.success(), "verify must fail");
+}
+
+/// The lab's link view once kept the first two declarations of a uid and dropped any other
+/// silently; now the view is an `error` naming the extra declarers.
+#[test]
+fn link_view_shows_a_third_declaration_of_a_uid() {
+    let pods: Vec<serde_json::Value> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "namespace": "default", "name": n, "node": "node1", "netns": format!("ns-{n}"),
+                "container_id": format!("cid-{n}"), "generation": 1, "result": null,
+            })
+        })
+        .collect();
+    let st: LabState = serde_json::from_value(serde_json::json!({
+        "name": "cable-view", "dir": "/nonexistent", "link": "vxlan", "cni_version": "0.3.1",
+        "underlay_netns": "u", "nodes": [], "pods": pods,
+    }))
+    .unwrap();
+    let topo = |me: &str, peer: &str, intf: &str| -> Topology {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": me, "namespace": "default"},
+            "spec": {"links": [{"uid": 5, "peer_pod": peer, "local_intf": intf, "peer_intf": "eth1"}]},
+            "status": {"src_ip": "198.51.100.1", "net_ns": format!("/run/netns/ns-{me}"),
+                "container_id": format!("cid-{me}"),
+                "links": [{"uid": 5, "local_intf": intf, "peer_pod": peer, "state": "up"}]},
+        }))
+        .unwrap()
+    };
+    let views = link_views(
+        &st,
+        &[
+            topo("a", "b", "eth1"),
+            topo("b", "a", "eth1"),
+            topo("c", "a", "eth9"),
+        ],
+    );
+    assert_eq!(views.len(), 1, "{views:#?}");
+    let v = &views[0];
+    assert_eq!(v.state, "error", "{v:#?}");
+    assert!(v.message.contains("also declared by c"), "{v:#?}");
+    assert!(v.required);
+}
+
+/// A pod whose sandbox namespace was removed while its daemon was down (no DEL reached it) is
+/// gone once the daemon is back: its status no longer says alive, its peer's end is pending
+/// (waiting for it), and no end flips to "No such file or directory" on the resyncs.
+#[test]
+fn a_pod_whose_namespace_vanished_is_gone() {
+    let f = yaml_file(
+        "cable-gone",
+        r#"
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: g1}
+spec:
+  links:
+  - {uid: 1, peer_pod: g2, local_intf: eth1, peer_intf: eth1}
+---
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {name: g2}
+spec:
+  links:
+  - {uid: 1, peer_pod: g1, local_intf: eth1, peer_intf: eth1}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: g1}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: g2}}
+"#,
+    );
+    let lab = LabGuard::new("cable-gone");
+    with_resync(&lab, &["up", f.to_str().unwrap()]);
+    lab.assert_links_up(1);
+    let g2_ns = lab.pod_netns("g2");
+    lab.ok(&["daemon", "node1", "stop"]);
+    let del = Command::new("ip")
+        .args(["netns", "del", &g2_ns])
+        .output()
+        .unwrap();
+    assert!(del.status.success());
+    with_resync(&lab, &["daemon", "node1", "start"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let g2 = lab.topology("default", "g2");
+        let gone = g2["status"]["net_ns"].is_null() || g2["status"]["net_ns"] == "";
+        let g1 = lab.end_status("g1", 1);
+        if gone && g1["state"] == "pending" {
+            assert!(
+                g1["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("waiting for peer pod default/g2"),
+                "{g1:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "g2 still alive or g1 not pending: g2 {:#}, g1 {g1:#}\n{}",
+            g2["status"],
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Across two full resyncs nothing turns into an error.
+    std::thread::sleep(Duration::from_secs(5));
+    let g1 = lab.end_status("g1", 1);
+    assert_eq!(g1["state"], "pending", "{g1:#}");
+    assert!(
+        !lab.logs().contains("No such file or directory"),
+        "{}",
+        lab.logs()
+    );
+    assert!(
+        !LabGuard::interfaces(&lab.pod_netns("g1")).contains(&"eth1".to_string()),
+        "g1's end of a link to a gone pod is removed"
+    );
+}
