@@ -5,9 +5,18 @@
 //! tested in real namespaces.
 //!
 //! Ownership: every interface meshnet makes carries an alias (`IFLA_IFALIAS`, shown by
-//! `ip link`) of the form `meshnet|NAMESPACE|UID|KIND|TAG`. The tag names the sandboxes the end
-//! was built for, so a link whose peer sandbox changed is recognised as stale. Meshnet deletes or
-//! replaces only interfaces that carry such an alias — never one it did not make.
+//! `ip link`) of the form `meshnet|NAMESPACE|UID|KIND|TAG|APPLIED`. The first five fields are the
+//! link's identity: the tag names the sandboxes the end was built for, so a link whose peer
+//! sandbox changed is recognised as stale. Meshnet deletes or replaces only interfaces that carry
+//! such an alias — never one it did not make.
+//!
+//! The router owns its port. `APPLIED` ([`Applied`], e.g. `ip=10.0.1.1/24;mtu=1450`) records
+//! the address and MTU meshnet itself set. An end is configured in full (MTU, address, up) when it
+//! is created; afterwards meshnet changes it only when the *declaration* moves away from that
+//! record — it sets the new MTU, removes the address it had set and adds the new one — and never
+//! reverts what the pod did: admin state, an MTU the router chose, addresses the pod added or
+//! removed. Reading an interface ([`IfaceState`]) splits the alias into the identity (`alias`,
+//! what every "is this the link's device" comparison uses) and the record (`applied`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -46,9 +55,10 @@ pub struct OwnedAlias {
 }
 
 impl OwnedAlias {
+    /// Parses a meshnet alias (the record of applied settings, if any, is ignored).
     pub fn parse(alias: &str) -> Option<Self> {
         let rest = alias.strip_prefix(ALIAS_PREFIX)?;
-        let mut it = rest.splitn(4, '|');
+        let mut it = rest.splitn(5, '|');
         let namespace = it.next()?.to_string();
         let uid = it.next()?.parse().ok()?;
         let kind = it.next()?.to_string();
@@ -60,6 +70,50 @@ impl OwnedAlias {
             tag,
         })
     }
+}
+
+/// The address and MTU meshnet set on an end, as recorded in its alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Applied {
+    pub ip: Option<IpNet>,
+    pub mtu: Option<u32>,
+}
+
+impl Applied {
+    /// The alias field: `ip=ADDR/LEN;mtu=N` (either value may be empty).
+    pub fn encode(&self) -> String {
+        format!(
+            "ip={};mtu={}",
+            self.ip.map(|i| i.to_string()).unwrap_or_default(),
+            self.mtu.map(|m| m.to_string()).unwrap_or_default()
+        )
+    }
+
+    /// Parses [`Applied::encode`]'s output; `None` if it is not one.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut out = Applied::default();
+        for part in s.split(';') {
+            match part.split_once('=')? {
+                ("ip", "") | ("mtu", "") => {}
+                ("ip", v) => out.ip = Some(v.parse().ok()?),
+                ("mtu", v) => out.mtu = Some(v.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Splits an interface alias into meshnet's identity part and the record of what it applied
+/// (`None` for foreign aliases and for ends configured before the record existed).
+pub fn split_alias(raw: &str) -> (String, Option<Applied>) {
+    if let Some(rest) = raw.strip_prefix(ALIAS_PREFIX)
+        && let Some(i) = rest.match_indices('|').nth(3).map(|(i, _)| i)
+    {
+        let cut = ALIAS_PREFIX.len() + i;
+        return (raw[..cut].to_string(), Applied::decode(&raw[cut + 1..]));
+    }
+    (raw.to_string(), None)
 }
 
 /// One end of a link: where it lives and how it is configured.
@@ -128,7 +182,10 @@ pub struct IfaceState {
     pub kind: Option<String>,
     /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
     pub link: Option<u32>,
+    /// The alias, without the record of applied settings (see the module documentation).
     pub alias: Option<String>,
+    /// What meshnet set on this end, from the alias; `None` if it recorded nothing.
+    pub applied: Option<Applied>,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub up: bool,
@@ -220,6 +277,7 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
         kind: None,
         link: None,
         alias: None,
+        applied: None,
         mtu: None,
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
@@ -227,7 +285,11 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
     };
     for a in &msg.attributes {
         match a {
-            LinkAttribute::IfAlias(x) => s.alias = Some(x.clone()),
+            LinkAttribute::IfAlias(x) => {
+                let (alias, applied) = split_alias(x);
+                s.alias = Some(alias);
+                s.applied = applied;
+            }
             LinkAttribute::Link(i) => s.link = Some(*i),
             LinkAttribute::Mtu(m) => s.mtu = Some(*m),
             LinkAttribute::Address(b) if b.len() == 6 => {
@@ -288,8 +350,14 @@ fn add_addresses(s: &mut IfaceState, a: &AddressMessage) {
     }
 }
 
-/// Brings an existing interface to its spec: alias, address, MTU, up. Extra addresses a user
-/// added (e.g. a router's own configuration) are left alone.
+/// Brings an existing interface to its declaration without taking the port from the router.
+///
+/// An end with no record of what meshnet applied (just created, or made before the record
+/// existed) is configured in full: MTU, address, up. An end with a record is changed only where
+/// the declaration (`ip`, `mtu`) differs from the record: the new MTU is set, the address
+/// meshnet had set is removed and the declared one added. Admin state, an MTU the pod chose and
+/// addresses the pod added or removed are never touched. The alias is rewritten with the new
+/// record. Returns whether anything changed.
 pub async fn configure_end(
     handle: &Handle,
     st: &IfaceState,
@@ -297,14 +365,18 @@ pub async fn configure_end(
     ip: Option<IpNet>,
     mtu: Option<u32>,
 ) -> Result<bool, rtnetlink::Error> {
+    let want = Applied { ip, mtu };
+    let fresh = st.applied.is_none();
+    let prev = st.applied.unwrap_or_default();
     let mut changed = false;
     let mut msg = LinkUnspec::new_with_index(st.index);
     let mut set = false;
-    if st.alias.as_deref() != Some(alias) {
-        msg = msg.alias(alias);
+    if st.alias.as_deref() != Some(alias) || st.applied != Some(want) {
+        msg = msg.alias(format!("{alias}|{}", want.encode()));
         set = true;
     }
     if let Some(m) = mtu
+        && (fresh || prev.mtu != mtu)
         && st.mtu != Some(m)
     {
         msg = msg.mtu(m);
@@ -314,7 +386,16 @@ pub async fn configure_end(
         handle.link().set(msg.build()).execute().await?;
         changed = true;
     }
+    if !fresh
+        && prev.ip != ip
+        && let Some(old) = prev.ip
+        && st.addrs.contains(&old)
+    {
+        del_address(handle, st.index, old).await?;
+        changed = true;
+    }
     if let Some(ip) = ip
+        && (fresh || prev.ip != Some(ip))
         && !st.addrs.contains(&ip)
     {
         match handle
@@ -329,7 +410,7 @@ pub async fn configure_end(
         }
         changed = true;
     }
-    if !st.up {
+    if fresh && !st.up {
         handle
             .link()
             .set(LinkUnspec::new_with_index(st.index).up().build())
@@ -338,6 +419,36 @@ pub async fn configure_end(
         changed = true;
     }
     Ok(changed)
+}
+
+/// Removes address `ip` from interface `index` (gone already is fine).
+async fn del_address(handle: &Handle, index: u32, ip: IpNet) -> Result<(), rtnetlink::Error> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        let mut one = IfaceState {
+            index,
+            kind: None,
+            link: None,
+            alias: None,
+            applied: None,
+            mtu: None,
+            mac: None,
+            up: false,
+            addrs: Vec::new(),
+        };
+        add_addresses(&mut one, &a);
+        if one.addrs.contains(&ip) {
+            return match handle.address().del(a).execute().await {
+                Err(e) if errno(&e) != Some(libc::EADDRNOTAVAIL) => Err(e),
+                _ => Ok(()),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// The real kernel, through netlink.
@@ -528,21 +639,25 @@ fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
         && spec.b.mac.is_none_or(|m| b.mac == Some(m.0))
 }
 
+/// How an end's declaration differs from what meshnet applied to it (its alias record), if it
+/// does. What the pod changed itself (admin state, MTU, addresses) is not drift: the router owns
+/// its port.
 pub(crate) fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
-    if !st.up {
-        return Some(format!("{} is down", end.ifname));
+    let want = Applied { ip: end.ip, mtu };
+    match st.applied {
+        Some(a) if a == want => None,
+        Some(a) => Some(format!(
+            "{}: declared {}, meshnet had set {}",
+            end.ifname,
+            want.encode(),
+            a.encode()
+        )),
+        None => Some(format!(
+            "{}: no record of what meshnet set (alias {:?})",
+            end.ifname,
+            st.alias.as_deref().unwrap_or_default()
+        )),
     }
-    if let Some(ip) = end.ip
-        && !st.addrs.contains(&ip)
-    {
-        return Some(format!("{} lacks address {ip}", end.ifname));
-    }
-    if let Some(m) = mtu
-        && st.mtu != Some(m)
-    {
-        return Some(format!("{} has mtu {:?}, want {m}", end.ifname, st.mtu));
-    }
-    None
 }
 
 fn is_owned(st: &IfaceState) -> bool {
@@ -603,8 +718,8 @@ impl LinkOps for Kernel {
         }
         self.create_veth(spec).await?;
         let configured = async {
-            Self::configure(&spec.a, &spec.alias, None).await?;
-            Self::configure(&spec.b, &spec.alias, None).await
+            Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
+            Self::configure(&spec.b, &spec.alias, spec.mtu).await
         }
         .await;
         if let Err(e) = configured {
@@ -655,7 +770,7 @@ impl LinkOps for Kernel {
             Self::delete_in(&end.netns, &end.ifname).await?;
         }
         self.create_single(spec).await?;
-        if let Err(e) = Self::configure(end, &spec.alias, None).await {
+        if let Err(e) = Self::configure(end, &spec.alias, spec.mtu).await {
             if let Err(e2) = Self::delete_in(&end.netns, &end.ifname).await {
                 tracing::warn!(error = %e2, "cleanup of half-built link failed");
             }
@@ -1029,6 +1144,91 @@ mod tests {
         snap.touched(&path);
         let touched = snap.with(kernel.owned(&path)).await.unwrap();
         assert!(names(touched).is_empty(), "from the kernel once touched");
+    }
+
+    #[test]
+    fn alias_record_round_trips_and_splits_off_the_identity() {
+        let a = Applied {
+            ip: Some("10.0.1.1/24".parse().unwrap()),
+            mtu: Some(1450),
+        };
+        assert_eq!(a.encode(), "ip=10.0.1.1/24;mtu=1450");
+        assert_eq!(Applied::decode(&a.encode()), Some(a));
+        assert_eq!(Applied::decode("ip=;mtu="), Some(Applied::default()));
+        assert_eq!(Applied::decode("bogus"), None);
+        let raw = "meshnet|ns|7|vxlan|99-2001:db8::1-3-abc|ip=2001:db8::5/64;mtu=";
+        let (id, rec) = split_alias(raw);
+        assert_eq!(id, "meshnet|ns|7|vxlan|99-2001:db8::1-3-abc");
+        assert_eq!(rec.unwrap().ip, Some("2001:db8::5/64".parse().unwrap()));
+        // The identity of an alias is what OwnedAlias sees, record or not.
+        assert_eq!(OwnedAlias::parse(raw), OwnedAlias::parse(&id));
+        assert_eq!(OwnedAlias::parse(raw).unwrap().tag, "99-2001:db8::1-3-abc");
+        // Before the record existed, and foreign aliases: all identity, no record.
+        assert_eq!(
+            split_alias("meshnet|ns|7|veth|a-b"),
+            ("meshnet|ns|7|veth|a-b".into(), None)
+        );
+        assert_eq!(split_alias("uplink"), ("uplink".into(), None));
+    }
+
+    /// The router owns its port: after creation meshnet changes an end only when the
+    /// declaration changes, and then removes only the address it had set.
+    #[tokio::test]
+    async fn configure_end_never_reverts_what_the_pod_changed() {
+        let ns = TestNs::new("own");
+        ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "e1p"]);
+        let path = ns.path();
+        let end = |ip: &str| EndSpec {
+            netns: path.clone(),
+            ifname: "e1".into(),
+            ip: Some(ip.parse().unwrap()),
+            mac: None,
+        };
+        let alias = "meshnet|t|1|veth|x";
+        let st = || async { Kernel::lookup(&path, "e1").await.unwrap().unwrap() };
+        // Fresh: configured in full.
+        assert!(
+            Kernel::configure(&end("10.0.1.1/24"), alias, Some(1450))
+                .await
+                .unwrap()
+        );
+        let s = st().await;
+        assert!(s.up);
+        assert_eq!((s.mtu, s.alias.as_deref()), (Some(1450), Some(alias)));
+        assert_eq!(end_drift(&end("10.0.1.1/24"), &s, Some(1450)), None);
+        // The pod shuts the port, picks its own MTU and adds an address: none of it is drift,
+        // and configuring again changes nothing.
+        ns.ip(&["link", "set", "e1", "down", "mtu", "1400"]);
+        ns.ip(&["addr", "add", "192.0.2.9/24", "dev", "e1"]);
+        let s = st().await;
+        assert_eq!(end_drift(&end("10.0.1.1/24"), &s, Some(1450)), None);
+        assert!(
+            !Kernel::configure(&end("10.0.1.1/24"), alias, Some(1450))
+                .await
+                .unwrap()
+        );
+        let s = st().await;
+        assert!(!s.up, "admin state is the pod's");
+        assert_eq!(s.mtu, Some(1400), "the MTU the pod chose stays");
+        // The declaration changes: meshnet's old address goes, the new one comes, the pod's
+        // stays; still down, MTU still the pod's.
+        let new = end("10.9.1.1/24");
+        assert!(end_drift(&new, &s, Some(1450)).is_some());
+        assert!(Kernel::configure(&new, alias, Some(1450)).await.unwrap());
+        let mut addrs = st().await.addrs;
+        addrs.sort();
+        let want: Vec<IpNet> = ["10.9.1.1/24", "192.0.2.9/24"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(addrs, want);
+        let s = st().await;
+        assert!(!s.up);
+        assert_eq!(s.mtu, Some(1400));
+        // A changed declared MTU is applied.
+        assert!(Kernel::configure(&new, alias, Some(1300)).await.unwrap());
+        assert_eq!(st().await.mtu, Some(1300));
+        assert_eq!(end_drift(&new, &st().await, Some(1300)), None);
     }
 
     /// A namespace that cannot be read is left to per-link lookups, which report it.

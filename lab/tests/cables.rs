@@ -13,7 +13,6 @@ use meshnet_lab::lab::{LabState, link_views};
 use meshnet_topology::topology::Topology;
 
 /// Runs `ip ARGS` inside `netns`, asserting success; returns stdout.
-#[allow(dead_code)] // used by the port-ownership tests below
 fn ip(netns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["-n", netns])
@@ -29,7 +28,6 @@ fn ip(netns: &str, args: &[&str]) -> String {
 }
 
 /// `ip -j link show dev IFNAME` in `netns`, parsed.
-#[allow(dead_code)]
 fn link_json(netns: &str, ifname: &str) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_str(&ip(netns, &["-j", "link", "show", "dev", ifname])).unwrap();
@@ -328,4 +326,137 @@ spec:
         !LabGuard::interfaces(&lab.pod_netns("g1")).contains(&"eth1".to_string()),
         "g1's end of a link to a gone pod is removed"
     );
+}
+
+/// Two pods, `o1` on node1 and `o2` on `o2_node`, joined by uid 1 (`eth1`, addresses
+/// `PREFIX.1/24` and `PREFIX.2/24`) and uid 2 (`eth2`, no addresses, no `mtu`).
+fn owned_pair(prefix: &str, o2_node: &str) -> String {
+    format!(
+        r#"
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {{name: o1}}
+spec:
+  links:
+  - {{uid: 1, peer_pod: o2, local_intf: eth1, peer_intf: eth1, local_ip: {prefix}.1/24, peer_ip: {prefix}.2/24}}
+  - {{uid: 2, peer_pod: o2, local_intf: eth2, peer_intf: eth2}}
+---
+apiVersion: networkop.co.uk/v1beta1
+kind: Topology
+metadata: {{name: o2}}
+spec:
+  links:
+  - {{uid: 1, peer_pod: o1, local_intf: eth1, peer_intf: eth1, local_ip: {prefix}.2/24, peer_ip: {prefix}.1/24}}
+  - {{uid: 2, peer_pod: o1, local_intf: eth2, peer_intf: eth2}}
+---
+{{apiVersion: v1, kind: Pod, metadata: {{name: o1}}, spec: {{nodeName: node1}}}}
+---
+{{apiVersion: v1, kind: Pod, metadata: {{name: o2}}, spec: {{nodeName: {o2_node}}}}}
+"#
+    )
+}
+
+/// IPv4 addresses of `ifname` in `netns`, sorted.
+fn addrs(netns: &str, ifname: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ip(netns, &["-j", "-4", "addr", "show", "dev", ifname])).unwrap();
+    let mut out: Vec<String> = v[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The router owns its port, on the link kind `up_args` makes: a port shut, an MTU the router
+/// chose and an address it added all survive full resyncs (same ifindex); changing `local_ip`
+/// removes the address meshnet set — only that one — and adds the new one.
+fn router_owns_its_port(tag: &str, up_args: &[&str], o2_node: &str) {
+    let f = yaml_file(tag, &owned_pair("10.0.1", o2_node));
+    let lab = LabGuard::new(tag);
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    with_resync(&lab, &args);
+    lab.assert_links_up(2);
+    let o1 = lab.pod_netns("o1");
+    let before = (
+        link_json(&o1, "eth1")["ifindex"].clone(),
+        link_json(&o1, "eth2")["ifindex"].clone(),
+    );
+    let mtu0 = link_json(&o1, "eth2")["mtu"].as_u64().unwrap();
+    let mtu = (mtu0 - 100).to_string();
+    ip(&o1, &["link", "set", "eth1", "down"]);
+    ip(&o1, &["link", "set", "eth2", "mtu", &mtu]);
+    ip(&o1, &["addr", "add", "10.7.0.1/24", "dev", "eth1"]);
+    // Two full resyncs and a half.
+    std::thread::sleep(Duration::from_secs(RESYNC * 5 / 2));
+    let (eth1, eth2) = (link_json(&o1, "eth1"), link_json(&o1, "eth2"));
+    let flags = eth1["flags"].to_string();
+    assert!(
+        !flags.contains("\"UP\""),
+        "eth1 was brought up again: {flags}\n{}",
+        lab.logs()
+    );
+    assert_eq!(eth2["mtu"].to_string(), mtu, "eth2's MTU was reverted");
+    assert_eq!(
+        (eth1["ifindex"].clone(), eth2["ifindex"].clone()),
+        before,
+        "ports replaced"
+    );
+    assert_eq!(addrs(&o1, "eth1"), ["10.0.1.1/24", "10.7.0.1/24"]);
+
+    // A changed declaration: meshnet's address moves, the router's stays, the port stays shut.
+    let f2 = yaml_file(&format!("{tag}-2"), &owned_pair("10.9.1", o2_node));
+    let out = lab.run(&["apply", f2.to_str().unwrap(), "--timeout", "5"]);
+    // eth1 is shut, so `apply` may report the link not up; what matters is the kernel.
+    let _ = out;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while addrs(&o1, "eth1") != ["10.7.0.1/24", "10.9.1.1/24"] {
+        assert!(
+            Instant::now() < deadline,
+            "o1 eth1 has {:?}\n{}",
+            addrs(&o1, "eth1"),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(addrs(&lab.pod_netns("o2"), "eth1"), ["10.9.1.2/24"]);
+    std::thread::sleep(Duration::from_secs(RESYNC * 3 / 2));
+    let eth1 = link_json(&o1, "eth1");
+    assert!(
+        !eth1["flags"].to_string().contains("\"UP\""),
+        "eth1 brought up"
+    );
+    assert_eq!(eth1["ifindex"], before.0);
+    // The router opens its port again: the link is up with the new addresses.
+    ip(&o1, &["link", "set", "eth1", "up"]);
+    let mut ok = false;
+    for _ in 0..10 {
+        if lab
+            .run(&["exec", "o1", "--", "ping", "-c", "1", "-W", "1", "10.9.1.2"])
+            .status
+            .success()
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "no ping over the re-addressed link");
+}
+
+#[test]
+fn router_owns_its_veth_port() {
+    router_owns_its_port("cable-ownv", &[], "node1");
+}
+
+#[test]
+fn router_owns_its_vxlan_port() {
+    router_owns_its_port("cable-ownx", &["--nodes", "2"], "node2");
+}
+
+#[test]
+fn router_owns_its_grpc_wire_port() {
+    router_owns_its_port("cable-ownw", &["--nodes", "2", "--link", "grpc"], "node2");
 }
