@@ -18,11 +18,12 @@
 //! removed. Reading an interface ([`IfaceState`]) splits the alias into the identity (`alias`,
 //! what every "is this the link's device" comparison uses) and the record (`applied`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -34,7 +35,11 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
+use tokio::sync::Notify;
+
+use crate::gwire::{WireKey, WireNode};
 use crate::netns::{self, NetnsError};
+use crate::tapio::WireSpec;
 use crate::topology::MacAddr;
 
 /// Prefix of the alias of every interface meshnet made.
@@ -229,6 +234,8 @@ pub enum LinkError {
     Occupied { ifname: String, netns: String },
     #[error("{0}")]
     Mismatch(String),
+    #[error("the gRPC wire is not running (INTER_NODE_LINK_TYPE is not GRPC)")]
+    NoWire,
 }
 
 impl LinkError {
@@ -242,13 +249,43 @@ impl LinkError {
     }
 }
 
-/// The kernel operations the reconciler needs.
+/// Every side effect the reconciler has on the node: netlink, namespaces and the gRPC wire's
+/// halves. [`Kernel`] is the real one; the reconciler's unit tests use a recording fake.
+///
+/// `snap` is the run's read-ahead of the namespaces it touches ([`LinkOps::snapshot`]); outside
+/// a run (CNI CHECK, DEL) callers pass an empty [`Snapshot`](snapshot::Snapshot), which answers
+/// nothing, so every lookup goes to the kernel.
 #[async_trait]
 pub trait LinkOps: Send + Sync + 'static {
+    /// Reads every namespace in `netns` ahead of a run (one link and one address dump each).
+    async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot;
     /// Makes (or in [`Mode::Verify`], checks) a veth pair as `spec` says.
-    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    async fn ensure_veth(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &VethSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
     /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
-    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    async fn ensure_single(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &SingleSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
+    /// Makes (or checks) the pod's half of a gRPC wire and registers it with the wire.
+    async fn ensure_half(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &WireSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
+    /// Whether the wire half of `key` is registered and its carrier up (`None`: no such half).
+    fn half_carrier(&self, key: &WireKey) -> Option<bool>;
+    /// Drops every wire half not in `keep`, and allows streams only from `peers`.
+    fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>);
+    /// Signalled when a wire half's carrier changes (`None` without the gRPC wire).
+    fn carrier_changed(&self) -> Option<Arc<Notify>>;
     /// A node interface by name, or the one that holds `addr` when `name` is `None`.
     async fn node_iface(
         &self,
@@ -256,7 +293,11 @@ pub trait LinkOps: Send + Sync + 'static {
         addr: IpAddr,
     ) -> Result<Option<NodeIface>, LinkError>;
     /// Interfaces in `netns` that carry a meshnet alias: `(ifname, alias)`.
-    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
+    async fn owned(
+        &self,
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+    ) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
     /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
     /// Whether the recorded sandbox namespace `netns` still exists.
@@ -451,11 +492,13 @@ async fn del_address(handle: &Handle, index: u32, ip: IpNet) -> Result<(), rtnet
     Ok(())
 }
 
-/// The real kernel, through netlink.
+/// The real kernel, through netlink, and the gRPC wire when it runs.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     /// Handle in the daemon's own (the node's) namespace, where pairs are created.
     node: Handle,
+    /// The gRPC wire (`INTER_NODE_LINK_TYPE=GRPC`).
+    wire: Option<Arc<WireNode>>,
 }
 
 impl Kernel {
@@ -466,16 +509,42 @@ impl Kernel {
     pub fn new() -> std::io::Result<Self> {
         let (conn, node, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { node })
+        Ok(Kernel { node, wire: None })
     }
 
+    /// The same, with the gRPC wire whose halves [`LinkOps::ensure_half`] makes.
+    #[must_use]
+    pub fn with_wire(mut self, wire: Option<Arc<WireNode>>) -> Self {
+        self.wire = wire;
+        self
+    }
+
+    /// `ifname` in `netns`: from the run's snapshot `snap` if it can answer, else the kernel.
+    pub(crate) async fn lookup_in(
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<IfaceState>, LinkError> {
+        match snap.take(netns, ifname) {
+            Some(known) => Ok(known),
+            None => Self::lookup_kernel(netns, ifname).await,
+        }
+    }
+
+    /// `ifname` in `netns`, for the wire-half code (`tapio`): answered from the snapshot of the
+    /// run that called [`LinkOps::ensure_half`], which scopes it for that call only (the wire
+    /// half code keeps its signatures while it moves to `wire/`).
     pub(crate) async fn lookup(
         netns: &Path,
         ifname: &str,
     ) -> Result<Option<IfaceState>, LinkError> {
-        if let Some(known) = snapshot::take(netns, ifname) {
-            return Ok(known);
+        match snapshot::take_scoped(netns, ifname) {
+            Some(known) => Ok(known),
+            None => Self::lookup_kernel(netns, ifname).await,
         }
+    }
+
+    async fn lookup_kernel(netns: &Path, ifname: &str) -> Result<Option<IfaceState>, LinkError> {
         let name = ifname.to_string();
         let (ns, n2) = (netns.to_path_buf(), name.clone());
         netns::in_netns(netns, move |h| async move { get_iface(&h, &n2).await })
@@ -668,9 +737,45 @@ fn is_owned(st: &IfaceState) -> bool {
 
 #[async_trait]
 impl LinkOps for Kernel {
-    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError> {
-        let a = Self::lookup(&spec.a.netns, &spec.a.ifname).await?;
-        let b = Self::lookup(&spec.b.netns, &spec.b.ifname).await?;
+    async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
+        snapshot::Snapshot::read(netns).await
+    }
+
+    async fn ensure_half(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &WireSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        match &self.wire {
+            Some(node) => snap.with(crate::tapio::ensure_half(node, spec, mode)).await,
+            None => Err(LinkError::NoWire),
+        }
+    }
+
+    fn half_carrier(&self, key: &WireKey) -> Option<bool> {
+        self.wire.as_ref()?.carrier(key)
+    }
+
+    fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>) {
+        if let Some(node) = &self.wire {
+            node.retain(keep);
+            node.set_allowed(peers);
+        }
+    }
+
+    fn carrier_changed(&self) -> Option<Arc<Notify>> {
+        self.wire.as_ref().map(|w| Arc::clone(&w.changed))
+    }
+
+    async fn ensure_veth(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &VethSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        let a = Self::lookup_in(snap, &spec.a.netns, &spec.a.ifname).await?;
+        let b = Self::lookup_in(snap, &spec.b.netns, &spec.b.ifname).await?;
         if let (Some(a), Some(b)) = (&a, &b)
             && veth_matches(spec, a, b)
         {
@@ -732,9 +837,14 @@ impl LinkOps for Kernel {
         Ok(Outcome::Created)
     }
 
-    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError> {
+    async fn ensure_single(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &SingleSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
         let end = &spec.end;
-        let st = Self::lookup(&end.netns, &end.ifname).await?;
+        let st = Self::lookup_in(snap, &end.netns, &end.ifname).await?;
         if let Some(st) = &st
             && st.kind.as_deref() == Some(spec.kind.name())
             && st.alias.as_deref() == Some(spec.alias.as_str())
@@ -841,8 +951,12 @@ impl LinkOps for Kernel {
         }
     }
 
-    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
-        if let Some(known) = snapshot::owned(netns) {
+    async fn owned(
+        &self,
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+    ) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
+        if let Some(known) = snap.owned(netns) {
             return Ok(known);
         }
         let ns = netns.to_path_buf();
@@ -916,8 +1030,11 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
 /// Each name is answered from the dump **at most once**: the first lookup of a name sees the
 /// state at the start of the run, any later lookup of it (after the link was built or changed)
 /// goes to the kernel. The owned list is answered from the dump only for a namespace the run did
-/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock), and
-/// the dump is scoped to one run's task, so nothing outlives it.
+/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock); the
+/// reconciler passes the run's snapshot to every [`LinkOps`] call explicitly, so nothing outlives
+/// the run. The one task-local left ([`Snapshot::with`]) carries it into the wire-half code
+/// (`tapio`) for the duration of one [`LinkOps::ensure_half`] call, so that code keeps its
+/// signatures while it moves to `wire/`.
 pub mod snapshot {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
@@ -968,7 +1085,8 @@ pub mod snapshot {
             Snapshot(Arc::new(Mutex::new(dumps)))
         }
 
-        /// Runs `f` with lookups answered from this snapshot.
+        /// Runs `f` with the wire-half code's lookups ([`Kernel::lookup`](super::Kernel))
+        /// answered from this snapshot.
         pub async fn with<F: std::future::Future>(&self, f: F) -> F::Output {
             CURRENT.scope(self.clone(), f).await
         }
@@ -987,41 +1105,41 @@ pub mod snapshot {
         }
     }
 
-    /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once per
-    /// name; `None` when there is no dump for it or the name was answered before.
-    pub(super) fn take(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
-        CURRENT
-            .try_with(|s| {
-                let mut d = s.lock();
-                let ns = d.get_mut(netns)?;
-                ns.answered
-                    .insert(ifname.to_string())
-                    .then(|| ns.ifaces.get(ifname).cloned())
-            })
-            .ok()
-            .flatten()
+    impl Snapshot {
+        /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once
+        /// per name; `None` when there is no dump for it or the name was answered before.
+        pub fn take(&self, netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
+            let mut d = self.lock();
+            let ns = d.get_mut(netns)?;
+            ns.answered
+                .insert(ifname.to_string())
+                .then(|| ns.ifaces.get(ifname).cloned())
+        }
+
+        /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.
+        pub fn owned(&self, netns: &Path) -> Option<Vec<(String, OwnedAlias)>> {
+            let d = self.lock();
+            let ns = d.get(netns).filter(|ns| !ns.touched)?;
+            Some(
+                ns.ifaces
+                    .iter()
+                    .filter_map(|(name, st)| {
+                        let a = OwnedAlias::parse(st.alias.as_deref()?)?;
+                        Some((name.clone(), a))
+                    })
+                    .collect(),
+            )
+        }
     }
 
-    /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.
-    pub(super) fn owned(netns: &Path) -> Option<Vec<(String, OwnedAlias)>> {
-        CURRENT
-            .try_with(|s| {
-                let d = s.lock();
-                let ns = d.get(netns).filter(|ns| !ns.touched)?;
-                Some(
-                    ns.ifaces
-                        .iter()
-                        .filter_map(|(name, st)| {
-                            let a = OwnedAlias::parse(st.alias.as_deref()?)?;
-                            Some((name.clone(), a))
-                        })
-                        .collect(),
-                )
-            })
-            .ok()
-            .flatten()
+    /// [`Snapshot::take`] on the snapshot scoped by [`Snapshot::with`], if any.
+    pub(super) fn take_scoped(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
+        CURRENT.try_with(|s| s.take(netns, ifname)).ok().flatten()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1139,10 +1257,10 @@ mod tests {
         ns.ip(&["link", "del", "o1"]);
         let names =
             |v: Vec<(String, OwnedAlias)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        let untouched = snap.with(kernel.owned(&path)).await.unwrap();
+        let untouched = kernel.owned(&snap, &path).await.unwrap();
         assert_eq!(names(untouched), vec!["o1".to_string()], "from the dump");
         snap.touched(&path);
-        let touched = snap.with(kernel.owned(&path)).await.unwrap();
+        let touched = kernel.owned(&snap, &path).await.unwrap();
         assert!(names(touched).is_empty(), "from the kernel once touched");
     }
 

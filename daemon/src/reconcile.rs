@@ -18,7 +18,8 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::InterNodeLink;
-use crate::gwire::{LinkLabels, WireNode};
+use crate::gwire::LinkLabels;
+use crate::links::snapshot::Snapshot;
 use crate::links::{
     self, EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec, VethSpec,
 };
@@ -153,8 +154,6 @@ pub struct Reconciler {
     inter_node: InterNodeLink,
     /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
     host_intf: Option<String>,
-    /// The gRPC wire, when `inter_node` is GRPC.
-    wire: Option<Arc<WireNode>>,
     memo: Mutex<Memo>,
 }
 
@@ -176,13 +175,13 @@ pub enum Depth {
 }
 
 impl Reconciler {
+    /// `ops` carries every side effect, the gRPC wire's halves included (see [`LinkOps`]).
     pub fn new(
         node: NodeIdentity,
         store: SharedStore,
         ops: Arc<dyn LinkOps>,
         inter_node: InterNodeLink,
         host_intf: Option<String>,
-        wire: Option<Arc<WireNode>>,
     ) -> Self {
         Reconciler {
             node,
@@ -190,7 +189,6 @@ impl Reconciler {
             ops,
             inter_node,
             host_intf,
-            wire,
             memo: Mutex::new(Memo::default()),
         }
     }
@@ -215,10 +213,10 @@ impl Reconciler {
     /// A link's result, with a wire's carrier taken into account: a wire is up only when the
     /// peer's half is connected.
     fn wire_result(&self, w: Work, failed: &HashMap<String, String>) -> LinkResult {
-        if let (Work::Wire(spec), Some(node)) = (&w, &self.wire)
+        if let Work::Wire(spec) = &w
             && !failed.contains_key(&spec.alias)
         {
-            return match node.carrier(&spec.key) {
+            return match self.ops.half_carrier(&spec.key) {
                 Some(true) => LinkResult::Up { kind: "grpc" },
                 _ => LinkResult::Pending(match spec.peer {
                     Some(ip) => format!(
@@ -359,29 +357,16 @@ impl Reconciler {
         // Every namespace this run touches is read once up front instead of once per link.
         let namespaces: HashSet<PathBuf> =
             todo.iter().flat_map(|(_, w)| w.netns()).cloned().collect();
-        let ops = Arc::clone(&self.ops);
-        let wire = self.wire.clone();
-        let build = futures::stream::iter(todo)
-            .map(|(k, w)| {
-                let ops = Arc::clone(&ops);
-                let wire = wire.clone();
-                async move {
-                    let r = match &w {
-                        Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
-                        Work::Wire(spec) => match &wire {
-                            Some(node) => crate::tapio::ensure_half(node, spec, Mode::Repair).await,
-                            None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
-                        },
-                        Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
-                        Work::Done(_) => Ok(Outcome::Unchanged),
-                    };
-                    (k, w, r)
-                }
+        let snapshot = self.ops.snapshot(namespaces.into_iter().collect()).await;
+        let snap = &snapshot;
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
+            .map(|(k, w)| async move {
+                let r = self.ensure(snap, &w, Mode::Repair).await;
+                (k, w, r)
             })
             .buffer_unordered(PARALLEL_LINK_OPS)
-            .collect();
-        let snapshot = links::snapshot::Snapshot::read(namespaces).await;
-        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = snapshot.with(build).await;
+            .collect()
+            .await;
         let mut failed: HashMap<String, String> = HashMap::new();
         for (k, w, r) in results {
             if !matches!(r, Ok(Outcome::Unchanged)) {
@@ -409,7 +394,7 @@ impl Reconciler {
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
-        if let Some(node) = &self.wire {
+        if self.inter_node == InterNodeLink::Grpc {
             let mut halves = HashSet::new();
             let mut peers = HashSet::new();
             for w in works.iter().flatten() {
@@ -418,14 +403,12 @@ impl Reconciler {
                     peers.extend(spec.peer);
                 }
             }
-            node.retain(&halves);
-            node.set_allowed(peers);
+            self.ops.retain_halves(&halves, peers);
         }
 
         let mut reports = Vec::new();
         for (p, ws) in plans.iter().zip(works) {
-            snapshot
-                .with(self.sweep_stale(memo, p, &ws, &topos, depth))
+            self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
             let report = PodReport {
                 key: p.key.clone(),
@@ -473,11 +456,22 @@ impl Reconciler {
         }
     }
 
+    /// Builds (or checks) one link through [`LinkOps`].
+    async fn ensure(&self, snap: &Snapshot, w: &Work, mode: Mode) -> Result<Outcome, LinkError> {
+        match w {
+            Work::Veth(spec) => self.ops.ensure_veth(snap, spec, mode).await,
+            Work::Single(spec) => self.ops.ensure_single(snap, spec, mode).await,
+            Work::Wire(spec) => self.ops.ensure_half(snap, spec, mode).await,
+            Work::Done(_) => Ok(Outcome::Unchanged),
+        }
+    }
+
     /// Removes meshnet interfaces in a pod that its plan no longer has (link removed from the
     /// Topology, peer gone, peer sandbox replaced). Done when the pod's spec, sandbox or set of
     /// built links changed, and on full runs.
     async fn sweep_stale(
         &self,
+        snap: &Snapshot,
         memo: &mut Memo,
         p: &PodPlan,
         works: &[Work],
@@ -501,7 +495,7 @@ impl Reconciler {
             return;
         }
         let netns = Path::new(&p.net_ns);
-        match self.ops.owned(netns).await {
+        match self.ops.owned(snap, netns).await {
             Ok(owned) => {
                 for (ifname, alias) in owned {
                     let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
@@ -628,7 +622,7 @@ impl Reconciler {
             String::new()
         };
         if !ns.is_empty() && Path::new(&ns).exists() {
-            match self.ops.owned(Path::new(&ns)).await {
+            match self.ops.owned(&Snapshot::default(), Path::new(&ns)).await {
                 Ok(owned) => {
                     for (ifname, alias) in owned {
                         if alias.namespace != key.namespace {
@@ -688,15 +682,7 @@ impl Reconciler {
         let (p, ws) = (&plans[i], std::mem::take(&mut works[i]));
         let mut links = Vec::new();
         for (l, w) in p.links.iter().zip(ws) {
-            let verified = match &w {
-                Work::Veth(spec) => self.ops.ensure_veth(spec, Mode::Verify).await,
-                Work::Single(spec) => self.ops.ensure_single(spec, Mode::Verify).await,
-                Work::Wire(spec) => match &self.wire {
-                    Some(node) => crate::tapio::ensure_half(node, spec, Mode::Verify).await,
-                    None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
-                },
-                Work::Done(_) => Ok(Outcome::Unchanged),
-            };
+            let verified = self.ensure(&Snapshot::default(), &w, Mode::Verify).await;
             if let Err(e) = verified {
                 return Err(ReconcileError::Link {
                     pod: key.clone(),
@@ -744,7 +730,7 @@ impl Reconciler {
     ) {
         let mut events = self.store.watch();
         let mut tick = tokio::time::interval(resync);
-        let carrier = self.wire.as_ref().map(|w| Arc::clone(&w.changed));
+        let carrier = self.ops.carrier_changed();
         tokio::pin!(shutdown);
         loop {
             let carrier_changed = async {
@@ -1011,3 +997,6 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1392,6 +1392,8 @@ pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
                     v.b = EndView { ip, ..end };
                     merge_state(v, s.map(|s| (&s.kind, s.state, &s.message)));
                 }
+                // A pod declaring the uid twice is its own error, which its status reports.
+                Some(v) if v.a.pod == key.name => {}
                 Some(v) => {
                     if running.contains_key(&key) {
                         v.required = true;
