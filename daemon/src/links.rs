@@ -232,10 +232,82 @@ pub enum LinkError {
     },
     #[error("interface {ifname} already exists in {netns} and was not made by meshnet")]
     Occupied { ifname: String, netns: String },
-    #[error("{0}")]
-    Mismatch(String),
+    /// CHECK: the link's interface is not there.
+    #[error("{ifname} missing in {netns}")]
+    Missing { ifname: String, netns: String },
+    /// CHECK: an interface of that name is there but is not this link's.
+    #[error("{ifname} in {netns} is not this link's {kind}")]
+    NotThisLink {
+        ifname: String,
+        netns: String,
+        kind: &'static str,
+    },
+    /// CHECK: the declaration differs from what meshnet applied ([`end_drift`]).
+    #[error("{detail}")]
+    Drift { detail: String },
+    #[error("{ifname} vanished from {netns} while configuring it")]
+    Vanished { ifname: String, netns: String },
+    #[error(
+        "vxlan {ifname}: node address {local} and peer node address {remote} are of different families"
+    )]
+    Families {
+        ifname: String,
+        local: IpAddr,
+        remote: IpAddr,
+    },
     #[error("the gRPC wire is not running (INTER_NODE_LINK_TYPE is not GRPC)")]
     NoWire,
+    /// The wire-half code (`tapio`, `afhalf`) reports its endpoint failures and differences as
+    /// text; nothing else makes this. That code is moving to `wire/`, with its own error type.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// What kind of failure a [`LinkError`] is, for the protocol boundaries (the local API maps
+/// each to one gRPC code in `api::status_of`) and the link's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkFault {
+    /// An interface of the link's name exists and is not meshnet's.
+    Occupied,
+    /// The pod's namespace cannot be opened or entered.
+    Namespace,
+    /// The node cannot carry the link as declared (underlay or parent interface missing, VNI
+    /// clash, peer node address unusable, no gRPC wire).
+    Node,
+    /// CHECK found the link missing or not as declared.
+    Differs,
+    /// The kernel or the wire endpoint refused.
+    Kernel,
+}
+
+impl LinkError {
+    /// See [`LinkFault`].
+    pub fn fault(&self) -> LinkFault {
+        match self {
+            LinkError::Netns(_) => LinkFault::Namespace,
+            LinkError::Occupied { .. } => LinkFault::Occupied,
+            LinkError::Missing { .. } | LinkError::NotThisLink { .. } | LinkError::Drift { .. } => {
+                LinkFault::Differs
+            }
+            LinkError::Families { .. } | LinkError::NoWire => LinkFault::Node,
+            LinkError::Netlink { .. } | LinkError::Vanished { .. } | LinkError::Mismatch(_) => {
+                LinkFault::Kernel
+            }
+        }
+    }
+
+    /// CHECK's error for an end that is absent (`None`) or not this link's.
+    fn differs(end: &EndSpec, st: Option<&IfaceState>, kind: &'static str) -> Self {
+        let (ifname, netns) = (end.ifname.clone(), end.netns.display().to_string());
+        match st {
+            None => LinkError::Missing { ifname, netns },
+            Some(_) => LinkError::NotThisLink {
+                ifname,
+                netns,
+                kind,
+            },
+        }
+    }
 }
 
 impl LinkError {
@@ -563,11 +635,9 @@ impl Kernel {
             let st = get_iface(&h, &name)
                 .await
                 .map_err(|e| LinkError::netlink("look up", &name, &ns, e))?
-                .ok_or_else(|| {
-                    LinkError::Mismatch(format!(
-                        "{name} vanished from {} while configuring it",
-                        ns.display()
-                    ))
+                .ok_or_else(|| LinkError::Vanished {
+                    ifname: name.clone(),
+                    netns: ns.display().to_string(),
                 })?;
             configure_end(&h, &st, &alias_s, ip, mtu)
                 .await
@@ -677,9 +747,11 @@ impl Kernel {
                         finish(b.local6(*l).remote6(*r), &ns, mtu, mac)
                     }
                     _ => {
-                        return Err(LinkError::Mismatch(format!(
-                            "vxlan {name}: node address {local} and peer node address {remote} are of different families"
-                        )));
+                        return Err(LinkError::Families {
+                            ifname: name.to_string(),
+                            local: *local,
+                            remote: *remote,
+                        });
                     }
                 }
             }
@@ -782,7 +854,7 @@ impl LinkOps for Kernel {
             let drift = end_drift(&spec.a, a, spec.mtu).or_else(|| end_drift(&spec.b, b, spec.mtu));
             return match (drift, mode) {
                 (None, _) => Ok(Outcome::Unchanged),
-                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
                 (Some(_), Mode::Repair) => {
                     Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
                     Self::configure(&spec.b, &spec.alias, spec.mtu).await?;
@@ -791,19 +863,11 @@ impl LinkOps for Kernel {
             };
         }
         if mode == Mode::Verify {
-            let what = |end: &EndSpec, st: &Option<IfaceState>| match st {
-                None => format!("{} missing in {}", end.ifname, end.netns.display()),
-                Some(_) => format!(
-                    "{} in {} is not this link's veth",
-                    end.ifname,
-                    end.netns.display()
-                ),
-            };
-            return Err(LinkError::Mismatch(format!(
-                "{}; {}",
-                what(&spec.a, &a),
-                what(&spec.b, &b)
-            )));
+            // Name a missing end first; two present ends that are not one pair: the first.
+            return Err(match (&a, &b) {
+                (Some(_), None) => LinkError::differs(&spec.b, None, "veth"),
+                _ => LinkError::differs(&spec.a, a.as_ref(), "veth"),
+            });
         }
         // Refuse before touching anything if a name is taken by an interface we did not make.
         for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
@@ -852,7 +916,7 @@ impl LinkOps for Kernel {
         {
             return match (end_drift(end, st, spec.mtu), mode) {
                 (None, _) => Ok(Outcome::Unchanged),
-                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
                 (Some(_), Mode::Repair) => {
                     Self::configure(end, &spec.alias, spec.mtu).await?;
                     Ok(Outcome::Repaired)
@@ -860,15 +924,7 @@ impl LinkOps for Kernel {
             };
         }
         if mode == Mode::Verify {
-            return Err(LinkError::Mismatch(match st {
-                None => format!("{} missing in {}", end.ifname, end.netns.display()),
-                Some(_) => format!(
-                    "{} in {} is not this link's {}",
-                    end.ifname,
-                    end.netns.display(),
-                    spec.kind.name()
-                ),
-            }));
+            return Err(LinkError::differs(end, st.as_ref(), spec.kind.name()));
         }
         if let Some(st) = &st {
             if !is_owned(st) {

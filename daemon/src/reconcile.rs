@@ -21,7 +21,8 @@ use crate::InterNodeLink;
 use crate::gwire::LinkLabels;
 use crate::links::snapshot::Snapshot;
 use crate::links::{
-    self, EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec, VethSpec,
+    self, EndSpec, LinkError, LinkFault, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec,
+    VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
 use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
@@ -51,9 +52,10 @@ pub enum LinkResult {
     Pending(String),
     /// Declaration problem: reported, never retried until the Topology changes.
     Invalid(String),
-    /// The kernel refused; retried on the next run.
+    /// The kernel or the node refused; retried on the next run.
     Failed {
         kind: &'static str,
+        fault: LinkFault,
         message: String,
     },
 }
@@ -105,7 +107,7 @@ impl PodReport {
     }
 }
 
-/// Errors of a reconcile run or a CNI operation.
+/// Errors of a reconcile run or a CNI operation; the local API maps each to one gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
@@ -115,10 +117,21 @@ pub enum ReconcileError {
         pod: PodKey,
         uid: i64,
         local_intf: String,
+        fault: LinkFault,
         message: String,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// CHECK for a sandbox that is not the one recorded (or a pod not alive).
+    #[error("pod {pod} is not recorded with sandbox {container_id} (status has {recorded:?})")]
+    NotRecorded {
+        pod: PodKey,
+        container_id: String,
+        recorded: String,
+    },
+    #[error("pod {pod} is recorded on node {src_ip}, not this node")]
+    NotOnThisNode { pod: PodKey, src_ip: String },
+    /// The pod's Topology was deleted while its ADD ran.
+    #[error("pod {pod} vanished from the store during ADD")]
+    VanishedDuringAdd { pod: PodKey },
 }
 
 #[derive(Debug, Default)]
@@ -212,7 +225,7 @@ impl Reconciler {
 
     /// A link's result, with a wire's carrier taken into account: a wire is up only when the
     /// peer's half is connected.
-    fn wire_result(&self, w: Work, failed: &HashMap<String, String>) -> LinkResult {
+    fn wire_result(&self, w: Work, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
         if let Work::Wire(spec) = &w
             && !failed.contains_key(&spec.alias)
         {
@@ -263,6 +276,7 @@ impl Reconciler {
                         match &parents[parent] {
                             Err(m) => Work::Done(LinkResult::Failed {
                                 kind: "macvlan",
+                                fault: LinkFault::Node,
                                 message: m.clone(),
                             }),
                             Ok(i) => Work::Single(SingleSpec {
@@ -283,6 +297,7 @@ impl Reconciler {
                             Ok(ip) => wire_work(p, l, decl, Some(ip)),
                             Err(_) => Work::Done(LinkResult::Failed {
                                 kind: "grpc",
+                                fault: LinkFault::Node,
                                 message: format!(
                                     "peer node address {peer_node_ip:?} is not an IP address"
                                 ),
@@ -313,6 +328,7 @@ impl Reconciler {
                             match underlay.as_ref().expect("set just above") {
                                 Err(m) => Work::Done(LinkResult::Failed {
                                     kind: "vxlan",
+                                    fault: LinkFault::Node,
                                     message: m.clone(),
                                 }),
                                 Ok(u) => vxlan_work(&self.node.ip, p, l.uid, peer_node_ip, decl, u),
@@ -367,7 +383,7 @@ impl Reconciler {
             .buffer_unordered(PARALLEL_LINK_OPS)
             .collect()
             .await;
-        let mut failed: HashMap<String, String> = HashMap::new();
+        let mut failed: HashMap<String, (LinkFault, String)> = HashMap::new();
         for (k, w, r) in results {
             if !matches!(r, Ok(Outcome::Unchanged)) {
                 for ns in w.netns() {
@@ -388,7 +404,7 @@ impl Reconciler {
                     tracing::warn!(%alias, kind, error = %e, "link failed");
                     metrics::counter!("meshnet_link_errors_total", "kind" => kind).increment(1);
                     memo.built.remove(&k);
-                    failed.insert(alias, e.to_string());
+                    failed.insert(alias, (e.fault(), e.to_string()));
                 }
             }
         }
@@ -577,15 +593,17 @@ impl Reconciler {
         memo.forget_netns(&key.namespace, net_ns);
         memo.swept.remove(key);
         let reports = self.run_locked(&mut memo, Depth::Changes).await?;
-        let report = reports.into_iter().find(|r| r.key == *key).ok_or_else(|| {
-            ReconcileError::Invalid(format!("pod {key} vanished from the store during ADD"))
-        })?;
+        let report = reports
+            .into_iter()
+            .find(|r| r.key == *key)
+            .ok_or_else(|| ReconcileError::VanishedDuringAdd { pod: key.clone() })?;
         for (l, r) in &report.links {
-            if let LinkResult::Failed { message, .. } = r {
+            if let LinkResult::Failed { message, fault, .. } = r {
                 return Err(ReconcileError::Link {
                     pod: key.clone(),
                     uid: l.uid,
                     local_intf: l.local_intf.clone(),
+                    fault: *fault,
                     message: message.clone(),
                 });
             }
@@ -665,18 +683,19 @@ impl Reconciler {
             return Ok(None);
         };
         if topo.status.container_id != container_id || !topo.status.is_alive() {
-            return Err(ReconcileError::Invalid(format!(
-                "pod {key} is not recorded with sandbox {container_id} (status has {:?})",
-                topo.status.container_id
-            )));
+            return Err(ReconcileError::NotRecorded {
+                pod: key.clone(),
+                container_id: container_id.to_string(),
+                recorded: topo.status.container_id.clone(),
+            });
         }
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
         drop(memo);
         let Some(i) = plans.iter().position(|p| p.key == *key) else {
-            return Err(ReconcileError::Invalid(format!(
-                "pod {key} is recorded on node {}, not this node",
-                topo.status.src_ip
-            )));
+            return Err(ReconcileError::NotOnThisNode {
+                pod: key.clone(),
+                src_ip: topo.status.src_ip.clone(),
+            });
         };
         let mut works = self.resolve(&plans).await;
         let (p, ws) = (&plans[i], std::mem::take(&mut works[i]));
@@ -688,6 +707,7 @@ impl Reconciler {
                     pod: key.clone(),
                     uid: l.uid,
                     local_intf: l.local_intf.clone(),
+                    fault: e.fault(),
                     message: e.to_string(),
                 });
             }
@@ -839,13 +859,14 @@ impl Work {
         }
     }
 
-    /// The link's result once the build outcomes (`failed`: alias -> message) are known.
-    fn result(self, failed: &HashMap<String, String>) -> LinkResult {
+    /// The link's result once the build outcomes (`failed`: alias -> fault, message) are known.
+    fn result(self, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
         match self {
             Work::Done(r) => r,
             w => match w.alias().and_then(|a| failed.get(a)) {
-                Some(m) => LinkResult::Failed {
+                Some((fault, m)) => LinkResult::Failed {
                     kind: w.kind(),
+                    fault: *fault,
                     message: m.clone(),
                 },
                 None => LinkResult::Up { kind: w.kind() },
@@ -900,6 +921,7 @@ fn vxlan_work(
     let fail = |message: String| {
         Work::Done(LinkResult::Failed {
             kind: "vxlan",
+            fault: LinkFault::Node,
             message,
         })
     };
@@ -987,6 +1009,7 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
                 if *o != (p.key.namespace.clone(), l.uid) {
                     *w = Work::Done(LinkResult::Failed {
                         kind: "vxlan",
+                        fault: LinkFault::Node,
                         message: format!(
                             "VNI {vni} of this link clashes with link {}/uid {} on this node; change one uid",
                             o.0, o.1

@@ -103,14 +103,11 @@ impl FakeOps {
             return Ok(Outcome::Unchanged);
         }
         if mode == Mode::Verify {
-            return Err(LinkError::Mismatch(format!("{alias} missing")));
+            return Err(LinkError::differs(ends[0], None, "link"));
         }
         for e in ends {
             if st.gone.contains(&e.netns) {
-                return Err(LinkError::Mismatch(format!(
-                    "{} does not exist",
-                    e.netns.display()
-                )));
+                return Err(gone(&e.netns));
             }
             st.ifaces
                 .entry(e.netns.clone())
@@ -119,6 +116,14 @@ impl FakeOps {
         }
         Ok(Outcome::Created)
     }
+}
+
+/// What opening a removed namespace fails with.
+fn gone(netns: &Path) -> LinkError {
+    LinkError::Netns(crate::netns::NetnsError::Open {
+        path: netns.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
 }
 
 #[async_trait]
@@ -195,10 +200,7 @@ impl LinkOps for FakeOps {
     ) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
         let st = self.st();
         if st.gone.contains(netns) {
-            return Err(LinkError::Mismatch(format!(
-                "{} does not exist",
-                netns.display()
-            )));
+            return Err(gone(netns));
         }
         Ok(st
             .ifaces

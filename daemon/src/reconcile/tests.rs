@@ -245,8 +245,12 @@ async fn vni_clash_builds_one_link_and_refuses_the_other() {
     let reports = e.rec.run(Depth::Changes).await.unwrap();
     assert_eq!(result(&reports, "a", u1), &LinkResult::Up { kind: "vxlan" });
     match result(&reports, "a", u2) {
-        LinkResult::Failed { kind, message } => {
-            assert_eq!(*kind, "vxlan");
+        LinkResult::Failed {
+            kind,
+            fault,
+            message,
+        } => {
+            assert_eq!((*kind, *fault), ("vxlan", LinkFault::Node));
             assert!(
                 message.contains(&format!("clashes with link default/uid {u1}")),
                 "{message}"
