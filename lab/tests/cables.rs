@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LabGuard, yaml_file};
+use common::{LabGuard, two_pods, yaml_file};
 use meshnet_lab::lab::{LabState, link_views};
 use meshnet_topology::topology::Topology;
 
@@ -34,20 +34,9 @@ fn link_json(netns: &str, ifname: &str) -> serde_json::Value {
     v[0].clone()
 }
 
-/// Runs the lab with its daemons resyncing every 2 s (the variable is read when a daemon starts).
+/// Runs the lab with its daemons resyncing every [`RESYNC`] seconds.
 fn with_resync(lab: &LabGuard, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
-        .env("MESHNET_LAB_RESYNC_SECONDS", RESYNC.to_string())
-        .args(["--lab", &lab.name])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meshnet-lab {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lab.logs()
-    );
+    lab.ok_env(&[("MESHNET_LAB_RESYNC_SECONDS", &RESYNC.to_string())], args);
 }
 
 /// The daemons' full resync interval in these tests, seconds.
@@ -259,25 +248,7 @@ fn link_view_shows_a_third_declaration_of_a_uid() {
 fn a_pod_whose_namespace_vanished_is_gone() {
     let f = yaml_file(
         "cable-gone",
-        r#"
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: g1}
-spec:
-  links:
-  - {uid: 1, peer_pod: g2, local_intf: eth1, peer_intf: eth1}
----
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: g2}
-spec:
-  links:
-  - {uid: 1, peer_pod: g1, local_intf: eth1, peer_intf: eth1}
----
-{apiVersion: v1, kind: Pod, metadata: {name: g1}}
----
-{apiVersion: v1, kind: Pod, metadata: {name: g2}}
-"#,
+        &two_pods(("g1", "node1"), ("g2", "node1"), &[(1, "eth1", "", "")]),
     );
     let lab = LabGuard::new("cable-gone");
     with_resync(&lab, &["up", f.to_str().unwrap()]);
@@ -331,28 +302,11 @@ spec:
 /// Two pods, `o1` on node1 and `o2` on `o2_node`, joined by uid 1 (`eth1`, addresses
 /// `PREFIX.1/24` and `PREFIX.2/24`) and uid 2 (`eth2`, no addresses, no `mtu`).
 fn owned_pair(prefix: &str, o2_node: &str) -> String {
-    format!(
-        r#"
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {{name: o1}}
-spec:
-  links:
-  - {{uid: 1, peer_pod: o2, local_intf: eth1, peer_intf: eth1, local_ip: {prefix}.1/24, peer_ip: {prefix}.2/24}}
-  - {{uid: 2, peer_pod: o2, local_intf: eth2, peer_intf: eth2}}
----
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {{name: o2}}
-spec:
-  links:
-  - {{uid: 1, peer_pod: o1, local_intf: eth1, peer_intf: eth1, local_ip: {prefix}.2/24, peer_ip: {prefix}.1/24}}
-  - {{uid: 2, peer_pod: o1, local_intf: eth2, peer_intf: eth2}}
----
-{{apiVersion: v1, kind: Pod, metadata: {{name: o1}}, spec: {{nodeName: node1}}}}
----
-{{apiVersion: v1, kind: Pod, metadata: {{name: o2}}, spec: {{nodeName: {o2_node}}}}}
-"#
+    let (a, b) = (format!("{prefix}.1/24"), format!("{prefix}.2/24"));
+    two_pods(
+        ("o1", "node1"),
+        ("o2", o2_node),
+        &[(1, "eth1", &a, &b), (2, "eth2", "", "")],
     )
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LabGuard, yaml_file};
+use common::{LabGuard, two_pods, yaml_file};
 
 /// The daemons' full resync interval in these tests, seconds.
 const RESYNC: u64 = 2;
@@ -24,13 +24,14 @@ struct Router {
 }
 
 impl Router {
+    /// `pod_netns` is unique to the lab and the pod, so it also names the router's directory.
     fn start(pod_netns: &str, name: &str, router_id: &str, network: &str) -> Self {
         let zebra = PathBuf::from("/usr/lib/frr/zebra");
         assert!(
             zebra.is_file(),
             "FRR is not installed: run scripts/install-deps.sh (Debian package frr)"
         );
-        let dir = std::env::temp_dir().join(format!("cable-frr-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("frr-{pod_netns}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("zebra.conf"), format!("hostname {name}\n")).unwrap();
@@ -141,42 +142,20 @@ fn eth1_flags(netns: &str) -> String {
     v[0]["flags"].to_string()
 }
 
-const PAIR: &str = r#"
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: f1}
-spec:
-  links:
-  - {uid: 1, peer_pod: f2, local_intf: eth1, peer_intf: eth1, local_ip: 10.0.12.1/24, peer_ip: 10.0.12.2/24}
----
-apiVersion: networkop.co.uk/v1beta1
-kind: Topology
-metadata: {name: f2}
-spec:
-  links:
-  - {uid: 1, peer_pod: f1, local_intf: eth1, peer_intf: eth1, local_ip: 10.0.12.2/24, peer_ip: 10.0.12.1/24}
----
-{apiVersion: v1, kind: Pod, metadata: {name: f1}, spec: {nodeName: node1}}
----
-{apiVersion: v1, kind: Pod, metadata: {name: f2}, spec: {nodeName: F2NODE}}
-"#;
-
 /// Brings up f1 (node1) and f2 (`f2_node`) with FRR in both, adjacency Full on both sides.
 fn frr_lab(tag: &str, up_args: &[&str], f2_node: &str) -> (LabGuard, Router, Router) {
-    let yaml = PAIR.replace("F2NODE", f2_node);
+    let yaml = two_pods(
+        ("f1", "node1"),
+        ("f2", f2_node),
+        &[(1, "eth1", "10.0.12.1/24", "10.0.12.2/24")],
+    );
     let f = yaml_file(tag, &yaml);
     let lab = LabGuard::new(tag);
-    let out = Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
-        .env("MESHNET_LAB_RESYNC_SECONDS", RESYNC.to_string())
-        .args(["--lab", &lab.name, "up", f.to_str().unwrap()])
-        .args(up_args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "up: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        lab.logs()
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok_env(
+        &[("MESHNET_LAB_RESYNC_SECONDS", &RESYNC.to_string())],
+        &args,
     );
     let r1 = Router::start(&lab.pod_netns("f1"), "f1", "10.0.0.1", "10.0.12.0/24");
     let r2 = Router::start(&lab.pod_netns("f2"), "f2", "10.0.0.2", "10.0.12.0/24");
