@@ -25,6 +25,7 @@ pub mod gwire;
 pub mod http;
 pub mod install;
 pub mod links;
+pub mod linkstats;
 pub mod metrics_desc;
 pub mod netns;
 pub mod plan;
@@ -215,7 +216,11 @@ pub async fn run(
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
     let http = listeners.http.map(|l| {
-        let app = http::router(metrics_handle, Arc::clone(&ready));
+        let app = http::router(
+            metrics_handle,
+            Arc::clone(&ready),
+            Some(Arc::clone(&reconciler)),
+        );
         let s = stopped();
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
     });

@@ -168,6 +168,9 @@ pub struct Reconciler {
     /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
     host_intf: Option<String>,
     memo: Mutex<Memo>,
+    /// The pod ends of the kernel links (veth, vxlan, macvlan) that are up, as of the last run:
+    /// what `/metrics` reports (its own lock, so a scrape never waits for a run).
+    kernel_links: std::sync::Mutex<Vec<crate::linkstats::KernelLink>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -203,7 +206,16 @@ impl Reconciler {
             inter_node,
             host_intf,
             memo: Mutex::new(Memo::default()),
+            kernel_links: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The pod ends of the kernel links that were up after the last run.
+    pub fn kernel_links(&self) -> Vec<crate::linkstats::KernelLink> {
+        self.kernel_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn node(&self) -> &NodeIdentity {
@@ -423,6 +435,7 @@ impl Reconciler {
         }
 
         let mut reports = Vec::new();
+        let mut kernel_links = Vec::new();
         for (p, ws) in plans.iter().zip(works) {
             self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
@@ -436,8 +449,28 @@ impl Reconciler {
                     .collect(),
             };
             self.write_status(p, &report).await;
+            for (l, r) in &report.links {
+                if let LinkResult::Up {
+                    kind: kind @ ("veth" | "vxlan" | "macvlan"),
+                } = r
+                {
+                    kernel_links.push(crate::linkstats::KernelLink {
+                        namespace: p.key.namespace.clone(),
+                        pod: p.key.name.clone(),
+                        interface: l.local_intf.clone(),
+                        peer_pod: l.peer_pod.clone(),
+                        uid: l.uid,
+                        kind,
+                        netns: PathBuf::from(&p.net_ns),
+                    });
+                }
+            }
             reports.push(report);
         }
+        *self
+            .kernel_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kernel_links;
         metrics::counter!("meshnet_reconcile_runs_total").increment(1);
         metrics::histogram!("meshnet_reconcile_seconds").record(started.elapsed().as_secs_f64());
         Ok(reports)

@@ -414,3 +414,139 @@ fn router_owns_its_vxlan_port() {
 fn router_owns_its_grpc_wire_port() {
     router_owns_its_port("cable-ownw", &["--nodes", "2", "--link", "grpc"], "node2");
 }
+
+/// `promtool check metrics` on `text`: (passed, its output).
+fn promtool(text: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The value of the one series of `family` whose labels contain all of `has`.
+fn sample(text: &str, family: &str, has: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .find(|l| has.iter().all(|h| l.contains(h)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Kernel links (here a veth) get the gRPC links' per-link series, in the same families as a
+/// gRPC link on the same node (one block per name, promtool-clean); admin state follows the
+/// pod's port, and the series go when the link goes.
+#[test]
+fn kernel_links_have_per_link_counters_that_go_with_the_link() {
+    let m12 = "  - {uid: 1, peer_pod: PEER, local_intf: eth1, peer_intf: eth1, local_ip: LOCAL, peer_ip: REMOTE}\n";
+    let decl = |me: &str, links: &[(&str, &str, &str, &str)]| {
+        let mut y = format!(
+            "apiVersion: networkop.co.uk/v1beta1\nkind: Topology\nmetadata: {{name: {me}}}\nspec:\n  links:\n"
+        );
+        for (uid_intf, peer, local, remote) in links {
+            let (uid, intf) = uid_intf.split_once(':').unwrap();
+            y.push_str(
+                &m12.replace("uid: 1", &format!("uid: {uid}"))
+                    .replace("eth1", intf)
+                    .replace("PEER", peer)
+                    .replace("LOCAL", local)
+                    .replace("REMOTE", remote),
+            );
+        }
+        y.push_str("---\n");
+        y
+    };
+    let pods = "{apiVersion: v1, kind: Pod, metadata: {name: m1}, spec: {nodeName: node1}}\n---\n\
+                {apiVersion: v1, kind: Pod, metadata: {name: m2}, spec: {nodeName: node1}}\n---\n\
+                {apiVersion: v1, kind: Pod, metadata: {name: m3}, spec: {nodeName: node2}}\n";
+    let wire = ("2:eth2", "m3", "10.0.13.1/24", "10.0.13.3/24");
+    let wire_back = ("2:eth2", "m1", "10.0.13.3/24", "10.0.13.1/24");
+    let full = format!(
+        "{}{}{}{pods}",
+        decl(
+            "m1",
+            &[("1:eth1", "m2", "10.0.12.1/24", "10.0.12.2/24"), wire]
+        ),
+        decl("m2", &[("1:eth1", "m1", "10.0.12.2/24", "10.0.12.1/24")]),
+        decl("m3", &[wire_back]),
+    );
+    let f = yaml_file("cable-ctr", &full);
+    let lab = LabGuard::new("cable-ctr");
+    lab.ok(&["up", f.to_str().unwrap(), "--nodes", "2", "--link", "grpc"]);
+    lab.ok(&[
+        "exec",
+        "m1",
+        "--",
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-q",
+        "10.0.12.2",
+    ]);
+    lab.ok(&["exec", "m1", "--", "ping", "-c", "2", "-q", "10.0.13.3"]);
+    let text = lab.ok(&["metrics", "node1"]);
+    let (ok, msg) = promtool(&text);
+    assert!(ok, "promtool: {msg}\n{text}");
+    // `,pod=` so that m2's `peer_pod="m1"` does not match.
+    let veth = [",pod=\"m1\"", "kind=\"veth\"", "uid=\"1\""];
+    let tx = sample(&text, "meshnet_link_tx_frames_total", &veth).unwrap();
+    assert!(tx >= 5.0, "{tx}\n{text}");
+    assert_eq!(sample(&text, "meshnet_link_carrier", &veth), Some(1.0));
+    assert_eq!(sample(&text, "meshnet_link_admin_up", &veth), Some(1.0));
+    assert!(sample(&text, "meshnet_link_tx_frames_total", &["kind=\"grpc\""]).is_some());
+    assert_eq!(text.matches("# TYPE meshnet_link_carrier ").count(), 1);
+    // The router shuts its port: admin state and carrier follow at the next scrape.
+    ip(&lab.pod_netns("m1"), &["link", "set", "eth1", "down"]);
+    let text = lab.ok(&["metrics", "node1"]);
+    assert_eq!(
+        sample(&text, "meshnet_link_admin_up", &veth),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "meshnet_link_carrier", &veth),
+        Some(0.0),
+        "{text}"
+    );
+    // uid 1 removed from both Topologies: its series go with it.
+    let without = format!(
+        "{}{}{}{pods}",
+        decl("m1", &[wire]),
+        "apiVersion: networkop.co.uk/v1beta1\nkind: Topology\nmetadata: {name: m2}\nspec:\n  links: []\n---\n",
+        decl("m3", &[wire_back]),
+    );
+    let f2 = yaml_file("cable-ctr-2", &without);
+    lab.ok(&["apply", f2.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = lab.ok(&["metrics", "node1"]);
+        let veth_series = text
+            .lines()
+            .any(|l| l.starts_with("meshnet_link_") && l.contains("kind=\"veth\""));
+        if !veth_series {
+            assert!(sample(&text, "meshnet_link_carrier", &["kind=\"grpc\""]).is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "veth series stayed:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
