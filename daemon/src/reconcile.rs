@@ -6,7 +6,10 @@
 //! (DESIGN.md §4). Runs are serialised by one lock; CNI ADD/DEL/CHECK take the same lock, so a
 //! pod is never plumbed and released at the same time. A memo of links known to be built keeps
 //! event-driven runs from touching the kernel for links that did not change; the periodic
-//! resync verifies every link against the kernel and repairs drift.
+//! resync verifies every link against the kernel, rebuilds what is missing and applies a changed
+//! declaration — never what the pod changed on its port (admin state, MTU, its own addresses;
+//! see [`crate::links`]). Every side effect goes through [`LinkOps`] (unit tests: `tests.rs` on
+//! the recording fake); a pod of this node whose namespace is gone is released like a DEL.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
