@@ -11,11 +11,11 @@
 //! such an alias — never one it did not make.
 //!
 //! The router owns its port. `APPLIED` ([`Applied`], e.g. `ip=10.0.1.1/24;mtu=1450`) records
-//! the address and MTU meshnet itself set. An end is configured in full (MTU, address, up) when it
+//! the address, MTU (and a declared MAC) meshnet itself set. An end is configured in full (MTU, address, up) when it
 //! is created; afterwards meshnet changes it only when the *declaration* moves away from that
-//! record — it sets the new MTU, removes the address it had set and adds the new one — and never
-//! reverts what the pod did: admin state, an MTU the router chose, addresses the pod added or
-//! removed. Reading an interface ([`IfaceState`]) splits the alias into the identity (`alias`,
+//! record — it sets the new MTU or MAC, removes the address it had set and adds the new one — and
+//! never reverts what the pod did: admin state, an MTU or MAC the router chose, addresses the pod
+//! added or removed. Reading an interface ([`IfaceState`]) splits the alias into the identity (`alias`,
 //! what every "is this the link's device" comparison uses) and the record (`applied`).
 
 use std::collections::{HashMap, HashSet};
@@ -77,21 +77,27 @@ impl OwnedAlias {
     }
 }
 
-/// The address and MTU meshnet set on an end, as recorded in its alias.
+/// The address, MTU and MAC meshnet set on an end, as recorded in its alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Applied {
     pub ip: Option<IpNet>,
     pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
 }
 
 impl Applied {
-    /// The alias field: `ip=ADDR/LEN;mtu=N` (either value may be empty).
+    /// The alias field: `ip=ADDR/LEN;mtu=N` (either value may be empty), then `;mac=MAC` when
+    /// one is declared (left out otherwise, to keep the alias short: the kernel takes 255 bytes).
     pub fn encode(&self) -> String {
-        format!(
+        let mut s = format!(
             "ip={};mtu={}",
             self.ip.map(|i| i.to_string()).unwrap_or_default(),
             self.mtu.map(|m| m.to_string()).unwrap_or_default()
-        )
+        );
+        if let Some(m) = self.mac {
+            s.push_str(&format!(";mac={m}"));
+        }
+        s
     }
 
     /// Parses [`Applied::encode`]'s output; `None` if it is not one.
@@ -102,6 +108,7 @@ impl Applied {
                 ("ip", "") | ("mtu", "") => {}
                 ("ip", v) => out.ip = Some(v.parse().ok()?),
                 ("mtu", v) => out.mtu = Some(v.parse().ok()?),
+                ("mac", v) => out.mac = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -464,6 +471,8 @@ fn add_addresses(s: &mut IfaceState, a: &AddressMessage) {
 }
 
 /// Brings an existing interface to its declaration without taking the port from the router.
+/// (A MAC is a setting like the others, not part of the link's identity: a router that sets its
+/// own MAC keeps its port.)
 ///
 /// An end with no record of what meshnet applied (just created, or made before the record
 /// existed) is configured in full: MTU, address, up. An end with a record is changed only where
@@ -477,8 +486,9 @@ pub async fn configure_end(
     alias: &str,
     ip: Option<IpNet>,
     mtu: Option<u32>,
+    mac: Option<MacAddr>,
 ) -> Result<bool, rtnetlink::Error> {
-    let want = Applied { ip, mtu };
+    let want = Applied { ip, mtu, mac };
     let fresh = st.applied.is_none();
     let prev = st.applied.unwrap_or_default();
     let mut changed = false;
@@ -493,6 +503,13 @@ pub async fn configure_end(
         && st.mtu != Some(m)
     {
         msg = msg.mtu(m);
+        set = true;
+    }
+    if let Some(m) = mac
+        && (fresh || prev.mac != mac)
+        && st.mac != Some(m.0)
+    {
+        msg = msg.address(m.0.to_vec());
         set = true;
     }
     if set {
@@ -629,7 +646,7 @@ impl Kernel {
         alias: &str,
         mtu: Option<u32>,
     ) -> Result<bool, LinkError> {
-        let (name, ip, alias_s) = (end.ifname.clone(), end.ip, alias.to_string());
+        let (name, ip, mac, alias_s) = (end.ifname.clone(), end.ip, end.mac, alias.to_string());
         let ns = end.netns.clone();
         netns::in_netns(&end.netns, move |h| async move {
             let st = get_iface(&h, &name)
@@ -639,7 +656,7 @@ impl Kernel {
                     ifname: name.clone(),
                     netns: ns.display().to_string(),
                 })?;
-            configure_end(&h, &st, &alias_s, ip, mtu)
+            configure_end(&h, &st, &alias_s, ip, mtu, mac)
                 .await
                 .map_err(|e| LinkError::netlink("configure", &name, &ns, e))
         })
@@ -776,15 +793,17 @@ fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
         && b.alias.as_deref() == Some(spec.alias.as_str())
         && a.link == Some(b.index)
         && b.link == Some(a.index)
-        && spec.a.mac.is_none_or(|m| a.mac == Some(m.0))
-        && spec.b.mac.is_none_or(|m| b.mac == Some(m.0))
 }
 
 /// How an end's declaration differs from what meshnet applied to it (its alias record), if it
 /// does. What the pod changed itself (admin state, MTU, addresses) is not drift: the router owns
 /// its port.
 pub(crate) fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
-    let want = Applied { ip: end.ip, mtu };
+    let want = Applied {
+        ip: end.ip,
+        mtu,
+        mac: end.mac,
+    };
     match st.applied {
         Some(a) if a == want => None,
         Some(a) => Some(format!(
@@ -912,7 +931,6 @@ impl LinkOps for Kernel {
         if let Some(st) = &st
             && st.kind.as_deref() == Some(spec.kind.name())
             && st.alias.as_deref() == Some(spec.alias.as_str())
-            && end.mac.is_none_or(|m| st.mac == Some(m.0))
         {
             return match (end_drift(end, st, spec.mtu), mode) {
                 (None, _) => Ok(Outcome::Unchanged),
@@ -1325,9 +1343,16 @@ mod tests {
         let a = Applied {
             ip: Some("10.0.1.1/24".parse().unwrap()),
             mtu: Some(1450),
+            mac: None,
         };
         assert_eq!(a.encode(), "ip=10.0.1.1/24;mtu=1450");
         assert_eq!(Applied::decode(&a.encode()), Some(a));
+        let m = Applied {
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            ..a
+        };
+        assert_eq!(m.encode(), "ip=10.0.1.1/24;mtu=1450;mac=02:00:00:00:00:01");
+        assert_eq!(Applied::decode(&m.encode()), Some(m));
         assert_eq!(Applied::decode("ip=;mtu="), Some(Applied::default()));
         assert_eq!(Applied::decode("bogus"), None);
         let raw = "meshnet|ns|7|vxlan|99-2001:db8::1-3-abc|ip=2001:db8::5/64;mtu=";
@@ -1403,6 +1428,26 @@ mod tests {
         assert!(Kernel::configure(&new, alias, Some(1300)).await.unwrap());
         assert_eq!(st().await.mtu, Some(1300));
         assert_eq!(end_drift(&new, &st().await, Some(1300)), None);
+        // A declared MAC is applied; the pod changing it afterwards is not drift.
+        let with_mac = EndSpec {
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            ..new.clone()
+        };
+        assert!(end_drift(&with_mac, &st().await, Some(1300)).is_some());
+        assert!(
+            Kernel::configure(&with_mac, alias, Some(1300))
+                .await
+                .unwrap()
+        );
+        assert_eq!(st().await.mac, Some([2, 0, 0, 0, 0, 1]));
+        ns.ip(&["link", "set", "e1", "address", "02:00:00:00:00:99"]);
+        assert_eq!(end_drift(&with_mac, &st().await, Some(1300)), None);
+        assert!(
+            !Kernel::configure(&with_mac, alias, Some(1300))
+                .await
+                .unwrap()
+        );
+        assert_eq!(st().await.mac, Some([2, 0, 0, 0, 0, 0x99]));
     }
 
     /// A namespace that cannot be read is left to per-link lookups, which report it.

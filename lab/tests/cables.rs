@@ -300,7 +300,8 @@ fn a_pod_whose_namespace_vanished_is_gone() {
 }
 
 /// Two pods, `o1` on node1 and `o2` on `o2_node`, joined by uid 1 (`eth1`, addresses
-/// `PREFIX.1/24` and `PREFIX.2/24`) and uid 2 (`eth2`, no addresses, no `mtu`).
+/// `PREFIX.1/24` and `PREFIX.2/24`) and uid 2 (`eth2`, no addresses, no `mtu`, o1's MAC declared
+/// as [`O1_ETH2_MAC`]).
 fn owned_pair(prefix: &str, o2_node: &str) -> String {
     let (a, b) = (format!("{prefix}.1/24"), format!("{prefix}.2/24"));
     two_pods(
@@ -308,7 +309,14 @@ fn owned_pair(prefix: &str, o2_node: &str) -> String {
         ("o2", o2_node),
         &[(1, "eth1", &a, &b), (2, "eth2", "", "")],
     )
+    .replacen(
+        "peer_pod: o2, local_intf: eth2, peer_intf: eth2,",
+        &format!("peer_pod: o2, local_intf: eth2, peer_intf: eth2, local_mac: \"{O1_ETH2_MAC}\","),
+        1,
+    )
 }
+
+const O1_ETH2_MAC: &str = "02:00:00:00:00:21";
 
 /// IPv4 addresses of `ifname` in `netns`, sorted.
 fn addrs(netns: &str, ifname: &str) -> Vec<String> {
@@ -341,8 +349,14 @@ fn router_owns_its_port(tag: &str, up_args: &[&str], o2_node: &str) {
     );
     let mtu0 = link_json(&o1, "eth2")["mtu"].as_u64().unwrap();
     let mtu = (mtu0 - 100).to_string();
+    assert_eq!(link_json(&o1, "eth2")["address"], O1_ETH2_MAC);
     ip(&o1, &["link", "set", "eth1", "down"]);
     ip(&o1, &["link", "set", "eth2", "mtu", &mtu]);
+    // A router that sets its own MAC (the declared one was only the start).
+    ip(
+        &o1,
+        &["link", "set", "eth2", "address", "02:00:00:00:00:99"],
+    );
     ip(&o1, &["addr", "add", "10.7.0.1/24", "dev", "eth1"]);
     // Two full resyncs and a half.
     std::thread::sleep(Duration::from_secs(RESYNC * 5 / 2));
@@ -354,6 +368,10 @@ fn router_owns_its_port(tag: &str, up_args: &[&str], o2_node: &str) {
         lab.logs()
     );
     assert_eq!(eth2["mtu"].to_string(), mtu, "eth2's MTU was reverted");
+    assert_eq!(
+        eth2["address"], "02:00:00:00:00:99",
+        "eth2's MAC was reverted"
+    );
     assert_eq!(
         (eth1["ifindex"].clone(), eth2["ifindex"].clone()),
         before,
