@@ -1,8 +1,10 @@
 //! The local API (`meshnet.v1.Local`) served to the CNI plugin on a unix socket.
 //!
 //! Maps requests onto the [`Reconciler`] and its errors onto `tonic::Status` in exactly one place
-//! ([`status_of`]): invalid requests are `InvalidArgument`, store outages `Unavailable`, link
-//! failures `Internal` — the CNI plugin turns those into CNI error codes.
+//! ([`status_of`]): invalid requests are `InvalidArgument`, store outages `Unavailable`, a link
+//! whose name is taken `AlreadyExists`, a link the node or namespace cannot carry (or that CHECK
+//! finds missing) `FailedPrecondition`, kernel failures `Internal` — the CNI plugin turns those
+//! into CNI error codes.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -17,6 +19,7 @@ use meshnet_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::links::LinkFault;
 use crate::netns;
 use crate::reconcile::{PodReport, ReconcileError, Reconciler};
 use crate::store::StoreError;
@@ -35,17 +38,27 @@ impl LocalApi {
     }
 }
 
+/// The one place reconciler errors become gRPC codes (the plugin turns `Unavailable` into CNI
+/// code 11, `InvalidArgument` into 4/7, everything else into 100 with the message).
 fn status_of(e: ReconcileError) -> Status {
+    let m = e.to_string();
     match e {
-        ReconcileError::Store(e @ (StoreError::Io { .. } | StoreError::Backend(_))) => {
-            Status::unavailable(format!("topology store unavailable: {e}"))
+        ReconcileError::Store(StoreError::Io { .. } | StoreError::Backend(_)) => {
+            Status::unavailable(format!("topology store unavailable: {m}"))
         }
-        ReconcileError::Store(e @ StoreError::Invalid { .. }) => {
-            Status::invalid_argument(e.to_string())
+        ReconcileError::Store(StoreError::Invalid { .. }) => Status::invalid_argument(m),
+        ReconcileError::Store(_) => Status::internal(m),
+        ReconcileError::Link { fault, .. } => match fault {
+            LinkFault::Occupied => Status::already_exists(m),
+            LinkFault::Namespace | LinkFault::Node | LinkFault::Differs => {
+                Status::failed_precondition(m)
+            }
+            LinkFault::Kernel => Status::internal(m),
+        },
+        ReconcileError::NotRecorded { .. } | ReconcileError::NotOnThisNode { .. } => {
+            Status::failed_precondition(m)
         }
-        ReconcileError::Store(e) => Status::internal(e.to_string()),
-        ReconcileError::Link { .. } => Status::internal(e.to_string()),
-        ReconcileError::Invalid(m) => Status::failed_precondition(m),
+        ReconcileError::VanishedDuringAdd { .. } => Status::aborted(m),
     }
 }
 
@@ -205,5 +218,46 @@ impl Local for LocalApi {
         Ok(Response::new(GcReply {
             released: r?.into_iter().map(|k| k.to_string()).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn link(fault: LinkFault) -> ReconcileError {
+        ReconcileError::Link {
+            pod: PodKey::new("default", "r1"),
+            uid: 1,
+            local_intf: "eth1".into(),
+            fault,
+            message: "why".into(),
+        }
+    }
+
+    #[test]
+    fn each_error_maps_to_one_code_and_keeps_its_message() {
+        for (fault, code) in [
+            (LinkFault::Occupied, Code::AlreadyExists),
+            (LinkFault::Namespace, Code::FailedPrecondition),
+            (LinkFault::Node, Code::FailedPrecondition),
+            (LinkFault::Differs, Code::FailedPrecondition),
+            (LinkFault::Kernel, Code::Internal),
+        ] {
+            let s = status_of(link(fault));
+            assert_eq!(s.code(), code, "{fault:?}");
+            assert_eq!(s.message(), "link uid 1 (eth1) of pod default/r1: why");
+        }
+        let s = status_of(ReconcileError::VanishedDuringAdd {
+            pod: PodKey::new("default", "r1"),
+        });
+        assert_eq!(s.code(), Code::Aborted);
+        let s = status_of(ReconcileError::NotOnThisNode {
+            pod: PodKey::new("default", "r1"),
+            src_ip: "198.51.100.2".into(),
+        });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("198.51.100.2"), "{}", s.message());
     }
 }

@@ -1,5 +1,6 @@
-//! The daemon's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process serves),
-//! `/readyz` (initial store sync done: the daemon can serve ADD).
+//! The daemon's HTTP endpoints: `/metrics` (Prometheus text: the recorder's metrics plus the
+//! kernel links' counters, [`crate::linkstats`]), `/healthz` (the process serves), `/readyz`
+//! (initial store sync done: the daemon can serve ADD).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,19 +12,30 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::linkstats;
+use crate::reconcile::Reconciler;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
+    reconciler: Option<Arc<Reconciler>>,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     match &s.metrics {
-        Some(h) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        ),
+        Some(h) => {
+            let mut text = h.render();
+            if let Some(r) = &s.reconciler {
+                let ends = linkstats::collect(r.kernel_links()).await;
+                text = linkstats::merge(&text, &linkstats::families(&ends));
+            }
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                text,
+            )
+        }
         None => (
             StatusCode::NOT_FOUND,
             [(header::CONTENT_TYPE, "text/plain")],
@@ -43,8 +55,13 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// The router; serve it with `axum::serve` on an already-bound listener.
-pub fn router(metrics_handle: Option<PrometheusHandle>, ready: Arc<AtomicBool>) -> Router {
+/// The router; serve it with `axum::serve` on an already-bound listener. `reconciler` (when
+/// given) supplies the live kernel links whose counters `/metrics` adds.
+pub fn router(
+    metrics_handle: Option<PrometheusHandle>,
+    ready: Arc<AtomicBool>,
+    reconciler: Option<Arc<Reconciler>>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -52,5 +69,6 @@ pub fn router(metrics_handle: Option<PrometheusHandle>, ready: Arc<AtomicBool>) 
         .with_state(AppState {
             metrics: metrics_handle,
             ready,
+            reconciler,
         })
 }

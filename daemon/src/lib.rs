@@ -25,6 +25,7 @@ pub mod gwire;
 pub mod http;
 pub mod install;
 pub mod links;
+pub mod linkstats;
 pub mod metrics_desc;
 pub mod netns;
 pub mod plan;
@@ -138,7 +139,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store = open_store(&config.store).await?;
-    let ops = Arc::new(links::Kernel::new().context("netlink socket in the node namespace")?);
     let wire = match config.inter_node_link {
         InterNodeLink::Grpc => Some(gwire::WireNode::new(
             config.host_ip,
@@ -150,6 +150,11 @@ pub async fn run(
     if let Some(w) = &wire {
         tokio::spawn(Arc::clone(w).account_loop());
     }
+    let ops = Arc::new(
+        links::Kernel::new()
+            .context("netlink socket in the node namespace")?
+            .with_wire(wire.clone()),
+    );
     let reconciler = Arc::new(Reconciler::new(
         NodeIdentity {
             name: config.node_name.clone(),
@@ -159,7 +164,6 @@ pub async fn run(
         ops,
         config.inter_node_link,
         config.host_intf.clone(),
-        wire.clone(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -212,7 +216,11 @@ pub async fn run(
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
     let http = listeners.http.map(|l| {
-        let app = http::router(metrics_handle, Arc::clone(&ready));
+        let app = http::router(
+            metrics_handle,
+            Arc::clone(&ready),
+            Some(Arc::clone(&reconciler)),
+        );
         let s = stopped();
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
     });

@@ -5,15 +5,25 @@
 //! tested in real namespaces.
 //!
 //! Ownership: every interface meshnet makes carries an alias (`IFLA_IFALIAS`, shown by
-//! `ip link`) of the form `meshnet|NAMESPACE|UID|KIND|TAG`. The tag names the sandboxes the end
-//! was built for, so a link whose peer sandbox changed is recognised as stale. Meshnet deletes or
-//! replaces only interfaces that carry such an alias — never one it did not make.
+//! `ip link`) of the form `meshnet|NAMESPACE|UID|KIND|TAG|APPLIED`. The first five fields are the
+//! link's identity: the tag names the sandboxes the end was built for, so a link whose peer
+//! sandbox changed is recognised as stale. Meshnet deletes or replaces only interfaces that carry
+//! such an alias — never one it did not make.
+//!
+//! The router owns its port. `APPLIED` ([`Applied`], e.g. `ip=10.0.1.1/24;mtu=1450`) records
+//! the address, MTU (and a declared MAC) meshnet itself set. An end is configured in full (MTU, address, up) when it
+//! is created; afterwards meshnet changes it only when the *declaration* moves away from that
+//! record — it sets the new MTU or MAC, removes the address it had set and adds the new one — and
+//! never reverts what the pod did: admin state, an MTU or MAC the router chose, addresses the pod
+//! added or removed. Reading an interface ([`IfaceState`]) splits the alias into the identity (`alias`,
+//! what every "is this the link's device" comparison uses) and the record (`applied`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -25,7 +35,11 @@ use netlink_packet_route::link::{
 };
 use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
+use tokio::sync::Notify;
+
+use crate::gwire::{WireKey, WireNode};
 use crate::netns::{self, NetnsError};
+use crate::tapio::WireSpec;
 use crate::topology::MacAddr;
 
 /// Prefix of the alias of every interface meshnet made.
@@ -46,9 +60,10 @@ pub struct OwnedAlias {
 }
 
 impl OwnedAlias {
+    /// Parses a meshnet alias (the record of applied settings, if any, is ignored).
     pub fn parse(alias: &str) -> Option<Self> {
         let rest = alias.strip_prefix(ALIAS_PREFIX)?;
-        let mut it = rest.splitn(4, '|');
+        let mut it = rest.splitn(5, '|');
         let namespace = it.next()?.to_string();
         let uid = it.next()?.parse().ok()?;
         let kind = it.next()?.to_string();
@@ -60,6 +75,57 @@ impl OwnedAlias {
             tag,
         })
     }
+}
+
+/// The address, MTU and MAC meshnet set on an end, as recorded in its alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Applied {
+    pub ip: Option<IpNet>,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+}
+
+impl Applied {
+    /// The alias field: `ip=ADDR/LEN;mtu=N` (either value may be empty), then `;mac=MAC` when
+    /// one is declared (left out otherwise, to keep the alias short: the kernel takes 255 bytes).
+    pub fn encode(&self) -> String {
+        let mut s = format!(
+            "ip={};mtu={}",
+            self.ip.map(|i| i.to_string()).unwrap_or_default(),
+            self.mtu.map(|m| m.to_string()).unwrap_or_default()
+        );
+        if let Some(m) = self.mac {
+            s.push_str(&format!(";mac={m}"));
+        }
+        s
+    }
+
+    /// Parses [`Applied::encode`]'s output; `None` if it is not one.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut out = Applied::default();
+        for part in s.split(';') {
+            match part.split_once('=')? {
+                ("ip", "") | ("mtu", "") => {}
+                ("ip", v) => out.ip = Some(v.parse().ok()?),
+                ("mtu", v) => out.mtu = Some(v.parse().ok()?),
+                ("mac", v) => out.mac = Some(v.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Splits an interface alias into meshnet's identity part and the record of what it applied
+/// (`None` for foreign aliases and for ends configured before the record existed).
+pub fn split_alias(raw: &str) -> (String, Option<Applied>) {
+    if let Some(rest) = raw.strip_prefix(ALIAS_PREFIX)
+        && let Some(i) = rest.match_indices('|').nth(3).map(|(i, _)| i)
+    {
+        let cut = ALIAS_PREFIX.len() + i;
+        return (raw[..cut].to_string(), Applied::decode(&raw[cut + 1..]));
+    }
+    (raw.to_string(), None)
 }
 
 /// One end of a link: where it lives and how it is configured.
@@ -128,7 +194,10 @@ pub struct IfaceState {
     pub kind: Option<String>,
     /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
     pub link: Option<u32>,
+    /// The alias, without the record of applied settings (see the module documentation).
     pub alias: Option<String>,
+    /// What meshnet set on this end, from the alias; `None` if it recorded nothing.
+    pub applied: Option<Applied>,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub up: bool,
@@ -170,8 +239,82 @@ pub enum LinkError {
     },
     #[error("interface {ifname} already exists in {netns} and was not made by meshnet")]
     Occupied { ifname: String, netns: String },
+    /// CHECK: the link's interface is not there.
+    #[error("{ifname} missing in {netns}")]
+    Missing { ifname: String, netns: String },
+    /// CHECK: an interface of that name is there but is not this link's.
+    #[error("{ifname} in {netns} is not this link's {kind}")]
+    NotThisLink {
+        ifname: String,
+        netns: String,
+        kind: &'static str,
+    },
+    /// CHECK: the declaration differs from what meshnet applied ([`end_drift`]).
+    #[error("{detail}")]
+    Drift { detail: String },
+    #[error("{ifname} vanished from {netns} while configuring it")]
+    Vanished { ifname: String, netns: String },
+    #[error(
+        "vxlan {ifname}: node address {local} and peer node address {remote} are of different families"
+    )]
+    Families {
+        ifname: String,
+        local: IpAddr,
+        remote: IpAddr,
+    },
+    #[error("the gRPC wire is not running (INTER_NODE_LINK_TYPE is not GRPC)")]
+    NoWire,
+    /// The wire-half code (`tapio`, `afhalf`) reports its endpoint failures and differences as
+    /// text; nothing else makes this. That code is moving to `wire/`, with its own error type.
     #[error("{0}")]
     Mismatch(String),
+}
+
+/// What kind of failure a [`LinkError`] is, for the protocol boundaries (the local API maps
+/// each to one gRPC code in `api::status_of`) and the link's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkFault {
+    /// An interface of the link's name exists and is not meshnet's.
+    Occupied,
+    /// The pod's namespace cannot be opened or entered.
+    Namespace,
+    /// The node cannot carry the link as declared (underlay or parent interface missing, VNI
+    /// clash, peer node address unusable, no gRPC wire).
+    Node,
+    /// CHECK found the link missing or not as declared.
+    Differs,
+    /// The kernel or the wire endpoint refused.
+    Kernel,
+}
+
+impl LinkError {
+    /// See [`LinkFault`].
+    pub fn fault(&self) -> LinkFault {
+        match self {
+            LinkError::Netns(_) => LinkFault::Namespace,
+            LinkError::Occupied { .. } => LinkFault::Occupied,
+            LinkError::Missing { .. } | LinkError::NotThisLink { .. } | LinkError::Drift { .. } => {
+                LinkFault::Differs
+            }
+            LinkError::Families { .. } | LinkError::NoWire => LinkFault::Node,
+            LinkError::Netlink { .. } | LinkError::Vanished { .. } | LinkError::Mismatch(_) => {
+                LinkFault::Kernel
+            }
+        }
+    }
+
+    /// CHECK's error for an end that is absent (`None`) or not this link's.
+    fn differs(end: &EndSpec, st: Option<&IfaceState>, kind: &'static str) -> Self {
+        let (ifname, netns) = (end.ifname.clone(), end.netns.display().to_string());
+        match st {
+            None => LinkError::Missing { ifname, netns },
+            Some(_) => LinkError::NotThisLink {
+                ifname,
+                netns,
+                kind,
+            },
+        }
+    }
 }
 
 impl LinkError {
@@ -185,13 +328,43 @@ impl LinkError {
     }
 }
 
-/// The kernel operations the reconciler needs.
+/// Every side effect the reconciler has on the node: netlink, namespaces and the gRPC wire's
+/// halves. [`Kernel`] is the real one; the reconciler's unit tests use a recording fake.
+///
+/// `snap` is the run's read-ahead of the namespaces it touches ([`LinkOps::snapshot`]); outside
+/// a run (CNI CHECK, DEL) callers pass an empty [`Snapshot`](snapshot::Snapshot), which answers
+/// nothing, so every lookup goes to the kernel.
 #[async_trait]
 pub trait LinkOps: Send + Sync + 'static {
+    /// Reads every namespace in `netns` ahead of a run (one link and one address dump each).
+    async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot;
     /// Makes (or in [`Mode::Verify`], checks) a veth pair as `spec` says.
-    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    async fn ensure_veth(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &VethSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
     /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
-    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError>;
+    async fn ensure_single(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &SingleSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
+    /// Makes (or checks) the pod's half of a gRPC wire and registers it with the wire.
+    async fn ensure_half(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &WireSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
+    /// Whether the wire half of `key` is registered and its carrier up (`None`: no such half).
+    fn half_carrier(&self, key: &WireKey) -> Option<bool>;
+    /// Drops every wire half not in `keep`, and allows streams only from `peers`.
+    fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>);
+    /// Signalled when a wire half's carrier changes (`None` without the gRPC wire).
+    fn carrier_changed(&self) -> Option<Arc<Notify>>;
     /// A node interface by name, or the one that holds `addr` when `name` is `None`.
     async fn node_iface(
         &self,
@@ -199,9 +372,15 @@ pub trait LinkOps: Send + Sync + 'static {
         addr: IpAddr,
     ) -> Result<Option<NodeIface>, LinkError>;
     /// Interfaces in `netns` that carry a meshnet alias: `(ifname, alias)`.
-    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
+    async fn owned(
+        &self,
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+    ) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
     /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
+    /// Whether the recorded sandbox namespace `netns` still exists.
+    fn netns_exists(&self, netns: &Path) -> bool;
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -218,6 +397,7 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
         kind: None,
         link: None,
         alias: None,
+        applied: None,
         mtu: None,
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
@@ -225,7 +405,11 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
     };
     for a in &msg.attributes {
         match a {
-            LinkAttribute::IfAlias(x) => s.alias = Some(x.clone()),
+            LinkAttribute::IfAlias(x) => {
+                let (alias, applied) = split_alias(x);
+                s.alias = Some(alias);
+                s.applied = applied;
+            }
             LinkAttribute::Link(i) => s.link = Some(*i),
             LinkAttribute::Mtu(m) => s.mtu = Some(*m),
             LinkAttribute::Address(b) if b.len() == 6 => {
@@ -286,33 +470,62 @@ fn add_addresses(s: &mut IfaceState, a: &AddressMessage) {
     }
 }
 
-/// Brings an existing interface to its spec: alias, address, MTU, up. Extra addresses a user
-/// added (e.g. a router's own configuration) are left alone.
+/// Brings an existing interface to its declaration without taking the port from the router.
+/// (A MAC is a setting like the others, not part of the link's identity: a router that sets its
+/// own MAC keeps its port.)
+///
+/// An end with no record of what meshnet applied (just created, or made before the record
+/// existed) is configured in full: MTU, address, up. An end with a record is changed only where
+/// the declaration (`ip`, `mtu`) differs from the record: the new MTU is set, the address
+/// meshnet had set is removed and the declared one added. Admin state, an MTU the pod chose and
+/// addresses the pod added or removed are never touched. The alias is rewritten with the new
+/// record. Returns whether anything changed.
 pub async fn configure_end(
     handle: &Handle,
     st: &IfaceState,
     alias: &str,
     ip: Option<IpNet>,
     mtu: Option<u32>,
+    mac: Option<MacAddr>,
 ) -> Result<bool, rtnetlink::Error> {
+    let want = Applied { ip, mtu, mac };
+    let fresh = st.applied.is_none();
+    let prev = st.applied.unwrap_or_default();
     let mut changed = false;
     let mut msg = LinkUnspec::new_with_index(st.index);
     let mut set = false;
-    if st.alias.as_deref() != Some(alias) {
-        msg = msg.alias(alias);
+    if st.alias.as_deref() != Some(alias) || st.applied != Some(want) {
+        msg = msg.alias(format!("{alias}|{}", want.encode()));
         set = true;
     }
     if let Some(m) = mtu
+        && (fresh || prev.mtu != mtu)
         && st.mtu != Some(m)
     {
         msg = msg.mtu(m);
+        set = true;
+    }
+    if let Some(m) = mac
+        && (fresh || prev.mac != mac)
+        && st.mac != Some(m.0)
+    {
+        msg = msg.address(m.0.to_vec());
         set = true;
     }
     if set {
         handle.link().set(msg.build()).execute().await?;
         changed = true;
     }
+    if !fresh
+        && prev.ip != ip
+        && let Some(old) = prev.ip
+        && st.addrs.contains(&old)
+    {
+        del_address(handle, st.index, old).await?;
+        changed = true;
+    }
     if let Some(ip) = ip
+        && (fresh || prev.ip != Some(ip))
         && !st.addrs.contains(&ip)
     {
         match handle
@@ -327,7 +540,7 @@ pub async fn configure_end(
         }
         changed = true;
     }
-    if !st.up {
+    if fresh && !st.up {
         handle
             .link()
             .set(LinkUnspec::new_with_index(st.index).up().build())
@@ -338,11 +551,43 @@ pub async fn configure_end(
     Ok(changed)
 }
 
-/// The real kernel, through netlink.
+/// Removes address `ip` from interface `index` (gone already is fine).
+async fn del_address(handle: &Handle, index: u32, ip: IpNet) -> Result<(), rtnetlink::Error> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        let mut one = IfaceState {
+            index,
+            kind: None,
+            link: None,
+            alias: None,
+            applied: None,
+            mtu: None,
+            mac: None,
+            up: false,
+            addrs: Vec::new(),
+        };
+        add_addresses(&mut one, &a);
+        if one.addrs.contains(&ip) {
+            return match handle.address().del(a).execute().await {
+                Err(e) if errno(&e) != Some(libc::EADDRNOTAVAIL) => Err(e),
+                _ => Ok(()),
+            };
+        }
+    }
+    Ok(())
+}
+
+/// The real kernel, through netlink, and the gRPC wire when it runs.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     /// Handle in the daemon's own (the node's) namespace, where pairs are created.
     node: Handle,
+    /// The gRPC wire (`INTER_NODE_LINK_TYPE=GRPC`).
+    wire: Option<Arc<WireNode>>,
 }
 
 impl Kernel {
@@ -353,16 +598,42 @@ impl Kernel {
     pub fn new() -> std::io::Result<Self> {
         let (conn, node, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { node })
+        Ok(Kernel { node, wire: None })
     }
 
+    /// The same, with the gRPC wire whose halves [`LinkOps::ensure_half`] makes.
+    #[must_use]
+    pub fn with_wire(mut self, wire: Option<Arc<WireNode>>) -> Self {
+        self.wire = wire;
+        self
+    }
+
+    /// `ifname` in `netns`: from the run's snapshot `snap` if it can answer, else the kernel.
+    pub(crate) async fn lookup_in(
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<IfaceState>, LinkError> {
+        match snap.take(netns, ifname) {
+            Some(known) => Ok(known),
+            None => Self::lookup_kernel(netns, ifname).await,
+        }
+    }
+
+    /// `ifname` in `netns`, for the wire-half code (`tapio`): answered from the snapshot of the
+    /// run that called [`LinkOps::ensure_half`], which scopes it for that call only (the wire
+    /// half code keeps its signatures while it moves to `wire/`).
     pub(crate) async fn lookup(
         netns: &Path,
         ifname: &str,
     ) -> Result<Option<IfaceState>, LinkError> {
-        if let Some(known) = snapshot::take(netns, ifname) {
-            return Ok(known);
+        match snapshot::take_scoped(netns, ifname) {
+            Some(known) => Ok(known),
+            None => Self::lookup_kernel(netns, ifname).await,
         }
+    }
+
+    async fn lookup_kernel(netns: &Path, ifname: &str) -> Result<Option<IfaceState>, LinkError> {
         let name = ifname.to_string();
         let (ns, n2) = (netns.to_path_buf(), name.clone());
         netns::in_netns(netns, move |h| async move { get_iface(&h, &n2).await })
@@ -375,19 +646,17 @@ impl Kernel {
         alias: &str,
         mtu: Option<u32>,
     ) -> Result<bool, LinkError> {
-        let (name, ip, alias_s) = (end.ifname.clone(), end.ip, alias.to_string());
+        let (name, ip, mac, alias_s) = (end.ifname.clone(), end.ip, end.mac, alias.to_string());
         let ns = end.netns.clone();
         netns::in_netns(&end.netns, move |h| async move {
             let st = get_iface(&h, &name)
                 .await
                 .map_err(|e| LinkError::netlink("look up", &name, &ns, e))?
-                .ok_or_else(|| {
-                    LinkError::Mismatch(format!(
-                        "{name} vanished from {} while configuring it",
-                        ns.display()
-                    ))
+                .ok_or_else(|| LinkError::Vanished {
+                    ifname: name.clone(),
+                    netns: ns.display().to_string(),
                 })?;
-            configure_end(&h, &st, &alias_s, ip, mtu)
+            configure_end(&h, &st, &alias_s, ip, mtu, mac)
                 .await
                 .map_err(|e| LinkError::netlink("configure", &name, &ns, e))
         })
@@ -495,9 +764,11 @@ impl Kernel {
                         finish(b.local6(*l).remote6(*r), &ns, mtu, mac)
                     }
                     _ => {
-                        return Err(LinkError::Mismatch(format!(
-                            "vxlan {name}: node address {local} and peer node address {remote} are of different families"
-                        )));
+                        return Err(LinkError::Families {
+                            ifname: name.to_string(),
+                            local: *local,
+                            remote: *remote,
+                        });
                     }
                 }
             }
@@ -522,25 +793,31 @@ fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
         && b.alias.as_deref() == Some(spec.alias.as_str())
         && a.link == Some(b.index)
         && b.link == Some(a.index)
-        && spec.a.mac.is_none_or(|m| a.mac == Some(m.0))
-        && spec.b.mac.is_none_or(|m| b.mac == Some(m.0))
 }
 
+/// How an end's declaration differs from what meshnet applied to it (its alias record), if it
+/// does. What the pod changed itself (admin state, MTU, addresses) is not drift: the router owns
+/// its port.
 pub(crate) fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Option<String> {
-    if !st.up {
-        return Some(format!("{} is down", end.ifname));
+    let want = Applied {
+        ip: end.ip,
+        mtu,
+        mac: end.mac,
+    };
+    match st.applied {
+        Some(a) if a == want => None,
+        Some(a) => Some(format!(
+            "{}: declared {}, meshnet had set {}",
+            end.ifname,
+            want.encode(),
+            a.encode()
+        )),
+        None => Some(format!(
+            "{}: no record of what meshnet set (alias {:?})",
+            end.ifname,
+            st.alias.as_deref().unwrap_or_default()
+        )),
     }
-    if let Some(ip) = end.ip
-        && !st.addrs.contains(&ip)
-    {
-        return Some(format!("{} lacks address {ip}", end.ifname));
-    }
-    if let Some(m) = mtu
-        && st.mtu != Some(m)
-    {
-        return Some(format!("{} has mtu {:?}, want {m}", end.ifname, st.mtu));
-    }
-    None
 }
 
 fn is_owned(st: &IfaceState) -> bool {
@@ -551,16 +828,52 @@ fn is_owned(st: &IfaceState) -> bool {
 
 #[async_trait]
 impl LinkOps for Kernel {
-    async fn ensure_veth(&self, spec: &VethSpec, mode: Mode) -> Result<Outcome, LinkError> {
-        let a = Self::lookup(&spec.a.netns, &spec.a.ifname).await?;
-        let b = Self::lookup(&spec.b.netns, &spec.b.ifname).await?;
+    async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
+        snapshot::Snapshot::read(netns).await
+    }
+
+    async fn ensure_half(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &WireSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        match &self.wire {
+            Some(node) => snap.with(crate::tapio::ensure_half(node, spec, mode)).await,
+            None => Err(LinkError::NoWire),
+        }
+    }
+
+    fn half_carrier(&self, key: &WireKey) -> Option<bool> {
+        self.wire.as_ref()?.carrier(key)
+    }
+
+    fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>) {
+        if let Some(node) = &self.wire {
+            node.retain(keep);
+            node.set_allowed(peers);
+        }
+    }
+
+    fn carrier_changed(&self) -> Option<Arc<Notify>> {
+        self.wire.as_ref().map(|w| Arc::clone(&w.changed))
+    }
+
+    async fn ensure_veth(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &VethSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        let a = Self::lookup_in(snap, &spec.a.netns, &spec.a.ifname).await?;
+        let b = Self::lookup_in(snap, &spec.b.netns, &spec.b.ifname).await?;
         if let (Some(a), Some(b)) = (&a, &b)
             && veth_matches(spec, a, b)
         {
             let drift = end_drift(&spec.a, a, spec.mtu).or_else(|| end_drift(&spec.b, b, spec.mtu));
             return match (drift, mode) {
                 (None, _) => Ok(Outcome::Unchanged),
-                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
                 (Some(_), Mode::Repair) => {
                     Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
                     Self::configure(&spec.b, &spec.alias, spec.mtu).await?;
@@ -569,19 +882,11 @@ impl LinkOps for Kernel {
             };
         }
         if mode == Mode::Verify {
-            let what = |end: &EndSpec, st: &Option<IfaceState>| match st {
-                None => format!("{} missing in {}", end.ifname, end.netns.display()),
-                Some(_) => format!(
-                    "{} in {} is not this link's veth",
-                    end.ifname,
-                    end.netns.display()
-                ),
-            };
-            return Err(LinkError::Mismatch(format!(
-                "{}; {}",
-                what(&spec.a, &a),
-                what(&spec.b, &b)
-            )));
+            // Name a missing end first; two present ends that are not one pair: the first.
+            return Err(match (&a, &b) {
+                (Some(_), None) => LinkError::differs(&spec.b, None, "veth"),
+                _ => LinkError::differs(&spec.a, a.as_ref(), "veth"),
+            });
         }
         // Refuse before touching anything if a name is taken by an interface we did not make.
         for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
@@ -601,8 +906,8 @@ impl LinkOps for Kernel {
         }
         self.create_veth(spec).await?;
         let configured = async {
-            Self::configure(&spec.a, &spec.alias, None).await?;
-            Self::configure(&spec.b, &spec.alias, None).await
+            Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
+            Self::configure(&spec.b, &spec.alias, spec.mtu).await
         }
         .await;
         if let Err(e) = configured {
@@ -615,17 +920,21 @@ impl LinkOps for Kernel {
         Ok(Outcome::Created)
     }
 
-    async fn ensure_single(&self, spec: &SingleSpec, mode: Mode) -> Result<Outcome, LinkError> {
+    async fn ensure_single(
+        &self,
+        snap: &snapshot::Snapshot,
+        spec: &SingleSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
         let end = &spec.end;
-        let st = Self::lookup(&end.netns, &end.ifname).await?;
+        let st = Self::lookup_in(snap, &end.netns, &end.ifname).await?;
         if let Some(st) = &st
             && st.kind.as_deref() == Some(spec.kind.name())
             && st.alias.as_deref() == Some(spec.alias.as_str())
-            && end.mac.is_none_or(|m| st.mac == Some(m.0))
         {
             return match (end_drift(end, st, spec.mtu), mode) {
                 (None, _) => Ok(Outcome::Unchanged),
-                (Some(d), Mode::Verify) => Err(LinkError::Mismatch(d)),
+                (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
                 (Some(_), Mode::Repair) => {
                     Self::configure(end, &spec.alias, spec.mtu).await?;
                     Ok(Outcome::Repaired)
@@ -633,15 +942,7 @@ impl LinkOps for Kernel {
             };
         }
         if mode == Mode::Verify {
-            return Err(LinkError::Mismatch(match st {
-                None => format!("{} missing in {}", end.ifname, end.netns.display()),
-                Some(_) => format!(
-                    "{} in {} is not this link's {}",
-                    end.ifname,
-                    end.netns.display(),
-                    spec.kind.name()
-                ),
-            }));
+            return Err(LinkError::differs(end, st.as_ref(), spec.kind.name()));
         }
         if let Some(st) = &st {
             if !is_owned(st) {
@@ -653,7 +954,7 @@ impl LinkOps for Kernel {
             Self::delete_in(&end.netns, &end.ifname).await?;
         }
         self.create_single(spec).await?;
-        if let Err(e) = Self::configure(end, &spec.alias, None).await {
+        if let Err(e) = Self::configure(end, &spec.alias, spec.mtu).await {
             if let Err(e2) = Self::delete_in(&end.netns, &end.ifname).await {
                 tracing::warn!(error = %e2, "cleanup of half-built link failed");
             }
@@ -724,8 +1025,12 @@ impl LinkOps for Kernel {
         }
     }
 
-    async fn owned(&self, netns: &Path) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
-        if let Some(known) = snapshot::owned(netns) {
+    async fn owned(
+        &self,
+        snap: &snapshot::Snapshot,
+        netns: &Path,
+    ) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
+        if let Some(known) = snap.owned(netns) {
             return Ok(known);
         }
         let ns = netns.to_path_buf();
@@ -759,6 +1064,10 @@ impl LinkOps for Kernel {
 
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
         Self::delete_in(netns, ifname).await
+    }
+
+    fn netns_exists(&self, netns: &Path) -> bool {
+        netns::exists(netns)
     }
 }
 
@@ -795,8 +1104,11 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
 /// Each name is answered from the dump **at most once**: the first lookup of a name sees the
 /// state at the start of the run, any later lookup of it (after the link was built or changed)
 /// goes to the kernel. The owned list is answered from the dump only for a namespace the run did
-/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock), and
-/// the dump is scoped to one run's task, so nothing outlives it.
+/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock); the
+/// reconciler passes the run's snapshot to every [`LinkOps`] call explicitly, so nothing outlives
+/// the run. The one task-local left ([`Snapshot::with`]) carries it into the wire-half code
+/// (`tapio`) for the duration of one [`LinkOps::ensure_half`] call, so that code keeps its
+/// signatures while it moves to `wire/`.
 pub mod snapshot {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
@@ -847,7 +1159,8 @@ pub mod snapshot {
             Snapshot(Arc::new(Mutex::new(dumps)))
         }
 
-        /// Runs `f` with lookups answered from this snapshot.
+        /// Runs `f` with the wire-half code's lookups ([`Kernel::lookup`](super::Kernel))
+        /// answered from this snapshot.
         pub async fn with<F: std::future::Future>(&self, f: F) -> F::Output {
             CURRENT.scope(self.clone(), f).await
         }
@@ -866,41 +1179,41 @@ pub mod snapshot {
         }
     }
 
-    /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once per
-    /// name; `None` when there is no dump for it or the name was answered before.
-    pub(super) fn take(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
-        CURRENT
-            .try_with(|s| {
-                let mut d = s.lock();
-                let ns = d.get_mut(netns)?;
-                ns.answered
-                    .insert(ifname.to_string())
-                    .then(|| ns.ifaces.get(ifname).cloned())
-            })
-            .ok()
-            .flatten()
+    impl Snapshot {
+        /// The state of `ifname` in `netns` at the start of the run (`Some(None)`: absent), once
+        /// per name; `None` when there is no dump for it or the name was answered before.
+        pub fn take(&self, netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
+            let mut d = self.lock();
+            let ns = d.get_mut(netns)?;
+            ns.answered
+                .insert(ifname.to_string())
+                .then(|| ns.ifaces.get(ifname).cloned())
+        }
+
+        /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.
+        pub fn owned(&self, netns: &Path) -> Option<Vec<(String, OwnedAlias)>> {
+            let d = self.lock();
+            let ns = d.get(netns).filter(|ns| !ns.touched)?;
+            Some(
+                ns.ifaces
+                    .iter()
+                    .filter_map(|(name, st)| {
+                        let a = OwnedAlias::parse(st.alias.as_deref()?)?;
+                        Some((name.clone(), a))
+                    })
+                    .collect(),
+            )
+        }
     }
 
-    /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.
-    pub(super) fn owned(netns: &Path) -> Option<Vec<(String, OwnedAlias)>> {
-        CURRENT
-            .try_with(|s| {
-                let d = s.lock();
-                let ns = d.get(netns).filter(|ns| !ns.touched)?;
-                Some(
-                    ns.ifaces
-                        .iter()
-                        .filter_map(|(name, st)| {
-                            let a = OwnedAlias::parse(st.alias.as_deref()?)?;
-                            Some((name.clone(), a))
-                        })
-                        .collect(),
-                )
-            })
-            .ok()
-            .flatten()
+    /// [`Snapshot::take`] on the snapshot scoped by [`Snapshot::with`], if any.
+    pub(super) fn take_scoped(netns: &Path, ifname: &str) -> Option<Option<IfaceState>> {
+        CURRENT.try_with(|s| s.take(netns, ifname)).ok().flatten()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1018,11 +1331,123 @@ mod tests {
         ns.ip(&["link", "del", "o1"]);
         let names =
             |v: Vec<(String, OwnedAlias)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-        let untouched = snap.with(kernel.owned(&path)).await.unwrap();
+        let untouched = kernel.owned(&snap, &path).await.unwrap();
         assert_eq!(names(untouched), vec!["o1".to_string()], "from the dump");
         snap.touched(&path);
-        let touched = snap.with(kernel.owned(&path)).await.unwrap();
+        let touched = kernel.owned(&snap, &path).await.unwrap();
         assert!(names(touched).is_empty(), "from the kernel once touched");
+    }
+
+    #[test]
+    fn alias_record_round_trips_and_splits_off_the_identity() {
+        let a = Applied {
+            ip: Some("10.0.1.1/24".parse().unwrap()),
+            mtu: Some(1450),
+            mac: None,
+        };
+        assert_eq!(a.encode(), "ip=10.0.1.1/24;mtu=1450");
+        assert_eq!(Applied::decode(&a.encode()), Some(a));
+        let m = Applied {
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            ..a
+        };
+        assert_eq!(m.encode(), "ip=10.0.1.1/24;mtu=1450;mac=02:00:00:00:00:01");
+        assert_eq!(Applied::decode(&m.encode()), Some(m));
+        assert_eq!(Applied::decode("ip=;mtu="), Some(Applied::default()));
+        assert_eq!(Applied::decode("bogus"), None);
+        let raw = "meshnet|ns|7|vxlan|99-2001:db8::1-3-abc|ip=2001:db8::5/64;mtu=";
+        let (id, rec) = split_alias(raw);
+        assert_eq!(id, "meshnet|ns|7|vxlan|99-2001:db8::1-3-abc");
+        assert_eq!(rec.unwrap().ip, Some("2001:db8::5/64".parse().unwrap()));
+        // The identity of an alias is what OwnedAlias sees, record or not.
+        assert_eq!(OwnedAlias::parse(raw), OwnedAlias::parse(&id));
+        assert_eq!(OwnedAlias::parse(raw).unwrap().tag, "99-2001:db8::1-3-abc");
+        // Before the record existed, and foreign aliases: all identity, no record.
+        assert_eq!(
+            split_alias("meshnet|ns|7|veth|a-b"),
+            ("meshnet|ns|7|veth|a-b".into(), None)
+        );
+        assert_eq!(split_alias("uplink"), ("uplink".into(), None));
+    }
+
+    /// The router owns its port: after creation meshnet changes an end only when the
+    /// declaration changes, and then removes only the address it had set.
+    #[tokio::test]
+    async fn configure_end_never_reverts_what_the_pod_changed() {
+        let ns = TestNs::new("own");
+        ns.ip(&["link", "add", "e1", "type", "veth", "peer", "name", "e1p"]);
+        let path = ns.path();
+        let end = |ip: &str| EndSpec {
+            netns: path.clone(),
+            ifname: "e1".into(),
+            ip: Some(ip.parse().unwrap()),
+            mac: None,
+        };
+        let alias = "meshnet|t|1|veth|x";
+        let st = || async { Kernel::lookup(&path, "e1").await.unwrap().unwrap() };
+        // Fresh: configured in full.
+        assert!(
+            Kernel::configure(&end("10.0.1.1/24"), alias, Some(1450))
+                .await
+                .unwrap()
+        );
+        let s = st().await;
+        assert!(s.up);
+        assert_eq!((s.mtu, s.alias.as_deref()), (Some(1450), Some(alias)));
+        assert_eq!(end_drift(&end("10.0.1.1/24"), &s, Some(1450)), None);
+        // The pod shuts the port, picks its own MTU and adds an address: none of it is drift,
+        // and configuring again changes nothing.
+        ns.ip(&["link", "set", "e1", "down", "mtu", "1400"]);
+        ns.ip(&["addr", "add", "192.0.2.9/24", "dev", "e1"]);
+        let s = st().await;
+        assert_eq!(end_drift(&end("10.0.1.1/24"), &s, Some(1450)), None);
+        assert!(
+            !Kernel::configure(&end("10.0.1.1/24"), alias, Some(1450))
+                .await
+                .unwrap()
+        );
+        let s = st().await;
+        assert!(!s.up, "admin state is the pod's");
+        assert_eq!(s.mtu, Some(1400), "the MTU the pod chose stays");
+        // The declaration changes: meshnet's old address goes, the new one comes, the pod's
+        // stays; still down, MTU still the pod's.
+        let new = end("10.9.1.1/24");
+        assert!(end_drift(&new, &s, Some(1450)).is_some());
+        assert!(Kernel::configure(&new, alias, Some(1450)).await.unwrap());
+        let mut addrs = st().await.addrs;
+        addrs.sort();
+        let want: Vec<IpNet> = ["10.9.1.1/24", "192.0.2.9/24"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(addrs, want);
+        let s = st().await;
+        assert!(!s.up);
+        assert_eq!(s.mtu, Some(1400));
+        // A changed declared MTU is applied.
+        assert!(Kernel::configure(&new, alias, Some(1300)).await.unwrap());
+        assert_eq!(st().await.mtu, Some(1300));
+        assert_eq!(end_drift(&new, &st().await, Some(1300)), None);
+        // A declared MAC is applied; the pod changing it afterwards is not drift.
+        let with_mac = EndSpec {
+            mac: Some("02:00:00:00:00:01".parse().unwrap()),
+            ..new.clone()
+        };
+        assert!(end_drift(&with_mac, &st().await, Some(1300)).is_some());
+        assert!(
+            Kernel::configure(&with_mac, alias, Some(1300))
+                .await
+                .unwrap()
+        );
+        assert_eq!(st().await.mac, Some([2, 0, 0, 0, 0, 1]));
+        ns.ip(&["link", "set", "e1", "address", "02:00:00:00:00:99"]);
+        assert_eq!(end_drift(&with_mac, &st().await, Some(1300)), None);
+        assert!(
+            !Kernel::configure(&with_mac, alias, Some(1300))
+                .await
+                .unwrap()
+        );
+        assert_eq!(st().await.mac, Some([2, 0, 0, 0, 0, 0x99]));
     }
 
     /// A namespace that cannot be read is left to per-link lookups, which report it.

@@ -108,10 +108,35 @@ where
     })?
 }
 
+/// Whether `path` is (still) a network namespace: a bind mount of one (`/run/netns/x`) or a
+/// process's namespace link (`/proc/PID/ns/net`), both on nsfs. A sandbox removed while the
+/// daemon was down leaves its recorded path missing, or — if only unmounted — a plain file on
+/// another filesystem; either way the pod is gone. Cheap (one `statfs`), no thread.
+pub fn exists(path: &Path) -> bool {
+    use nix::sys::statfs::{NSFS_MAGIC, statfs};
+    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
 /// Checks that `path` names a network namespace that can be entered.
 ///
 /// # Errors
 /// As [`in_netns`].
 pub async fn check(path: &Path) -> Result<(), NetnsError> {
     in_netns(path, |_h| async {}).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exists_only_for_network_namespaces() {
+        assert!(exists(Path::new("/proc/self/ns/net")));
+        let dir = std::env::temp_dir().join(format!("mnd-nsfs-{}", std::process::id()));
+        std::fs::write(&dir, b"not a namespace").unwrap();
+        assert!(!exists(&dir), "a plain file (an unmounted netns path)");
+        std::fs::remove_file(&dir).unwrap();
+        assert!(!exists(&dir), "a missing path");
+    }
 }

@@ -6,13 +6,17 @@
 //! * build a veth pair (both pods alive on this node) — the same [`VethSpec`] appears in both
 //!   pods' plans and is built once;
 //! * report it pending (peer not alive yet, or no Topology for the peer);
-//! * report it invalid (bad declaration on either end, or the ends disagree).
+//! * report it invalid (bad declaration on either end, the ends disagree, or the uid is also
+//!   declared by pods that are not this link's ends — then on every end, naming the others).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::links::{self, EndSpec, VethSpec};
-use crate::topology::{LinkDecl, PodKey, Topology, check_links, merge_ends, same_node};
+use crate::topology::{
+    LOCALHOST, LinkDecl, PodKey, Topology, check_links, merge_ends, same_node, uid_clash,
+    uid_declarers,
+};
 
 /// Primary interface assumed when the daemon has not seen the pod's ADD (e.g. after a restart).
 pub const DEFAULT_PRIMARY_IF: &str = "eth0";
@@ -82,6 +86,7 @@ pub fn plan_node(
             (k, m)
         })
         .collect();
+    let declarers = uid_declarers(topos);
 
     let mut out = Vec::new();
     let mut mine: Vec<&Topology> = topos
@@ -93,9 +98,10 @@ pub fn plan_node(
         let key = t.key();
         let mut links = Vec::new();
         for (link, (uid, decl)) in t.spec.links.iter().zip(check_links(t, primary(&key))) {
-            let action = match decl {
-                Err(e) => Action::Invalid(e),
-                Ok(d) if d.is_macvlan() => Action::Macvlan {
+            let clash = uid_clash(&declarers, &key, uid, link.peer_pod == LOCALHOST);
+            let action = match (decl, clash) {
+                (Err(e), _) | (Ok(_), Some(e)) => Action::Invalid(e),
+                (Ok(d), None) if d.is_macvlan() => Action::Macvlan {
                     parent: d.peer_intf.clone(),
                     end: EndSpec {
                         netns: t.status.net_ns.clone().into(),
@@ -105,7 +111,7 @@ pub fn plan_node(
                     },
                     mtu: d.mtu,
                 },
-                Ok(d) => plan_peer(node_ip, t, &d, &by_key, &checked),
+                (Ok(d), None) => plan_peer(node_ip, t, &d, &by_key, &checked),
             };
             links.push(LinkPlan {
                 uid,

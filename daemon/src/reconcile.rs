@@ -6,7 +6,10 @@
 //! (DESIGN.md §4). Runs are serialised by one lock; CNI ADD/DEL/CHECK take the same lock, so a
 //! pod is never plumbed and released at the same time. A memo of links known to be built keeps
 //! event-driven runs from touching the kernel for links that did not change; the periodic
-//! resync verifies every link against the kernel and repairs drift.
+//! resync verifies every link against the kernel, rebuilds what is missing and applies a changed
+//! declaration — never what the pod changed on its port (admin state, MTU, its own addresses;
+//! see [`crate::links`]). Every side effect goes through [`LinkOps`] (unit tests: `tests.rs` on
+//! the recording fake); a pod of this node whose namespace is gone is released like a DEL.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -18,9 +21,11 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::InterNodeLink;
-use crate::gwire::{LinkLabels, WireNode};
+use crate::gwire::LinkLabels;
+use crate::links::snapshot::Snapshot;
 use crate::links::{
-    self, EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec, VethSpec,
+    self, EndSpec, LinkError, LinkFault, LinkOps, Mode, NodeIface, Outcome, SingleKind, SingleSpec,
+    VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
 use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
@@ -50,9 +55,10 @@ pub enum LinkResult {
     Pending(String),
     /// Declaration problem: reported, never retried until the Topology changes.
     Invalid(String),
-    /// The kernel refused; retried on the next run.
+    /// The kernel or the node refused; retried on the next run.
     Failed {
         kind: &'static str,
+        fault: LinkFault,
         message: String,
     },
 }
@@ -104,7 +110,7 @@ impl PodReport {
     }
 }
 
-/// Errors of a reconcile run or a CNI operation.
+/// Errors of a reconcile run or a CNI operation; the local API maps each to one gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
@@ -114,10 +120,21 @@ pub enum ReconcileError {
         pod: PodKey,
         uid: i64,
         local_intf: String,
+        fault: LinkFault,
         message: String,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// CHECK for a sandbox that is not the one recorded (or a pod not alive).
+    #[error("pod {pod} is not recorded with sandbox {container_id} (status has {recorded:?})")]
+    NotRecorded {
+        pod: PodKey,
+        container_id: String,
+        recorded: String,
+    },
+    #[error("pod {pod} is recorded on node {src_ip}, not this node")]
+    NotOnThisNode { pod: PodKey, src_ip: String },
+    /// The pod's Topology was deleted while its ADD ran.
+    #[error("pod {pod} vanished from the store during ADD")]
+    VanishedDuringAdd { pod: PodKey },
 }
 
 #[derive(Debug, Default)]
@@ -153,9 +170,10 @@ pub struct Reconciler {
     inter_node: InterNodeLink,
     /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
     host_intf: Option<String>,
-    /// The gRPC wire, when `inter_node` is GRPC.
-    wire: Option<Arc<WireNode>>,
     memo: Mutex<Memo>,
+    /// The pod ends of the kernel links (veth, vxlan, macvlan) that are up, as of the last run:
+    /// what `/metrics` reports (its own lock, so a scrape never waits for a run).
+    kernel_links: std::sync::Mutex<Vec<crate::linkstats::KernelLink>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -176,13 +194,13 @@ pub enum Depth {
 }
 
 impl Reconciler {
+    /// `ops` carries every side effect, the gRPC wire's halves included (see [`LinkOps`]).
     pub fn new(
         node: NodeIdentity,
         store: SharedStore,
         ops: Arc<dyn LinkOps>,
         inter_node: InterNodeLink,
         host_intf: Option<String>,
-        wire: Option<Arc<WireNode>>,
     ) -> Self {
         Reconciler {
             node,
@@ -190,9 +208,17 @@ impl Reconciler {
             ops,
             inter_node,
             host_intf,
-            wire,
             memo: Mutex::new(Memo::default()),
+            kernel_links: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The pod ends of the kernel links that were up after the last run.
+    pub fn kernel_links(&self) -> Vec<crate::linkstats::KernelLink> {
+        self.kernel_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn node(&self) -> &NodeIdentity {
@@ -214,11 +240,11 @@ impl Reconciler {
 
     /// A link's result, with a wire's carrier taken into account: a wire is up only when the
     /// peer's half is connected.
-    fn wire_result(&self, w: Work, failed: &HashMap<String, String>) -> LinkResult {
-        if let (Work::Wire(spec), Some(node)) = (&w, &self.wire)
+    fn wire_result(&self, w: Work, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
+        if let Work::Wire(spec) = &w
             && !failed.contains_key(&spec.alias)
         {
-            return match node.carrier(&spec.key) {
+            return match self.ops.half_carrier(&spec.key) {
                 Some(true) => LinkResult::Up { kind: "grpc" },
                 _ => LinkResult::Pending(match spec.peer {
                     Some(ip) => format!(
@@ -265,6 +291,7 @@ impl Reconciler {
                         match &parents[parent] {
                             Err(m) => Work::Done(LinkResult::Failed {
                                 kind: "macvlan",
+                                fault: LinkFault::Node,
                                 message: m.clone(),
                             }),
                             Ok(i) => Work::Single(SingleSpec {
@@ -285,6 +312,7 @@ impl Reconciler {
                             Ok(ip) => wire_work(p, l, decl, Some(ip)),
                             Err(_) => Work::Done(LinkResult::Failed {
                                 kind: "grpc",
+                                fault: LinkFault::Node,
                                 message: format!(
                                     "peer node address {peer_node_ip:?} is not an IP address"
                                 ),
@@ -315,6 +343,7 @@ impl Reconciler {
                             match underlay.as_ref().expect("set just above") {
                                 Err(m) => Work::Done(LinkResult::Failed {
                                     kind: "vxlan",
+                                    fault: LinkFault::Node,
                                     message: m.clone(),
                                 }),
                                 Ok(u) => vxlan_work(&self.node.ip, p, l.uid, peer_node_ip, decl, u),
@@ -336,7 +365,8 @@ impl Reconciler {
         depth: Depth,
     ) -> Result<Vec<PodReport>, ReconcileError> {
         let started = Instant::now();
-        let topos = self.store.list().await?;
+        let mut topos = self.store.list().await?;
+        self.release_vanished(memo, &mut topos).await;
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
         let works = self.resolve(&plans).await;
 
@@ -358,30 +388,17 @@ impl Reconciler {
         // Every namespace this run touches is read once up front instead of once per link.
         let namespaces: HashSet<PathBuf> =
             todo.iter().flat_map(|(_, w)| w.netns()).cloned().collect();
-        let ops = Arc::clone(&self.ops);
-        let wire = self.wire.clone();
-        let build = futures::stream::iter(todo)
-            .map(|(k, w)| {
-                let ops = Arc::clone(&ops);
-                let wire = wire.clone();
-                async move {
-                    let r = match &w {
-                        Work::Veth(spec) => ops.ensure_veth(spec, Mode::Repair).await,
-                        Work::Wire(spec) => match &wire {
-                            Some(node) => crate::tapio::ensure_half(node, spec, Mode::Repair).await,
-                            None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
-                        },
-                        Work::Single(spec) => ops.ensure_single(spec, Mode::Repair).await,
-                        Work::Done(_) => Ok(Outcome::Unchanged),
-                    };
-                    (k, w, r)
-                }
+        let snapshot = self.ops.snapshot(namespaces.into_iter().collect()).await;
+        let snap = &snapshot;
+        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
+            .map(|(k, w)| async move {
+                let r = self.ensure(snap, &w, Mode::Repair).await;
+                (k, w, r)
             })
             .buffer_unordered(PARALLEL_LINK_OPS)
-            .collect();
-        let snapshot = links::snapshot::Snapshot::read(namespaces).await;
-        let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = snapshot.with(build).await;
-        let mut failed: HashMap<String, String> = HashMap::new();
+            .collect()
+            .await;
+        let mut failed: HashMap<String, (LinkFault, String)> = HashMap::new();
         for (k, w, r) in results {
             if !matches!(r, Ok(Outcome::Unchanged)) {
                 for ns in w.netns() {
@@ -402,13 +419,13 @@ impl Reconciler {
                     tracing::warn!(%alias, kind, error = %e, "link failed");
                     metrics::counter!("meshnet_link_errors_total", "kind" => kind).increment(1);
                     memo.built.remove(&k);
-                    failed.insert(alias, e.to_string());
+                    failed.insert(alias, (e.fault(), e.to_string()));
                 }
             }
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
-        if let Some(node) = &self.wire {
+        if self.inter_node == InterNodeLink::Grpc {
             let mut halves = HashSet::new();
             let mut peers = HashSet::new();
             for w in works.iter().flatten() {
@@ -417,14 +434,13 @@ impl Reconciler {
                     peers.extend(spec.peer);
                 }
             }
-            node.retain(&halves);
-            node.set_allowed(peers);
+            self.ops.retain_halves(&halves, peers);
         }
 
         let mut reports = Vec::new();
+        let mut kernel_links = Vec::new();
         for (p, ws) in plans.iter().zip(works) {
-            snapshot
-                .with(self.sweep_stale(memo, p, &ws, &topos, depth))
+            self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
             let report = PodReport {
                 key: p.key.clone(),
@@ -436,11 +452,70 @@ impl Reconciler {
                     .collect(),
             };
             self.write_status(p, &report).await;
+            for (l, r) in &report.links {
+                if let LinkResult::Up {
+                    kind: kind @ ("veth" | "vxlan" | "macvlan"),
+                } = r
+                {
+                    kernel_links.push(crate::linkstats::KernelLink {
+                        namespace: p.key.namespace.clone(),
+                        pod: p.key.name.clone(),
+                        interface: l.local_intf.clone(),
+                        peer_pod: l.peer_pod.clone(),
+                        uid: l.uid,
+                        kind,
+                        netns: PathBuf::from(&p.net_ns),
+                    });
+                }
+            }
             reports.push(report);
         }
+        *self
+            .kernel_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kernel_links;
         metrics::counter!("meshnet_reconcile_runs_total").increment(1);
         metrics::histogram!("meshnet_reconcile_seconds").record(started.elapsed().as_secs_f64());
         Ok(reports)
+    }
+
+    /// Treats a pod of this node whose recorded namespace no longer exists (its sandbox was
+    /// removed while the daemon was down, so no DEL reached us) as gone: its status is cleared
+    /// as a DEL would, and `topos` shows it not alive, so its peers go pending instead of its
+    /// links failing with "No such file or directory" on every run.
+    async fn release_vanished(&self, memo: &mut Memo, topos: &mut [Topology]) {
+        for t in topos.iter_mut() {
+            let s = &t.status;
+            if !s.is_alive()
+                || !crate::topology::same_node(&s.src_ip, &self.node.ip)
+                || self.ops.netns_exists(Path::new(&s.net_ns))
+            {
+                continue;
+            }
+            let key = t.key();
+            tracing::info!(pod = %key, net_ns = %s.net_ns, container_id = %s.container_id,
+                "the pod's network namespace is gone: releasing it");
+            if let Err(e) = clear_status(self.store.as_ref(), &key, &s.container_id).await {
+                tracing::warn!(pod = %key, error = %e, "cannot release a vanished pod");
+            }
+            memo.forget_netns(&key.namespace, &s.net_ns);
+            memo.swept.remove(&key);
+            memo.primary_if.remove(&key);
+            t.status = TopologyStatus {
+                skipped: std::mem::take(&mut t.status.skipped),
+                ..TopologyStatus::default()
+            };
+        }
+    }
+
+    /// Builds (or checks) one link through [`LinkOps`].
+    async fn ensure(&self, snap: &Snapshot, w: &Work, mode: Mode) -> Result<Outcome, LinkError> {
+        match w {
+            Work::Veth(spec) => self.ops.ensure_veth(snap, spec, mode).await,
+            Work::Single(spec) => self.ops.ensure_single(snap, spec, mode).await,
+            Work::Wire(spec) => self.ops.ensure_half(snap, spec, mode).await,
+            Work::Done(_) => Ok(Outcome::Unchanged),
+        }
     }
 
     /// Removes meshnet interfaces in a pod that its plan no longer has (link removed from the
@@ -448,6 +523,7 @@ impl Reconciler {
     /// built links changed, and on full runs.
     async fn sweep_stale(
         &self,
+        snap: &Snapshot,
         memo: &mut Memo,
         p: &PodPlan,
         works: &[Work],
@@ -471,7 +547,7 @@ impl Reconciler {
             return;
         }
         let netns = Path::new(&p.net_ns);
-        match self.ops.owned(netns).await {
+        match self.ops.owned(snap, netns).await {
             Ok(owned) => {
                 for (ifname, alias) in owned {
                     let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
@@ -553,15 +629,17 @@ impl Reconciler {
         memo.forget_netns(&key.namespace, net_ns);
         memo.swept.remove(key);
         let reports = self.run_locked(&mut memo, Depth::Changes).await?;
-        let report = reports.into_iter().find(|r| r.key == *key).ok_or_else(|| {
-            ReconcileError::Invalid(format!("pod {key} vanished from the store during ADD"))
-        })?;
+        let report = reports
+            .into_iter()
+            .find(|r| r.key == *key)
+            .ok_or_else(|| ReconcileError::VanishedDuringAdd { pod: key.clone() })?;
         for (l, r) in &report.links {
-            if let LinkResult::Failed { message, .. } = r {
+            if let LinkResult::Failed { message, fault, .. } = r {
                 return Err(ReconcileError::Link {
                     pod: key.clone(),
                     uid: l.uid,
                     local_intf: l.local_intf.clone(),
+                    fault: *fault,
                     message: message.clone(),
                 });
             }
@@ -598,7 +676,7 @@ impl Reconciler {
             String::new()
         };
         if !ns.is_empty() && Path::new(&ns).exists() {
-            match self.ops.owned(Path::new(&ns)).await {
+            match self.ops.owned(&Snapshot::default(), Path::new(&ns)).await {
                 Ok(owned) => {
                     for (ifname, alias) in owned {
                         if alias.namespace != key.namespace {
@@ -616,28 +694,7 @@ impl Reconciler {
             tracing::info!(pod = %key, container_id, current, "DEL for a replaced sandbox: status kept");
             return Ok(true);
         }
-        store::update_status(self.store.as_ref(), key, |s| {
-            if !container_id.is_empty()
-                && !s.container_id.is_empty()
-                && s.container_id != container_id
-            {
-                return false;
-            }
-            if s.net_ns.is_empty()
-                && s.container_id.is_empty()
-                && s.src_ip.is_empty()
-                && s.links.is_empty()
-            {
-                return false;
-            }
-            s.net_ns.clear();
-            s.container_id.clear();
-            s.src_ip.clear();
-            s.node.clear();
-            s.links.clear();
-            true
-        })
-        .await?;
+        clear_status(self.store.as_ref(), key, container_id).await?;
         memo.forget_netns(&key.namespace, &topo.status.net_ns);
         memo.swept.remove(key);
         memo.primary_if.remove(key);
@@ -662,37 +719,31 @@ impl Reconciler {
             return Ok(None);
         };
         if topo.status.container_id != container_id || !topo.status.is_alive() {
-            return Err(ReconcileError::Invalid(format!(
-                "pod {key} is not recorded with sandbox {container_id} (status has {:?})",
-                topo.status.container_id
-            )));
+            return Err(ReconcileError::NotRecorded {
+                pod: key.clone(),
+                container_id: container_id.to_string(),
+                recorded: topo.status.container_id.clone(),
+            });
         }
         let plans = plan::plan_node(&self.node.ip, &topos, &memo.primary_if);
         drop(memo);
         let Some(i) = plans.iter().position(|p| p.key == *key) else {
-            return Err(ReconcileError::Invalid(format!(
-                "pod {key} is recorded on node {}, not this node",
-                topo.status.src_ip
-            )));
+            return Err(ReconcileError::NotOnThisNode {
+                pod: key.clone(),
+                src_ip: topo.status.src_ip.clone(),
+            });
         };
         let mut works = self.resolve(&plans).await;
         let (p, ws) = (&plans[i], std::mem::take(&mut works[i]));
         let mut links = Vec::new();
         for (l, w) in p.links.iter().zip(ws) {
-            let verified = match &w {
-                Work::Veth(spec) => self.ops.ensure_veth(spec, Mode::Verify).await,
-                Work::Single(spec) => self.ops.ensure_single(spec, Mode::Verify).await,
-                Work::Wire(spec) => match &self.wire {
-                    Some(node) => crate::tapio::ensure_half(node, spec, Mode::Verify).await,
-                    None => Err(LinkError::Mismatch("the gRPC wire is not running".into())),
-                },
-                Work::Done(_) => Ok(Outcome::Unchanged),
-            };
+            let verified = self.ensure(&Snapshot::default(), &w, Mode::Verify).await;
             if let Err(e) = verified {
                 return Err(ReconcileError::Link {
                     pod: key.clone(),
                     uid: l.uid,
                     local_intf: l.local_intf.clone(),
+                    fault: e.fault(),
                     message: e.to_string(),
                 });
             }
@@ -735,7 +786,7 @@ impl Reconciler {
     ) {
         let mut events = self.store.watch();
         let mut tick = tokio::time::interval(resync);
-        let carrier = self.wire.as_ref().map(|w| Arc::clone(&w.changed));
+        let carrier = self.ops.carrier_changed();
         tokio::pin!(shutdown);
         loop {
             let carrier_changed = async {
@@ -770,6 +821,36 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Marks a pod not alive (DEL, or its namespace vanished): clears what ADD recorded, unless the
+/// status now belongs to another sandbox than `container_id` (`""`: any).
+async fn clear_status(
+    store: &dyn store::TopologyStore,
+    key: &PodKey,
+    container_id: &str,
+) -> Result<(), StoreError> {
+    store::update_status(store, key, |s| {
+        if !container_id.is_empty() && !s.container_id.is_empty() && s.container_id != container_id
+        {
+            return false;
+        }
+        if s.net_ns.is_empty()
+            && s.container_id.is_empty()
+            && s.src_ip.is_empty()
+            && s.links.is_empty()
+        {
+            return false;
+        }
+        s.net_ns.clear();
+        s.container_id.clear();
+        s.src_ip.clear();
+        s.node.clear();
+        s.links.clear();
+        true
+    })
+    .await
+    .map(|_| ())
 }
 
 /// A link's identity on this node: (namespace, uid).
@@ -814,13 +895,14 @@ impl Work {
         }
     }
 
-    /// The link's result once the build outcomes (`failed`: alias -> message) are known.
-    fn result(self, failed: &HashMap<String, String>) -> LinkResult {
+    /// The link's result once the build outcomes (`failed`: alias -> fault, message) are known.
+    fn result(self, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
         match self {
             Work::Done(r) => r,
             w => match w.alias().and_then(|a| failed.get(a)) {
-                Some(m) => LinkResult::Failed {
+                Some((fault, m)) => LinkResult::Failed {
                     kind: w.kind(),
+                    fault: *fault,
                     message: m.clone(),
                 },
                 None => LinkResult::Up { kind: w.kind() },
@@ -875,6 +957,7 @@ fn vxlan_work(
     let fail = |message: String| {
         Work::Done(LinkResult::Failed {
             kind: "vxlan",
+            fault: LinkFault::Node,
             message,
         })
     };
@@ -962,6 +1045,7 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
                 if *o != (p.key.namespace.clone(), l.uid) {
                     *w = Work::Done(LinkResult::Failed {
                         kind: "vxlan",
+                        fault: LinkFault::Node,
                         message: format!(
                             "VNI {vni} of this link clashes with link {}/uid {} on this node; change one uid",
                             o.0, o.1
@@ -972,3 +1056,6 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

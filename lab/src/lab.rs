@@ -1354,9 +1354,15 @@ fn describe(links: &[&LinkView]) -> String {
 }
 
 /// Combines both ends' statuses into one view per link `(namespace, uid)`.
+///
+/// A uid names one link between two pods: a declaration by any other pod (a third declarer, or
+/// a second pair that picked the same uid) is never dropped — the link's view becomes an `error`
+/// naming those pods, whatever the ends' statuses say, and `up` waits for it if one of them runs.
 pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
     let running: HashMap<PodKey, &PodState> = st.pods.iter().map(|p| (p.key(), p)).collect();
     let mut out: BTreeMap<(String, i64), LinkView> = BTreeMap::new();
+    // Declarers of a view's uid that are not its two ends.
+    let mut extra: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
     for t in topos {
         let key = t.key();
         let Some(pod) = running.get(&key) else {
@@ -1389,7 +1395,14 @@ pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
                     v.b = EndView { ip, ..end };
                     merge_state(v, s.map(|s| (&s.kind, s.state, &s.message)));
                 }
-                Some(_) => {}
+                // A pod declaring the uid twice is its own error, which its status reports.
+                Some(v) if v.a.pod == key.name => {}
+                Some(v) => {
+                    if running.contains_key(&key) {
+                        v.required = true;
+                    }
+                    extra.entry(k).or_default().push(key.name.clone());
+                }
                 None => {
                     let (kind, message) = s.map_or((String::new(), String::new()), |s| {
                         (s.kind.clone(), s.message.clone())
@@ -1422,8 +1435,17 @@ pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
         }
     }
     // A link is up when both ends say so.
-    for v in out.values_mut() {
-        if v.a.state == "error" || v.b.state == "error" {
+    for (k, v) in &mut out {
+        if let Some(pods) = extra.get(k) {
+            v.state = "error".into();
+            v.message = format!(
+                "uid {} is also declared by {} (besides {} and {}): a uid names one link between two pods",
+                v.uid,
+                pods.join(", "),
+                v.a.pod,
+                v.b.pod
+            );
+        } else if v.a.state == "error" || v.b.state == "error" {
             v.state = "error".into();
         } else if v.a.state == "up" && v.b.state == "up" {
             v.state = "up".into();

@@ -5,7 +5,7 @@
 //! mean "absent" here. Extensions (`mtu`, `local_mac`, `peer_mac`, `status.links`, `status.node`)
 //! are optional: an old `Topology` means exactly what it meant before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -310,8 +310,12 @@ impl fmt::Display for MacAddr {
 
 /// Checks an interface name as the kernel would (`dev_valid_name`), with a message naming it.
 ///
+/// `%` is refused too: the kernel accepts it, but a name with `%` given to a creating request is
+/// a *template* (`p%d` becomes `p0`), so the interface would exist under a name nobody declared,
+/// meshnet could not find it again and would leak it.
+///
 /// # Errors
-/// Empty, longer than 15 bytes, `.`/`..`, or containing `/`, `:` or whitespace.
+/// Empty, longer than 15 bytes, `.`/`..`, or containing `/`, `:`, `%` or whitespace.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("interface name is empty".into());
@@ -327,7 +331,7 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        .find(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control())
     {
         return Err(format!("interface name {name:?} contains {c:?}"));
     }
@@ -497,6 +501,51 @@ pub fn merge_ends(local: &LinkDecl, local_pod: &str, peer: &LinkDecl) -> Result<
         local_mac: pick("the local MAC", local.local_mac, peer.peer_mac)?,
         peer_mac: pick("the peer MAC", local.peer_mac, peer.local_mac)?,
     })
+}
+
+/// The pods of each namespace that declare each uid: `(namespace, uid)` -> pod names.
+///
+/// A uid names one link between two pods (or one macvlan link of one pod), so more than two
+/// declarers — two pairs that happened to pick the same uid, or a third pod — is a clash that
+/// [`uid_clash`] reports on every end; building one of the links and calling the others `up`
+/// would be a lie.
+pub fn uid_declarers(topos: &[Topology]) -> HashMap<(String, i64), BTreeSet<String>> {
+    let mut out: HashMap<(String, i64), BTreeSet<String>> = HashMap::new();
+    for t in topos {
+        let k = t.key();
+        for l in &t.spec.links {
+            out.entry((k.namespace.clone(), l.uid))
+                .or_default()
+                .insert(k.name.clone());
+        }
+    }
+    out
+}
+
+/// Why pod `key`'s declaration of `uid` clashes with other pods' declarations of it, naming
+/// them; `None` when it does not. `macvlan`: this pod's declaration is `peer_pod: localhost`
+/// (a link of its own, so any other declarer is a clash).
+pub fn uid_clash(
+    declarers: &HashMap<(String, i64), BTreeSet<String>>,
+    key: &PodKey,
+    uid: i64,
+    macvlan: bool,
+) -> Option<String> {
+    let pods = declarers.get(&(key.namespace.clone(), uid))?;
+    let others: Vec<&str> = pods
+        .iter()
+        .map(String::as_str)
+        .filter(|p| *p != key.name)
+        .collect();
+    if pods.len() > 2 || (macvlan && !others.is_empty()) {
+        return Some(format!(
+            "uid {uid} is also declared by pod{} {} in namespace {}: a uid names one link between two pods",
+            if others.len() == 1 { "" } else { "s" },
+            others.join(", "),
+            key.namespace
+        ));
+    }
+    None
 }
 
 /// Returns true when `ip` is the address of the node (status `src_ip`) written by `node_ip`.

@@ -487,6 +487,80 @@ fn duplicate_uid_in_a_pod_is_invalid_there_and_at_the_peer() {
     ));
 }
 
+/// r1–r3 and r2–r4 both picked uid 7: only one veth could carry (namespace, 7), so neither pair
+/// may be planned as built; every end is refused, naming the other declarers.
+#[test]
+fn one_uid_used_by_two_pairs_is_invalid_on_every_end_naming_the_others() {
+    let pair = |a: &str, b: &str| {
+        [
+            Topology::new("default", a, vec![link(7, b, "eth1", "eth1")]),
+            Topology::new("default", b, vec![link(7, a, "eth1", "eth1")]),
+        ]
+    };
+    let topos: Vec<Topology> = pair("r1", "r3")
+        .into_iter()
+        .chain(pair("r2", "r4"))
+        .map(|t| alive_on(t, NODE))
+        .collect();
+    let plans = plan(&topos);
+    for (me, others) in [
+        ("r1", "r2, r3, r4"),
+        ("r2", "r1, r3, r4"),
+        ("r3", "r1, r2, r4"),
+        ("r4", "r1, r2, r3"),
+    ] {
+        assert_invalid(
+            action(&plans, "default", me, 7),
+            &format!("uid 7 is also declared by pods {others} in namespace default"),
+        );
+    }
+}
+
+/// A third pod declaring a pair's uid (even while it is not alive) spoils it for all three.
+#[test]
+fn a_third_declarer_of_a_uid_is_a_clash_on_every_end() {
+    let third = Topology::new("default", "r9", vec![link(1, "r1", "eth9", "eth1")]);
+    let topos = vec![
+        alive_on(r1("default"), NODE),
+        alive_on(r2("default"), NODE),
+        third,
+    ];
+    let plans = plan(&topos);
+    assert_invalid(action(&plans, "default", "r1", 1), "pods r2, r9");
+    assert_invalid(action(&plans, "default", "r2", 1), "pods r1, r9");
+    // The pair's other links are untouched.
+    assert!(matches!(
+        action(&plans, "default", "r1", 3),
+        Action::Pending { .. }
+    ));
+}
+
+/// A macvlan link is a link of one pod: another pod declaring its uid is a clash, on both.
+#[test]
+fn a_macvlan_uid_declared_by_another_pod_is_a_clash() {
+    let mut a = r1("default");
+    a.spec.links.push(link(20, "localhost", "eth20", "ens3"));
+    let mut b = r2("default");
+    b.spec.links.push(link(20, "localhost", "eth20", "ens3"));
+    let plans = plan(&[alive_on(a.clone(), NODE), alive_on(b, NODE)]);
+    assert_invalid(
+        action(&plans, "default", "r1", 20),
+        "also declared by pod r2",
+    );
+    assert_invalid(
+        action(&plans, "default", "r2", 20),
+        "also declared by pod r1",
+    );
+    // The same uid in another namespace is another link.
+    let mut c = r1("blue");
+    c.spec.links.push(link(20, "localhost", "eth20", "ens3"));
+    let plans = plan(&[alive_on(a, NODE), alive_on(c, NODE)]);
+    assert!(matches!(
+        action(&plans, "blue", "r1", 20),
+        Action::Macvlan { .. }
+    ));
+}
+
 #[test]
 fn localhost_peer_is_a_macvlan_on_the_named_node_interface() {
     let mut p = r1("default");

@@ -199,3 +199,92 @@ pub fn jumbo_file(tag: &str) -> PathBuf {
     std::fs::write(&f, JUMBO_PAIR).unwrap();
     f
 }
+
+impl LabGuard {
+    /// A pod's `Topology` as the lab's file store holds it (spec and status).
+    pub fn topology(&self, namespace: &str, name: &str) -> serde_json::Value {
+        let f = PathBuf::from("/run/meshnet-lab")
+            .join(&self.name)
+            .join("store")
+            .join(format!("{namespace}_{name}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap()
+    }
+
+    /// A pod's own status entry for link `uid` (state and message), as its daemon wrote it.
+    pub fn end_status(&self, name: &str, uid: i64) -> serde_json::Value {
+        let t = self.topology("default", name);
+        t["status"]["links"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["uid"] == uid).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The pod's network namespace, from `status`.
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let st = self.status();
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .and_then(|p| p["netns"].as_str())
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .to_string()
+    }
+}
+
+/// Writes `yaml` to a file unique to this process and `tag`.
+pub fn yaml_file(tag: &str, yaml: &str) -> PathBuf {
+    let f = std::env::temp_dir().join(format!("meshnet-{tag}-{}.yml", std::process::id()));
+    std::fs::write(&f, yaml).unwrap();
+    f
+}
+
+impl LabGuard {
+    /// Runs `meshnet-lab ARGS` with extra environment (e.g. `MESHNET_LAB_RESYNC_SECONDS`, read
+    /// when a daemon starts) and asserts success; returns stdout.
+    pub fn ok_env(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
+            .envs(env.iter().copied())
+            .arg("--lab")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("meshnet-lab runs");
+        assert!(
+            out.status.success(),
+            "meshnet-lab {args:?} failed:\nstderr: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// One link between the two pods of [`two_pods`]: uid, interface name on both ends, and the
+/// first and second pod's address (`""`: none).
+pub type PairLink<'a> = (i64, &'a str, &'a str, &'a str);
+
+/// YAML for two pods `a` (on `a_node`) and `b` (on `b_node`) joined by `links`, each declared from
+/// both ends.
+pub fn two_pods(a: (&str, &str), b: (&str, &str), links: &[PairLink<'_>]) -> String {
+    let mut y = String::new();
+    for (me, peer, mine) in [(a.0, b.0, true), (b.0, a.0, false)] {
+        y.push_str(&format!(
+            "apiVersion: networkop.co.uk/v1beta1\nkind: Topology\nmetadata: {{name: {me}}}\nspec:\n  links:\n"
+        ));
+        for (uid, intf, ip_a, ip_b) in links {
+            let (local, peer_ip) = if mine { (ip_a, ip_b) } else { (ip_b, ip_a) };
+            y.push_str(&format!(
+                "  - {{uid: {uid}, peer_pod: {peer}, local_intf: {intf}, peer_intf: {intf}, local_ip: \"{local}\", peer_ip: \"{peer_ip}\"}}\n"
+            ));
+        }
+        y.push_str("---\n");
+    }
+    for (name, node) in [a, b] {
+        y.push_str(&format!(
+            "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}}}, spec: {{nodeName: {node}}}}}\n---\n"
+        ));
+    }
+    y
+}

@@ -326,7 +326,7 @@ fn ifname_length_limits() {
 #[test]
 fn ifname_forbidden_characters_and_names() {
     for bad in [
-        "eth/1", "eth:1", "eth 1", " eth1", "eth1\t", "eth\n1", ".", "..", "e\u{7f}",
+        "eth/1", "eth:1", "eth 1", " eth1", "eth1\t", "eth\n1", ".", "..", "e\u{7f}", "p%", "eth%d",
     ] {
         assert!(check_ifname(bad).is_err(), "{bad:?} must be rejected");
     }

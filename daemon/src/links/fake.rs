@@ -1,0 +1,231 @@
+//! A recording [`LinkOps`] for the reconciler's unit tests: a model of the interfaces meshnet
+//! made in each namespace (name → alias), which namespaces exist, the underlay, wire carriers —
+//! and the list of calls the reconciler made, so tests assert what it decided to touch.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::snapshot::Snapshot;
+use super::{
+    EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, OwnedAlias, SingleSpec, VethSpec,
+};
+use crate::gwire::WireKey;
+use crate::tapio::WireSpec;
+
+/// One side effect (or lookup) the reconciler asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    EnsureVeth { alias: String, mode: Mode },
+    EnsureSingle { alias: String, mode: Mode },
+    EnsureHalf { alias: String, mode: Mode },
+    Delete { netns: PathBuf, ifname: String },
+    RetainHalves { keep: Vec<WireKey> },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<Call>,
+    /// netns → ifname → alias of the interfaces meshnet made there.
+    ifaces: HashMap<PathBuf, BTreeMap<String, String>>,
+    /// Namespaces that no longer exist.
+    gone: HashSet<PathBuf>,
+    underlay: Option<NodeIface>,
+    carrier: HashMap<WireKey, bool>,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct FakeOps(Mutex<State>);
+
+impl FakeOps {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeOps::default())
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap()
+    }
+
+    /// The calls made since the last `take_calls`.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut self.st().calls)
+    }
+
+    /// Puts an interface with `alias` into the model (as a former run or daemon left it).
+    pub fn add_iface(&self, netns: &str, ifname: &str, alias: &str) {
+        self.st()
+            .ifaces
+            .entry(netns.into())
+            .or_default()
+            .insert(ifname.into(), alias.into());
+    }
+
+    /// The interfaces of `netns`: name → alias.
+    pub fn ifaces(&self, netns: &str) -> BTreeMap<String, String> {
+        self.st()
+            .ifaces
+            .get(Path::new(netns))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The namespace disappears, with everything in it.
+    pub fn remove_netns(&self, netns: &str) {
+        let mut st = self.st();
+        st.ifaces.remove(Path::new(netns));
+        st.gone.insert(netns.into());
+    }
+
+    pub fn set_underlay(&self, u: NodeIface) {
+        self.st().underlay = Some(u);
+    }
+
+    pub fn set_carrier(&self, key: WireKey, up: bool) {
+        self.st().carrier.insert(key, up);
+    }
+
+    /// Makes or checks the ends `ends` of one link with `alias`.
+    fn ensure(&self, alias: &str, ends: &[&EndSpec], mode: Mode) -> Result<Outcome, LinkError> {
+        let mut st = self.st();
+        let present = ends.iter().all(|e| {
+            st.ifaces
+                .get(&e.netns)
+                .and_then(|m| m.get(&e.ifname))
+                .is_some_and(|a| a == alias)
+        });
+        if present {
+            return Ok(Outcome::Unchanged);
+        }
+        if mode == Mode::Verify {
+            return Err(LinkError::differs(ends[0], None, "link"));
+        }
+        for e in ends {
+            if st.gone.contains(&e.netns) {
+                return Err(gone(&e.netns));
+            }
+            st.ifaces
+                .entry(e.netns.clone())
+                .or_default()
+                .insert(e.ifname.clone(), alias.to_string());
+        }
+        Ok(Outcome::Created)
+    }
+}
+
+/// What opening a removed namespace fails with.
+fn gone(netns: &Path) -> LinkError {
+    LinkError::Netns(crate::netns::NetnsError::Open {
+        path: netns.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+#[async_trait]
+impl LinkOps for FakeOps {
+    async fn snapshot(&self, _netns: Vec<PathBuf>) -> Snapshot {
+        Snapshot::default()
+    }
+
+    async fn ensure_veth(
+        &self,
+        _snap: &Snapshot,
+        spec: &VethSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        self.st().calls.push(Call::EnsureVeth {
+            alias: spec.alias.clone(),
+            mode,
+        });
+        self.ensure(&spec.alias, &[&spec.a, &spec.b], mode)
+    }
+
+    async fn ensure_single(
+        &self,
+        _snap: &Snapshot,
+        spec: &SingleSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        self.st().calls.push(Call::EnsureSingle {
+            alias: spec.alias.clone(),
+            mode,
+        });
+        self.ensure(&spec.alias, &[&spec.end], mode)
+    }
+
+    async fn ensure_half(
+        &self,
+        _snap: &Snapshot,
+        spec: &WireSpec,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        self.st().calls.push(Call::EnsureHalf {
+            alias: spec.alias.clone(),
+            mode,
+        });
+        self.ensure(&spec.alias, &[&spec.end], mode)
+    }
+
+    fn half_carrier(&self, key: &WireKey) -> Option<bool> {
+        Some(self.st().carrier.get(key).copied().unwrap_or(false))
+    }
+
+    fn retain_halves(&self, keep: &HashSet<WireKey>, _peers: HashSet<IpAddr>) {
+        let mut keep: Vec<WireKey> = keep.iter().cloned().collect();
+        keep.sort();
+        self.st().calls.push(Call::RetainHalves { keep });
+    }
+
+    fn carrier_changed(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    async fn node_iface(
+        &self,
+        _name: Option<&str>,
+        _addr: IpAddr,
+    ) -> Result<Option<NodeIface>, LinkError> {
+        Ok(self.st().underlay.clone())
+    }
+
+    async fn owned(
+        &self,
+        _snap: &Snapshot,
+        netns: &Path,
+    ) -> Result<Vec<(String, OwnedAlias)>, LinkError> {
+        let st = self.st();
+        if st.gone.contains(netns) {
+            return Err(gone(netns));
+        }
+        Ok(st
+            .ifaces
+            .get(netns)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(n, a)| Some((n.clone(), OwnedAlias::parse(a)?)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
+        let mut st = self.st();
+        st.calls.push(Call::Delete {
+            netns: netns.to_path_buf(),
+            ifname: ifname.to_string(),
+        });
+        if let Some(m) = st.ifaces.get_mut(netns) {
+            m.remove(ifname);
+        }
+        Ok(())
+    }
+
+    fn netns_exists(&self, netns: &Path) -> bool {
+        !self.st().gone.contains(netns)
+    }
+}

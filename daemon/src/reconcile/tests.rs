@@ -1,0 +1,323 @@
+//! The reconciler's decisions, on the recording [`FakeOps`] and a file store in a temp dir: no
+//! root, no kernel. What it builds, skips, sweeps and refuses is read from the calls it made.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::links::fake::{Call, FakeOps};
+use crate::store::file::FileStore;
+use crate::topology::Link;
+
+const NODE: &str = "198.51.100.1";
+const OTHER: &str = "198.51.100.2";
+
+struct Env {
+    dir: PathBuf,
+    ops: Arc<FakeOps>,
+    rec: Reconciler,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn env(inter: InterNodeLink) -> Env {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mnd-reconcile-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let store: SharedStore = Arc::new(FileStore::open(&dir).unwrap());
+    let ops = FakeOps::new();
+    ops.set_underlay(NodeIface {
+        index: 2,
+        name: "eth0".into(),
+        mtu: 1500,
+    });
+    let rec = Reconciler::new(
+        NodeIdentity {
+            name: "node1".into(),
+            ip: NODE.parse().unwrap(),
+        },
+        store,
+        Arc::clone(&ops) as Arc<dyn LinkOps>,
+        inter,
+        None,
+    );
+    Env { dir, ops, rec }
+}
+
+fn link(uid: i64, peer: &str, local_intf: &str, peer_intf: &str) -> Link {
+    Link {
+        uid,
+        peer_pod: peer.into(),
+        local_intf: local_intf.into(),
+        peer_intf: peer_intf.into(),
+        ..Link::default()
+    }
+}
+
+fn netns(pod: &str, cid: &str) -> String {
+    format!("/run/netns/fake-{pod}-{cid}")
+}
+
+impl Env {
+    /// Stores `pod`'s Topology, alive on `node` with sandbox `cid`.
+    async fn pod(&self, pod: &str, links: Vec<Link>, node: &str, cid: &str) {
+        let store = self.rec.store();
+        store
+            .apply(&Topology::new("default", pod, links))
+            .await
+            .unwrap();
+        self.sandbox(pod, node, cid).await;
+    }
+
+    /// Records `pod` alive on `node` with sandbox `cid` (as an ADD on that node would).
+    async fn sandbox(&self, pod: &str, node: &str, cid: &str) {
+        let (node, ns, cid) = (node.to_string(), netns(pod, cid), cid.to_string());
+        store::update_status(
+            self.rec.store().as_ref(),
+            &PodKey::new("default", pod),
+            |s| {
+                s.src_ip = node.clone();
+                s.net_ns = ns.clone();
+                s.container_id = cid.clone();
+                true
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn status(&self, pod: &str) -> TopologyStatus {
+        let key = PodKey::new("default", pod);
+        self.rec.store().get(&key).await.unwrap().unwrap().status
+    }
+
+    fn ensures(&self) -> Vec<Call> {
+        self.ops
+            .take_calls()
+            .into_iter()
+            .filter(|c| !matches!(c, Call::RetainHalves { .. }))
+            .collect()
+    }
+}
+
+fn result<'a>(reports: &'a [PodReport], pod: &str, uid: i64) -> &'a LinkResult {
+    let r = reports.iter().find(|r| r.key.name == pod).unwrap();
+    &r.links.iter().find(|(l, _)| l.uid == uid).unwrap().1
+}
+
+/// Two pods of this node declaring uid 1 to each other.
+async fn pair(e: &Env) {
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
+        .await;
+}
+
+/// Event-driven runs trust the memo: a built link is not touched again until its spec changes;
+/// a full run checks every link again.
+#[tokio::test]
+async fn memo_skips_unchanged_links_until_a_full_run() {
+    let e = env(InterNodeLink::Vxlan);
+    pair(&e).await;
+    let reports = e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(result(&reports, "r1", 1), &LinkResult::Up { kind: "veth" });
+    let alias = "meshnet|default|1|veth|aaaa-bbbb".to_string();
+    assert_eq!(
+        e.ensures(),
+        [Call::EnsureVeth {
+            alias: alias.clone(),
+            mode: Mode::Repair
+        }],
+        "built once, though it is in both pods' plans"
+    );
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(
+        e.ensures(),
+        [],
+        "nothing changed: the kernel is not touched"
+    );
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(
+        e.ensures(),
+        [Call::EnsureVeth {
+            alias,
+            mode: Mode::Repair
+        }]
+    );
+    assert_eq!(e.status("r2").await.links[0].state, LinkState::Up);
+}
+
+/// The sweep removes meshnet interfaces that the pod's plan no longer has (a link removed from
+/// the Topology) and keeps the planned ones.
+#[tokio::test]
+async fn sweep_removes_stale_link_ends_only() {
+    let e = env(InterNodeLink::Vxlan);
+    pair(&e).await;
+    let r1 = netns("r1", "aaaa");
+    e.ops
+        .add_iface(&r1, "eth9", "meshnet|default|9|veth|aaaa-cccc");
+    e.rec.run(Depth::Changes).await.unwrap();
+    let calls = e.ensures();
+    assert!(
+        calls.contains(&Call::Delete {
+            netns: r1.clone().into(),
+            ifname: "eth9".into()
+        }),
+        "{calls:?}"
+    );
+    assert_eq!(
+        e.ops.ifaces(&r1).keys().collect::<Vec<_>>(),
+        ["eth1"],
+        "the planned link stays"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Delete { ifname, .. } if ifname == "eth1"))
+    );
+}
+
+/// A peer's sandbox replaced (new container id, new namespace): the link is rebuilt under an
+/// alias naming the new sandbox, and the old alias left in the survivor is not kept.
+#[tokio::test]
+async fn replaced_sandbox_rebuilds_the_link_for_the_new_one() {
+    let e = env(InterNodeLink::Vxlan);
+    pair(&e).await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    e.ops.take_calls();
+    e.ops.remove_netns(&netns("r2", "bbbb"));
+    e.sandbox("r2", NODE, "cccc").await;
+    let reports = e.rec.run(Depth::Changes).await.unwrap();
+    let calls = e.ensures();
+    assert!(
+        calls.contains(&Call::EnsureVeth {
+            alias: "meshnet|default|1|veth|aaaa-cccc".into(),
+            mode: Mode::Repair
+        }),
+        "{calls:?}"
+    );
+    assert_eq!(result(&reports, "r2", 1), &LinkResult::Up { kind: "veth" });
+    assert_eq!(
+        e.ops.ifaces(&netns("r1", "aaaa"))["eth1"],
+        "meshnet|default|1|veth|aaaa-cccc"
+    );
+    assert_eq!(
+        e.ops.ifaces(&netns("r2", "cccc"))["eth1"],
+        "meshnet|default|1|veth|aaaa-cccc"
+    );
+}
+
+/// Two uids of one namespace whose VNIs collide.
+fn clashing_uids() -> (i64, i64) {
+    let mut seen: HashMap<u32, i64> = HashMap::new();
+    for uid in 1.. {
+        if let Some(first) = seen.insert(plan::vni("default", uid), uid) {
+            return (first, uid);
+        }
+    }
+    unreachable!("a 24-bit VNI space has collisions")
+}
+
+/// Two VXLAN links of this node on one VNI: the smaller (namespace, uid) is built, the other is
+/// refused naming it — never a shared device.
+#[tokio::test]
+async fn vni_clash_builds_one_link_and_refuses_the_other() {
+    let (u1, u2) = clashing_uids();
+    let e = env(InterNodeLink::Vxlan);
+    e.pod(
+        "a",
+        vec![link(u1, "b", "eth1", "eth1"), link(u2, "c", "eth2", "eth1")],
+        NODE,
+        "aaaa",
+    )
+    .await;
+    e.pod("b", vec![link(u1, "a", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    e.pod("c", vec![link(u2, "a", "eth1", "eth2")], OTHER, "cccc")
+        .await;
+    let reports = e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(result(&reports, "a", u1), &LinkResult::Up { kind: "vxlan" });
+    match result(&reports, "a", u2) {
+        LinkResult::Failed {
+            kind,
+            fault,
+            message,
+        } => {
+            assert_eq!((*kind, *fault), ("vxlan", LinkFault::Node));
+            assert!(
+                message.contains(&format!("clashes with link default/uid {u1}")),
+                "{message}"
+            );
+        }
+        other => panic!("want the clash refused, got {other:?}"),
+    }
+    let calls = e.ensures();
+    assert_eq!(calls.len(), 1, "only the first link is built: {calls:?}");
+    assert!(matches!(&calls[0], Call::EnsureSingle { alias, .. }
+        if alias.starts_with(&format!("meshnet|default|{u1}|vxlan|"))));
+}
+
+/// A pod whose namespace vanished is released: status cleared, nothing built toward it, its
+/// peer pending.
+#[tokio::test]
+async fn a_pod_whose_namespace_vanished_is_released() {
+    let e = env(InterNodeLink::Vxlan);
+    pair(&e).await;
+    e.ops.remove_netns(&netns("r2", "bbbb"));
+    let reports = e.rec.run(Depth::Full).await.unwrap();
+    assert!(!e.status("r2").await.is_alive());
+    assert!(reports.iter().all(|r| r.key.name != "r2"));
+    match result(&reports, "r1", 1) {
+        LinkResult::Pending(m) => assert!(m.contains("waiting for peer pod default/r2"), "{m}"),
+        other => panic!("want pending, got {other:?}"),
+    }
+    assert_eq!(e.ensures(), [], "nothing is built toward a gone pod");
+}
+
+/// With the gRPC wire a pod gets its half before the peer exists; the link is up only once the
+/// half's carrier is, and halves no longer planned are dropped.
+#[tokio::test]
+async fn wire_half_is_made_at_once_and_up_only_with_carrier() {
+    let e = env(InterNodeLink::Grpc);
+    e.pod("w1", vec![link(3, "w2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.rec
+        .store()
+        .apply(&Topology::new(
+            "default",
+            "w2",
+            vec![link(3, "w1", "eth1", "eth1")],
+        ))
+        .await
+        .unwrap();
+    let reports = e.rec.run(Depth::Changes).await.unwrap();
+    assert!(
+        matches!(result(&reports, "w1", 3), LinkResult::Pending(m) if m.contains("half ready")),
+        "{reports:?}"
+    );
+    let calls = e.ops.take_calls();
+    assert!(calls.contains(&Call::EnsureHalf {
+        alias: "meshnet|default|3|grpc|aaaa".into(),
+        mode: Mode::Repair
+    }));
+    assert!(calls.contains(&Call::RetainHalves {
+        keep: vec![("default".into(), 3)]
+    }));
+    e.ops.set_carrier(("default".into(), 3), true);
+    let reports = e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(result(&reports, "w1", 3), &LinkResult::Up { kind: "grpc" });
+    // CNI CHECK goes through the same seam, verifying only.
+    let checked = e.rec.check(&PodKey::new("default", "w1"), "aaaa").await;
+    assert!(checked.is_ok(), "{checked:?}");
+    assert!(e.ops.take_calls().contains(&Call::EnsureHalf {
+        alias: "meshnet|default|3|grpc|aaaa".into(),
+        mode: Mode::Verify
+    }));
+}
