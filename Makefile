@@ -79,8 +79,15 @@ install:
 	$(KUBECTL) apply -k $(MANIFESTS)
 	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=180s
 
-## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster.
+## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster. meshnetd
+## keeps the node's chain across a SIGTERM (a rollout), so the DaemonSet goes first (foreground:
+## its pods are gone before the cleanup starts), then manifests/uninstall runs `meshnetd
+## uninstall` on every node and is removed once every node reports clean.
 uninstall:
+	$(KUBECTL) -n meshnet delete daemonset meshnet --cascade=foreground --ignore-not-found --timeout=180s
+	$(KUBECTL) apply -k manifests/uninstall
+	$(KUBECTL) -n meshnet rollout status daemonset/meshnet-cleanup --timeout=180s
+	$(KUBECTL) -n meshnet delete daemonset meshnet-cleanup --ignore-not-found
 	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
 
 ## e2e: tests/3node.yml on the cluster; every link pinged from both ends.

@@ -94,7 +94,8 @@ pub struct Config {
     pub wire_shards: u32,
     /// Chain meshnet into the node's CNI config and copy the plugin (the DaemonSet does).
     pub install: Option<install::InstallConfig>,
-    /// Leave the CNI config and binary in place on shutdown.
+    /// Leave the CNI config and binary in place on shutdown (meshnetd's default: a restart is
+    /// not an uninstall; `meshnetd uninstall` is).
     pub keep_cni_config: bool,
     /// Mutual TLS for the node-to-node API.
     pub wire_tls: Option<gwire::WireTls>,
@@ -277,7 +278,9 @@ pub async fn run(
     if let Some((cfg, task)) = installer {
         let _ = task.await;
         if config.keep_cni_config {
-            tracing::info!("keeping the CNI config and binary (--keep-cni-config)");
+            tracing::info!(
+                "keeping the CNI config and binary for the next meshnetd (uninstall: `meshnetd uninstall`)"
+            );
         } else {
             match install::uninstall(&cfg) {
                 Ok(_) => tracing::info!("CNI config and binary removed"),

@@ -67,8 +67,13 @@ struct Args {
     /// The `meshnet` plugin binary to copy (default: next to meshnetd).
     #[arg(long, env = "MESHNET_CNI_BINARY")]
     cni_binary: Option<PathBuf>,
-    /// Leave the CNI config and binary in place on shutdown (default: remove them).
-    #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG")]
+    /// Remove the CNI config and binary when meshnetd exits. Default: keep them, so that a
+    /// restart or a DaemonSet rollout loses no pod (the plugin waits for the daemon, then answers
+    /// "try again later" and the runtime retries). `meshnetd uninstall` removes them for good.
+    #[arg(long, env = "MESHNET_REMOVE_CNI_CONFIG_ON_EXIT")]
+    remove_cni_config_on_exit: bool,
+    /// Accepted for old manifests; keeping the CNI config is the default now.
+    #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG", hide = true)]
     keep_cni_config: bool,
     /// Directory with `tls.crt`, `tls.key` and `ca.crt` for mutual TLS on the node-to-node API
     /// (e.g. a mounted Secret; without `tls.crt` in it the wire runs without TLS).
@@ -77,6 +82,49 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// `meshnetd uninstall`: removes meshnet from this node's CNI chain for good — its own
+/// `00-meshnet.conflist` and `meshnet` binary, nothing else. `make uninstall` runs it on every node
+/// (manifests/uninstall) after the DaemonSet is gone.
+#[derive(Debug, Parser)]
+#[command(name = "meshnetd uninstall")]
+struct UninstallArgs {
+    /// The CNI conf dir that holds `00-meshnet.conflist`.
+    #[arg(long, env = "MESHNET_CNI_CONF_DIR", default_value = meshnet_daemon::install::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The CNI bin dir that holds the `meshnet` plugin.
+    #[arg(long, env = "MESHNET_CNI_BIN_DIR", default_value = meshnet_daemon::install::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// After removing, keep running until SIGTERM/SIGINT (a DaemonSet's container cannot
+    /// complete; the removal itself is done by then).
+    #[arg(long)]
+    hold: bool,
+}
+
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let cfg = meshnet_daemon::install::InstallConfig::new(
+        &args.cni_conf_dir,
+        &args.cni_bin_dir,
+        PathBuf::new(),
+    );
+    let report =
+        meshnet_daemon::install::uninstall(&cfg).context("removing meshnet's CNI files")?;
+    if report.removed.is_empty() {
+        println!(
+            "meshnet is not installed in {} / {}: nothing to remove",
+            cfg.conf_dir.display(),
+            cfg.bin_dir.display()
+        );
+    }
+    for p in &report.removed {
+        println!("removed {}", p.display());
+    }
+    if args.hold {
+        shutdown.await;
+    }
+    Ok(())
 }
 
 fn bind_unix(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
@@ -114,6 +162,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // A subcommand by hand rather than clap's: the daemon's required options come from the
+    // DaemonSet's environment, which clap would also demand of `uninstall`.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("uninstall")) {
+        return uninstall(UninstallArgs::parse_from(std::env::args_os().skip(1))).await;
+    }
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
     let design = meshnet_daemon::gwire::WireDesign {
@@ -188,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
         host_intf: args.host_intf.filter(|s| !s.is_empty()),
         wire_port: args.wire_addr.port(),
         install,
-        keep_cni_config: args.keep_cni_config,
+        keep_cni_config: args.keep_cni_config || !args.remove_cni_config_on_exit,
         wire_tls: match &args.wire_tls_dir {
             Some(d) => meshnet_daemon::gwire::WireTls::load(d)
                 .with_context(|| format!("reading the wire TLS files in {}", d.display()))?,

@@ -127,6 +127,18 @@ fn ports(c: &Value) -> Vec<(Option<&str>, i64)> {
         .collect()
 }
 
+/// Container `c` mounts the node's CNI dirs at the paths its env tells meshnetd.
+fn check_cni_mounts(c: &Value) {
+    assert_eq!(
+        s(mount(c, "cni-dir"), &["mountPath"]),
+        Some(env_value(c, "MESHNET_CNI_CONF_DIR"))
+    );
+    assert_eq!(
+        s(mount(c, "cni-bin"), &["mountPath"]),
+        Some(env_value(c, "MESHNET_CNI_BIN_DIR"))
+    );
+}
+
 /// What every rendering must satisfy.
 fn check_common(docs: &[Value]) {
     for kind in [
@@ -233,14 +245,7 @@ fn check_common(docs: &[Value]) {
     );
 
     // The installer writes where the volumes put the node's CNI directories.
-    assert_eq!(
-        s(mount(c, "cni-dir"), &["mountPath"]),
-        Some(env_value(c, "MESHNET_CNI_CONF_DIR"))
-    );
-    assert_eq!(
-        s(mount(c, "cni-bin"), &["mountPath"]),
-        Some(env_value(c, "MESHNET_CNI_BIN_DIR"))
-    );
+    check_cni_mounts(c);
     assert_eq!(host_path(pod, "cni-dir"), "/etc/cni/net.d");
     // The socket is in the directory shared with the node, where the plugin dials it.
     let socket = Path::new(env_value(c, "MESHNET_SOCKET"));
@@ -376,4 +381,66 @@ fn kops_overlay_moves_the_cni_bin_dir() {
         "patched in place, not added"
     );
     assert_eq!(env_value(c, "INTER_NODE_LINK_TYPE"), "VXLAN");
+}
+
+#[test]
+fn a_rollout_keeps_the_chain_and_the_cleanup_removes_it_on_every_node() {
+    let Some(base) = render("manifests/base") else {
+        return;
+    };
+    let (base_pod, c) = daemon(&base);
+    // A rollout SIGTERMs meshnetd: it must keep 00-meshnet.conflist (its default).
+    assert!(by_name(seq(c, &["env"]), "MESHNET_REMOVE_CNI_CONFIG_ON_EXIT").is_empty());
+    let Some(docs) = render("manifests/uninstall") else {
+        return;
+    };
+    let ds = one(&docs, "DaemonSet");
+    assert_eq!(s(ds, &["metadata", "namespace"]), Some("meshnet"));
+    let pod = get(ds, &["spec", "template", "spec"]).expect("pod spec");
+    assert_eq!(
+        get(pod, &["hostNetwork"]).and_then(Value::as_bool),
+        Some(true),
+        "on the pod network its own sandbox would go through the meshnet chain it removes"
+    );
+    assert!(
+        seq(pod, &["tolerations"])
+            .iter()
+            .any(|t| s(t, &["operator"]) == Some("Exists")),
+        "every node, tainted ones included"
+    );
+    let init = seq(pod, &["initContainers"]);
+    assert_eq!(init.len(), 1, "the removal gates readiness");
+    let commands: Vec<Vec<&str>> = init
+        .iter()
+        .chain(seq(pod, &["containers"]))
+        .map(|c| {
+            seq(c, &["command"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            vec!["/usr/local/bin/meshnetd", "uninstall"],
+            vec!["/usr/local/bin/meshnetd", "uninstall", "--hold"]
+        ]
+    );
+    // The same node directories as the DaemonSet that installed, at the paths the env names.
+    for vol in ["cni-dir", "cni-bin"] {
+        assert_eq!(host_path(pod, vol), host_path(base_pod, vol), "{vol}");
+    }
+    for c in init.iter().chain(seq(pod, &["containers"])) {
+        check_cni_mounts(c);
+        assert_eq!(
+            s(c, &["image"]),
+            s(
+                get(base_pod, &["containers"])
+                    .and_then(|cs| cs.get(0))
+                    .expect("base container"),
+                &["image"]
+            )
+        );
+    }
 }
