@@ -4,7 +4,8 @@
 # ethtool, jq, nftables (the gRPC lab blocks VXLAN with it), curl + openssl + xz-utils (the test
 # API server), python3 (raw-frame tests), podman + runc (the image test), prometheus (promtool and
 # the scrape test), frr (routers in lab pods: OSPF/BFD tests), containerd (the CRI test drives a
-# real runtime), protobuf-compiler (the CRI client's build script compiles the CRI protos). Needs root (the lab makes network namespaces anyway).
+# real runtime), protobuf-compiler (the CRI client's build script compiles the CRI protos), file (the static
+# plugin test). Needs root (the lab makes network namespaces anyway).
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
@@ -25,6 +26,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 [[ -x /usr/lib/frr/zebra ]] || need+=(frr)
 command -v containerd >/dev/null || need+=(containerd)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v file >/dev/null || need+=(file)
 if ((${#need[@]} == 0)); then
   exit 0
 fi
