@@ -27,8 +27,8 @@ struct Args {
         default_value = "/run/meshnet/meshnetd.sock"
     )]
     socket: PathBuf,
-    /// Address for /metrics, /healthz and /readyz ("" disables).
-    #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "0.0.0.0:51112")]
+    /// Address for /metrics, /healthz and /readyz ("" disables). `[::]` also accepts IPv4.
+    #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "[::]:51112")]
     http_addr: String,
     /// Topology store: `kube` (in-cluster config or KUBECONFIG) or `file:DIR`.
     #[arg(long, env = "MESHNET_STORE")]
@@ -43,7 +43,8 @@ struct Args {
     #[arg(long, env = "HOST_INTF")]
     host_intf: Option<String>,
     /// Listen address of the node-to-node gRPC wire (used with INTER_NODE_LINK_TYPE=GRPC).
-    #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "0.0.0.0:51111")]
+    /// `[::]` also accepts IPv4.
+    #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "[::]:51111")]
     wire_addr: SocketAddr,
     /// Streams per peer node (each its own HTTP/2 connection); default: one per core, at most 4.
     /// Must be the same on every node.
@@ -200,16 +201,11 @@ async fn main() -> anyhow::Result<()> {
         None
     } else {
         let addr: SocketAddr = args.http_addr.parse().context("--http-addr")?;
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        )
+        Some(meshnet_daemon::http::bind_tcp(addr).with_context(|| format!("binding {addr}"))?)
     };
     let wire = if args.inter_node_link_type == InterNodeLink::Grpc {
         Some(
-            tokio::net::TcpListener::bind(args.wire_addr)
-                .await
+            meshnet_daemon::http::bind_tcp(args.wire_addr)
                 .with_context(|| format!("binding the wire port {}", args.wire_addr))?,
         )
     } else {

@@ -345,7 +345,7 @@ fn grpc_link_overlay_switches_the_link_type_by_name() {
     let (pod, c) = daemon(&docs);
     // Replaced, not appended: exactly one entry (env() asserts that), and it says GRPC.
     assert_eq!(env_value(c, "INTER_NODE_LINK_TYPE"), "GRPC");
-    assert_eq!(env_value(c, "MESHNET_WIRE_ADDR"), "0.0.0.0:51111");
+    assert_eq!(env_value(c, "MESHNET_WIRE_ADDR"), "[::]:51111");
     assert!(ports(c).contains(&(Some("wire"), 51111)), "{:?}", ports(c));
     // Mutual TLS material, optional.
     let tls = mount(c, "wire-tls");

@@ -587,7 +587,7 @@ impl Lab {
             .args(["--node-name", &node.name, "--host-ip", &node.ip])
             .arg("--socket")
             .arg(&node.socket)
-            .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")]);
+            .args(["--http-addr", &format!("[::]:{HTTP_PORT}")]);
         if st.wire_tls {
             cmd.arg("--wire-tls-dir").arg(ndir.join("tls"));
         }
