@@ -68,6 +68,16 @@ struct Args {
     /// The `meshnet` plugin binary to copy (default: next to meshnetd).
     #[arg(long, env = "MESHNET_CNI_BINARY")]
     cni_binary: Option<PathBuf>,
+    /// The plugin's log file, written as `log_file` into meshnet's conflist entry (default: the
+    /// plugin's own, /var/log/meshnet-cni.log on the node).
+    #[arg(long, env = "MESHNET_CNI_LOG_FILE", value_parser = absolute_path)]
+    cni_log_file: Option<PathBuf>,
+    /// Bound on one plugin→daemon call in seconds (1-3600), written as `timeout_seconds` into
+    /// meshnet's conflist entry (default: the plugin's own, 120). The plugin waits up to half of
+    /// it for an absent daemon.
+    #[arg(long, env = "MESHNET_CNI_TIMEOUT_SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    cni_timeout_seconds: Option<u64>,
     /// Remove the CNI config and binary when meshnetd exits. Default: keep them, so that a
     /// restart or a DaemonSet rollout loses no pod (the plugin waits for the daemon, then answers
     /// "try again later" and the runtime retries). `meshnetd uninstall` removes them for good.
@@ -83,6 +93,16 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// A path the plugin can use wherever it runs: absolute.
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} is not an absolute path"))
+    }
 }
 
 /// `meshnetd uninstall`: removes meshnet from this node's CNI chain for good — its own
@@ -222,9 +242,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut cfg =
                 meshnet_daemon::install::InstallConfig::new(conf, &args.cni_bin_dir, binary);
-            if args.socket != std::path::Path::new("/run/meshnet/meshnetd.sock") {
-                cfg.plugin = meshnet_daemon::install::meshnet_plugin(Some(&args.socket));
-            }
+            cfg.plugin =
+                meshnet_daemon::install::meshnet_plugin(&meshnet_daemon::install::PluginOptions {
+                    // The plugin's default needs no key.
+                    daemon_socket: Some(args.socket.clone())
+                        .filter(|s| s != std::path::Path::new("/run/meshnet/meshnetd.sock")),
+                    log_file: args.cni_log_file.clone(),
+                    timeout_seconds: args.cni_timeout_seconds,
+                });
             Some(cfg)
         }
     };

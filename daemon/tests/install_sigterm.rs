@@ -229,3 +229,53 @@ fn uninstall_hold_removes_then_waits_for_sigterm() {
     assert!(hold.try_wait().unwrap().is_none(), "--hold keeps running");
     sigterm(&mut hold);
 }
+
+#[test]
+fn the_plugins_log_file_and_timeout_come_from_meshnetd_flags() {
+    let node = Node::new();
+    let mut d = start(
+        node.dir.path(),
+        &[
+            "--cni-log-file",
+            "/var/log/meshnet/cni.log",
+            "--cni-timeout-seconds",
+            "30",
+        ],
+    );
+    node.wait_installed();
+    sigterm(&mut d);
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.ours()).unwrap()).unwrap();
+    let entry = v["plugins"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(entry["type"], "meshnet");
+    assert_eq!(entry["log_file"], "/var/log/meshnet/cni.log");
+    assert_eq!(entry["timeout_seconds"], 30);
+    assert_eq!(
+        entry["daemon_socket"],
+        node.dir.path().join("meshnetd.sock").display().to_string(),
+        "a socket other than the plugin's default is written too"
+    );
+
+    // Values the plugin would refuse are refused here, naming the flag.
+    for (flag, value) in [
+        ("--cni-timeout-seconds", "0"),
+        ("--cni-timeout-seconds", "3601"),
+        ("--cni-log-file", "relative.log"),
+    ] {
+        let out = Command::new(meshnetd())
+            .args([
+                "--node-name",
+                "n1",
+                "--host-ip",
+                "192.0.2.1",
+                "--store",
+                "file:/nonexistent",
+            ])
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
