@@ -53,6 +53,10 @@ enum Cmd {
         /// cniVersion of the node's conflist.
         #[arg(long, default_value = "0.3.1")]
         cni_version: String,
+        /// The pods' eth0 network, split among the nodes; link addresses of the topology may
+        /// not overlap it.
+        #[arg(long, default_value = lab::DEFAULT_POD_CIDR)]
+        pod_cidr: ipnet::Ipv4Net,
     },
     /// Run a command inside a pod's network namespace.
     Exec {
@@ -199,6 +203,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             underlay_mtu,
             kubeconfig,
             wire_tls,
+            pod_cidr,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -210,6 +215,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 underlay_mtu,
                 kubeconfig,
                 wire_tls,
+                pod_cidr,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;
