@@ -31,6 +31,7 @@ pub mod plan;
 mod pollfd;
 pub mod reconcile;
 pub mod tapio;
+pub mod underlay;
 pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
@@ -88,6 +89,8 @@ pub struct Config {
     pub inter_node_link: InterNodeLink,
     /// Underlay interface for VXLAN (`HOST_INTF`); default: the one that holds `host_ip`.
     pub host_intf: Option<String>,
+    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none.
+    pub default_mtu: Option<u32>,
     /// Port peers' wire servers listen on (all nodes use the same).
     pub wire_port: u16,
     /// Streams (each its own HTTP/2 connection) per peer node; must be equal on all nodes.
@@ -151,17 +154,20 @@ pub async fn run(
     if let Some(w) = &wire {
         tokio::spawn(Arc::clone(w).account_loop());
     }
-    let reconciler = Arc::new(Reconciler::new(
-        NodeIdentity {
-            name: config.node_name.clone(),
-            ip: config.host_ip,
-        },
-        store,
-        ops,
-        config.inter_node_link,
-        config.host_intf.clone(),
-        wire.clone(),
-    ));
+    let reconciler = Arc::new(
+        Reconciler::new(
+            NodeIdentity {
+                name: config.node_name.clone(),
+                ip: config.host_ip,
+            },
+            store,
+            ops,
+            config.inter_node_link,
+            config.host_intf.clone(),
+            wire.clone(),
+        )
+        .with_default_mtu(config.default_mtu),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -39,9 +39,16 @@ struct Args {
     /// How cross-node links are carried: VXLAN or GRPC.
     #[arg(long, env = "INTER_NODE_LINK_TYPE", default_value = "VXLAN")]
     inter_node_link_type: InterNodeLink,
-    /// Underlay interface for VXLAN links (default: the interface that holds --host-ip).
+    /// Underlay interface of the node's links (default: the interface that holds --host-ip).
+    /// When it does not hold --host-ip, its own address becomes the node's link address: the
+    /// VXLAN source and the `src_ip` peers send to (a dedicated data NIC).
     #[arg(long, env = "HOST_INTF")]
     host_intf: Option<String>,
+    /// MTU of every link that declares none (default: VXLAN links get the underlay's MTU less
+    /// the encapsulation, others 1500). Refused at start if VXLAN cannot carry it.
+    #[arg(long, env = "MESHNET_DEFAULT_MTU",
+          value_parser = clap::value_parser!(u32).range(68..=65535))]
+    default_mtu: Option<u32>,
     /// Listen address of the node-to-node gRPC wire (used with INTER_NODE_LINK_TYPE=GRPC).
     /// `[::]` also accepts IPv4.
     #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "[::]:51111")]
@@ -93,6 +100,34 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// The node's link address (see `meshnet_daemon::underlay`): `host_ip`, or with `host_intf`
+/// an address of that interface; and a default MTU checked against the underlay.
+fn link_address(
+    host_ip: IpAddr,
+    host_intf: Option<&str>,
+    default_mtu: Option<u32>,
+    link: InterNodeLink,
+) -> anyhow::Result<IpAddr> {
+    use meshnet_daemon::underlay;
+    let mut addr = host_ip;
+    if let Some(name) = host_intf {
+        let intf = underlay::read_interface(Some(name), host_ip)?;
+        addr = underlay::link_address(host_ip, &intf)?;
+        if addr != host_ip {
+            tracing::info!(host_intf = name, %host_ip, link_address = %addr,
+                "HOST_INTF does not hold HOST_IP: the node's links use its address");
+        }
+    }
+    if let Some(mtu) = default_mtu {
+        match underlay::read_interface(host_intf, addr) {
+            Ok(intf) => underlay::check_default_mtu(mtu, link, &intf, addr)?,
+            // Per-link checks still refuse a VXLAN link that does not fit.
+            Err(e) => tracing::warn!(error = %e, "MESHNET_DEFAULT_MTU not checked at start"),
+        }
+    }
+    Ok(addr)
 }
 
 /// A path the plugin can use wherever it runs: absolute.
@@ -216,6 +251,14 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     meshnet_daemon::metrics_desc::describe();
+    // Before any socket is bound: a refused underlay leaves nothing behind.
+    let host_intf = args.host_intf.clone().filter(|s| !s.is_empty());
+    let host_ip = link_address(
+        args.host_ip,
+        host_intf.as_deref(),
+        args.default_mtu,
+        args.inter_node_link_type,
+    )?;
     let local = bind_unix(&args.socket)?;
     let http = if args.http_addr.is_empty() {
         None
@@ -255,11 +298,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = Config {
         node_name: args.node_name,
-        host_ip: args.host_ip,
+        host_ip,
+        default_mtu: args.default_mtu,
         store: args.store,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         inter_node_link: args.inter_node_link_type,
-        host_intf: args.host_intf.filter(|s| !s.is_empty()),
+        host_intf,
         wire_port: args.wire_addr.port(),
         install,
         keep_cni_config: args.keep_cni_config || !args.remove_cni_config_on_exit,

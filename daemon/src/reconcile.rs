@@ -155,6 +155,8 @@ pub struct Reconciler {
     host_intf: Option<String>,
     /// The gRPC wire, when `inter_node` is GRPC.
     wire: Option<Arc<WireNode>>,
+    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none.
+    default_mtu: Option<u32>,
     memo: Mutex<Memo>,
 }
 
@@ -191,8 +193,16 @@ impl Reconciler {
             inter_node,
             host_intf,
             wire,
+            default_mtu: None,
             memo: Mutex::new(Memo::default()),
         }
+    }
+
+    /// Links that declare no MTU get `mtu` (see [`crate::underlay::apply_default_mtu`]).
+    #[must_use]
+    pub fn with_default_mtu(mut self, mtu: Option<u32>) -> Self {
+        self.default_mtu = mtu;
+        self
     }
 
     pub fn node(&self) -> &NodeIdentity {
@@ -234,6 +244,15 @@ impl Reconciler {
     /// Turns the pure plan into work for this node: applies the inter-node link type, the
     /// underlay, node interfaces for macvlan and the VNI uniqueness rule. Parallel to `plans`.
     async fn resolve(&self, plans: &[PodPlan]) -> Vec<Vec<Work>> {
+        let mut defaulted = Vec::new();
+        let plans = match self.default_mtu {
+            Some(mtu) => {
+                defaulted.extend_from_slice(plans);
+                crate::underlay::apply_default_mtu(&mut defaulted, mtu);
+                &defaulted[..]
+            }
+            None => plans,
+        };
         let mut underlay: Option<Result<NodeIface, String>> = None;
         let mut parents: HashMap<String, Result<NodeIface, String>> = HashMap::new();
         let mut out = Vec::with_capacity(plans.len());

@@ -674,19 +674,31 @@ impl Lab {
                 .context("starting the API server proxy")?;
             st.nodes[i].proxy_pid = Some(i32::try_from(proxy.id()).context("pid")?);
         }
-        // The daemon outlives this command; it is stopped by `down`.
-        drop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = child;
         while !st.nodes[i].socket.exists() {
-            if Instant::now() > deadline || kill(Pid::from_raw(pid), None).is_err() {
+            // try_wait reaps a daemon that exited at once (a zombie would still answer kill 0).
+            if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+                let log = ndir.join("meshnetd.log");
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                // The daemon's own error line (anyhow prints "Error: ..."), else the last line.
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("Error: "))
+                    .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default();
                 bail!(
-                    "meshnetd on {} did not come up; see {}",
+                    "meshnetd on {} did not come up; see {}{last}",
                     st.nodes[i].name,
-                    ndir.join("meshnetd.log").display()
+                    log.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The daemon outlives this command; it is stopped by `down`.
+        drop(child);
         Ok(())
     }
 
