@@ -4,7 +4,8 @@
 //! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`; `down` removes exactly the
 //! namespaces the lab recorded as its own, never by prefix — `mnl-L-` is also the start of every
 //! name of a lab `L-x`):
-//! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i);
+//! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i; with
+//!   `--underlay ipv6`, 2001:db8::/64, node i = 2001:db8::i, and that is each daemon's HOST_IP);
 //! * `mnl-L-ext` — a segment outside the cluster: a bridge that every node's `eth0` is on, with
 //!   one "external device" at 192.0.2.254 (what `peer_pod: localhost` macvlan links reach);
 //! * `mnl-L-nodeI` — node namespaces, each with `ul0` on the underlay, a daemon, and the host ends
@@ -45,6 +46,38 @@ use crate::sys;
 
 /// Underlay network of the lab's nodes (TEST-NET-2).
 const UNDERLAY_PREFIX: &str = "198.51.100";
+/// The IPv6 underlay (`--underlay ipv6`): documentation space, node i = `2001:db8::i`.
+const UNDERLAY6_PREFIX: &str = "2001:db8::";
+
+/// The address family of the lab's underlay (the nodes' `HOST_IP`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underlay {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl std::str::FromStr for Underlay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" => Ok(Underlay::Ipv4),
+            "ipv6" => Ok(Underlay::Ipv6),
+            _ => Err(format!("underlay {s:?}: want ipv4 or ipv6")),
+        }
+    }
+}
+
+impl Underlay {
+    /// Node `i`'s underlay address and its prefix length.
+    fn node_address(self, i: usize) -> (String, u8) {
+        match self {
+            Underlay::Ipv4 => (format!("{UNDERLAY_PREFIX}.{i}"), 24),
+            Underlay::Ipv6 => (format!("{UNDERLAY6_PREFIX}{i:x}"), 64),
+        }
+    }
+}
 /// The segment outside the cluster that every node's `eth0` is on (TEST-NET-1), and the address
 /// of the device that stands for the outside world on it.
 pub const EXTERNAL_NET: &str = "192.0.2.0/24";
@@ -115,6 +148,9 @@ pub struct LabState {
     /// The pod (eth0) network, split among the nodes.
     #[serde(default = "default_pod_cidr")]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// The underlay's address family.
+    #[serde(default)]
+    pub underlay: Underlay,
 }
 
 fn default_pod_cidr() -> ipnet::Ipv4Net {
@@ -144,6 +180,8 @@ pub struct UpOptions {
     pub wire_tls: bool,
     /// The pod (eth0) network, split among the nodes ([`DEFAULT_POD_CIDR`] by default).
     pub pod_cidr: ipnet::Ipv4Net,
+    /// The underlay's address family (the nodes' `HOST_IP`).
+    pub underlay: Underlay,
 }
 
 /// In which order pods are started.
@@ -442,6 +480,7 @@ impl Lab {
             pods: Vec::new(),
             wire_tls: opts.wire_tls,
             pod_cidr: opts.pod_cidr,
+            underlay: opts.underlay,
             store: match &opts.kubeconfig {
                 None => LabStore::File,
                 Some(k) => LabStore::Kube {
@@ -560,17 +599,15 @@ impl Lab {
             sys::run(&[
                 "ip", "-n", &ul, "link", "set", &ul_end, "mtu", &mtu_s, "master", "br0", "up",
             ])?;
-            let ip = format!("{UNDERLAY_PREFIX}.{i}");
-            sys::run(&[
-                "ip",
-                "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "ul0",
-            ])?;
+            let (ip, plen) = st.underlay.node_address(i);
+            // nodad: an IPv6 address is usable at once, not after duplicate address detection
+            // (the daemon binds and peers connect right away); the lab assigns them uniquely.
+            let cidr = format!("{ip}/{plen}");
+            let mut add = vec!["ip", "-n", &netns, "addr", "add", &cidr, "dev", "ul0"];
+            if st.underlay == Underlay::Ipv6 {
+                add.push("nodad");
+            }
+            sys::run(&add)?;
             sys::run(&[
                 "ip", "-n", &netns, "link", "set", "ul0", "mtu", &mtu_s, "up",
             ])?;

@@ -57,6 +57,10 @@ enum Cmd {
         /// not overlap it.
         #[arg(long, default_value = lab::DEFAULT_POD_CIDR)]
         pod_cidr: ipnet::Ipv4Net,
+        /// Address family of the underlay between nodes (the daemons' HOST_IP): ipv4
+        /// (198.51.100.0/24) or ipv6 (2001:db8::/64).
+        #[arg(long, default_value = "ipv4")]
+        underlay: lab::Underlay,
     },
     /// Run a command inside a pod's network namespace.
     Exec {
@@ -204,6 +208,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             kubeconfig,
             wire_tls,
             pod_cidr,
+            underlay,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -216,6 +221,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 kubeconfig,
                 wire_tls,
                 pod_cidr,
+                underlay,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;
