@@ -17,7 +17,7 @@ IMAGE_CONTEXT := target/image-context
 MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
 
 .PHONY: all build deps demo lab lab-down test fmt clippy fuzz soak \
-	up down docker install uninstall e2e crdgen bench
+	up down docker install upgrade uninstall e2e crdgen bench
 
 all: build
 
@@ -78,6 +78,20 @@ install:
 	$(KIND) load image-archive target/meshnet-image.tar --name $(CLUSTER)
 	$(KUBECTL) apply -k $(MANIFESTS)
 	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=180s
+
+## upgrade: replace a running Go/KNE meshnet (or an older meshnet) in place. Our DaemonSet
+## selector and RBAC names are the Go manifests', so `kubectl apply` rolls the old DaemonSet over
+## and replaces its wildcard ClusterRole in place. A DaemonSet whose selector still differs (an
+## early meshnet-rs install) is deleted with its pods orphaned, re-created, and the orphans that
+## the new selector does not adopt are deleted. The Go manifests' ClusterIP Service goes.
+upgrade:
+	@$(KUBECTL) apply -k $(MANIFESTS) || { \
+		echo "upgrade: the DaemonSet's selector differs; replacing the DaemonSet"; \
+		$(KUBECTL) -n meshnet delete daemonset meshnet --cascade=orphan && \
+		$(KUBECTL) apply -k $(MANIFESTS) && \
+		$(KUBECTL) -n meshnet delete pod -l 'app=meshnet,!name' --ignore-not-found; }
+	$(KUBECTL) -n meshnet delete service meshnet --ignore-not-found
+	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=300s
 
 ## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster. meshnetd
 ## keeps the node's chain across a SIGTERM (a rollout), so the DaemonSet goes first (foreground:

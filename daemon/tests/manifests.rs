@@ -444,3 +444,61 @@ fn a_rollout_keeps_the_chain_and_the_cleanup_removes_it_on_every_node() {
         );
     }
 }
+
+/// What the Go meshnet's and KNE's manifests install (their rendered DaemonSet selector, and the
+/// names of their wildcard role and its binding): facts from those projects' manifests, which
+/// an in-place upgrade applies over.
+const GO_DAEMONSET_SELECTOR: [(&str, &str); 2] = [("app", "meshnet"), ("name", "meshnet")];
+const GO_CLUSTER_ROLE: &str = "meshnet-clusterrole";
+const GO_CLUSTER_ROLE_BINDING: &str = "meshnet-clusterrolebinding";
+
+#[test]
+fn manifests_apply_in_place_over_the_go_and_kne_meshnet() {
+    for dir in [
+        "manifests/base",
+        "manifests/overlays/grpc-link",
+        "manifests/overlays/kops",
+    ] {
+        let Some(docs) = render(dir) else {
+            return;
+        };
+        let ds = one(&docs, "DaemonSet");
+        assert_eq!(s(ds, &["metadata", "name"]), Some("meshnet"), "{dir}");
+        assert_eq!(s(ds, &["metadata", "namespace"]), Some("meshnet"), "{dir}");
+        // The selector is immutable: it must equal theirs exactly, or `kubectl apply` fails.
+        let selector = get(ds, &["spec", "selector", "matchLabels"])
+            .and_then(Value::as_mapping)
+            .expect("matchLabels");
+        let mut got: Vec<(&str, &str)> = selector
+            .iter()
+            .map(|(k, v)| (k.as_str().expect("key"), v.as_str().expect("value")))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, GO_DAEMONSET_SELECTOR, "{dir}: selector");
+        assert!(
+            get(ds, &["spec", "selector", "matchExpressions"]).is_none(),
+            "{dir}"
+        );
+        // The pods carry the selector's labels (or the DaemonSet is refused).
+        for (k, v) in GO_DAEMONSET_SELECTOR {
+            assert_eq!(
+                s(ds, &["spec", "template", "metadata", "labels", k]),
+                Some(v),
+                "{dir}: pod label {k}"
+            );
+        }
+        // Same names as their role and binding: applied over them, our least-privilege rules
+        // replace the wildcard ones (check_rbac: no "*"), and no second binding is left.
+        let roles = objects(&docs, "ClusterRole");
+        assert_eq!(roles.len(), 1, "{dir}");
+        assert_eq!(s(roles[0], &["metadata", "name"]), Some(GO_CLUSTER_ROLE));
+        let binding = one(&docs, "ClusterRoleBinding");
+        assert_eq!(
+            s(binding, &["metadata", "name"]),
+            Some(GO_CLUSTER_ROLE_BINDING)
+        );
+        // roleRef is immutable too: it must name the same role as theirs.
+        assert_eq!(s(binding, &["roleRef", "name"]), Some(GO_CLUSTER_ROLE));
+        check_rbac(&docs);
+    }
+}
