@@ -279,3 +279,55 @@ fn the_plugins_log_file_and_timeout_come_from_meshnetd_flags() {
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
 }
+
+/// The rollout, end to end with the real binaries: meshnetd is SIGTERMed, a pod's ADD arrives
+/// through the chain it left in place, the next meshnetd comes up a second later — and the ADD,
+/// waiting for it, succeeds instead of leaving the pod without its links.
+#[test]
+fn an_add_during_a_daemon_restart_is_served_by_the_next_daemon() {
+    let node = Node::new();
+    let mut d = start(node.dir.path(), &[]);
+    node.wait_installed();
+    sigterm(&mut d);
+
+    // The runtime's view: the meshnet entry of the conflist meshnetd left, as libcni feeds it.
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.ours()).unwrap()).unwrap();
+    let mut conf = list["plugins"].as_array().unwrap().last().unwrap().clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    conf["prevResult"] = serde_json::json!({"cniVersion": "0.3.1", "interfaces": [], "ips": []});
+    conf["log_file"] = serde_json::json!(node.dir.path().join("cni.log"));
+    let mut plugin = Command::new(node.bin())
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c0ffee")
+        // A real network namespace the daemon can check; the pod has no Topology, so nothing
+        // is built in it.
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", node.dir.path().join("bin"))
+        .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=r2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(plugin.stdin.as_mut().unwrap(), conf.to_string().as_bytes()).unwrap();
+    drop(plugin.stdin.take());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        plugin.try_wait().unwrap().is_none(),
+        "the plugin waits for the daemon instead of failing at once"
+    );
+    let mut d = start(node.dir.path(), &[]);
+    let out = plugin.wait_with_output().unwrap();
+    sigterm(&mut d);
+    assert!(
+        out.status.success(),
+        "ADD after the restart: {out:?}\n{}",
+        std::fs::read_to_string(node.dir.path().join("cni.log")).unwrap_or_default()
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["cniVersion"], "0.3.1", "{result}");
+}
