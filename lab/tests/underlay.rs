@@ -1,6 +1,7 @@
 //! The node-wide default link MTU (`MESHNET_DEFAULT_MTU`) on real daemons: links that declare no
 //! MTU get it, and a value the VXLAN underlay cannot carry stops the daemon at start, with the
-//! numbers. (How `HOST_INTF` picks the link address is unit-tested in `meshnet_daemon::underlay`.)
+//! numbers; and `HOST_INTF` naming a second NIC moves the VXLAN links onto it (the choice itself
+//! is unit-tested in `meshnet_daemon::underlay`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -64,5 +65,45 @@ fn a_default_mtu_vxlan_cannot_carry_is_refused_with_the_numbers() {
              50 bytes, so at most 1450"
         ),
         "{err}"
+    );
+}
+
+/// `HOST_INTF` naming a second NIC that does not hold `HOST_IP` (each node's `eth0`, on the
+/// lab's outside segment, given an address here): the daemons use its address as the VXLAN
+/// source and as the `src_ip` their peers send to, so the link rides that NIC.
+#[test]
+fn host_intf_moves_vxlan_onto_a_second_nic() {
+    let lab = LabGuard::new("nodes-hif");
+    lab.ok(&["up", &topo("2node.yml"), "--nodes", "2"]);
+    for n in 1..=2 {
+        let ns = format!("mnl-{}-node{n}", lab.name);
+        let ok = Command::new("ip")
+            .args(["-n", &ns, "addr", "add", &format!("192.0.2.{}/24", 10 + n)])
+            .args(["dev", "eth0", "nodad"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        lab.ok(&["daemon", &format!("node{n}"), "stop"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_meshnet-lab"))
+            .args(["--lab", &lab.name, "daemon", &format!("node{n}"), "start"])
+            .env("HOST_INTF", "eth0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}\n{}", lab.logs());
+    }
+    // New sandboxes: their ADDs record the new node addresses, and the link follows.
+    for pod in ["r1", "r2"] {
+        lab.ok(&["restart", pod, "--timeout", "30"]);
+    }
+    lab.ok(&["verify"]);
+    let r1 = format!("mnl-{}-default-r1-2", lab.name);
+    let out = Command::new("ip")
+        .args(["-n", &r1, "-d", "-o", "link", "show", "eth1"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains(" remote 192.0.2.12 ") && line.contains(" local 192.0.2.11 "),
+        "r1's VXLAN end does not ride eth0: {line}"
     );
 }
