@@ -154,20 +154,18 @@ pub async fn run(
     if let Some(w) = &wire {
         tokio::spawn(Arc::clone(w).account_loop());
     }
-    let reconciler = Arc::new(
-        Reconciler::new(
-            NodeIdentity {
-                name: config.node_name.clone(),
-                ip: config.host_ip,
-            },
-            store,
-            ops,
-            config.inter_node_link,
-            config.host_intf.clone(),
-            wire.clone(),
-        )
-        .with_default_mtu(config.default_mtu),
-    );
+    let reconciler = Arc::new(Reconciler::new(
+        NodeIdentity {
+            name: config.node_name.clone(),
+            ip: config.host_ip,
+        },
+        store,
+        ops,
+        config.inter_node_link,
+        config.host_intf.clone(),
+        wire.clone(),
+    ));
+    reconciler.set_default_mtu(config.default_mtu);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -155,8 +155,8 @@ pub struct Reconciler {
     host_intf: Option<String>,
     /// The gRPC wire, when `inter_node` is GRPC.
     wire: Option<Arc<WireNode>>,
-    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none.
-    default_mtu: Option<u32>,
+    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none (set once, at start).
+    default_mtu: std::sync::OnceLock<u32>,
     memo: Mutex<Memo>,
 }
 
@@ -193,16 +193,17 @@ impl Reconciler {
             inter_node,
             host_intf,
             wire,
-            default_mtu: None,
+            default_mtu: std::sync::OnceLock::new(),
             memo: Mutex::new(Memo::default()),
         }
     }
 
-    /// Links that declare no MTU get `mtu` (see [`crate::underlay::apply_default_mtu`]).
-    #[must_use]
-    pub fn with_default_mtu(mut self, mtu: Option<u32>) -> Self {
-        self.default_mtu = mtu;
-        self
+    /// Links that declare no MTU get `mtu` (see [`crate::underlay::apply_default_mtu`]). A
+    /// node-wide setting: only the first call counts.
+    pub fn set_default_mtu(&self, mtu: Option<u32>) {
+        if let Some(m) = mtu {
+            let _ = self.default_mtu.set(m);
+        }
     }
 
     pub fn node(&self) -> &NodeIdentity {
@@ -245,7 +246,7 @@ impl Reconciler {
     /// underlay, node interfaces for macvlan and the VNI uniqueness rule. Parallel to `plans`.
     async fn resolve(&self, plans: &[PodPlan]) -> Vec<Vec<Work>> {
         let mut defaulted = Vec::new();
-        let plans = match self.default_mtu {
+        let plans = match self.default_mtu.get().copied() {
             Some(mtu) => {
                 defaulted.extend_from_slice(plans);
                 crate::underlay::apply_default_mtu(&mut defaulted, mtu);
