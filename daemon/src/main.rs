@@ -221,7 +221,8 @@ async fn main() -> anyhow::Result<()> {
     // A subcommand by hand rather than clap's: the daemon's required options come from the
     // DaemonSet's environment, which clap would also demand of `uninstall`.
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("uninstall")) {
-        return uninstall(UninstallArgs::parse_from(std::env::args_os().skip(1))).await;
+        let argv = std::iter::once("meshnetd uninstall".into()).chain(std::env::args_os().skip(2));
+        return uninstall(UninstallArgs::parse_from(argv)).await;
     }
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
