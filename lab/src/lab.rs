@@ -1,9 +1,9 @@
 //! The lab: nodes and pods as network namespaces, one real `meshnetd` per node, and the real
 //! CNI chain (reference plugins from the machine, then `meshnet`) run for every pod.
 //!
-//! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`; `down` removes exactly the
-//! namespaces the lab recorded as its own, never by prefix — `mnl-L-` is also the start of every
-//! name of a lab `L-x`):
+//! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`; `down` removes the
+//! namespaces the lab recorded as its own, and others with its prefix only when no lab that is up
+//! can claim them — `mnl-L-` is also the start of every name of a lab `L-x`):
 //! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i; with
 //!   `--underlay ipv6`, 2001:db8::/64, node i = 2001:db8::i, and that is each daemon's HOST_IP);
 //! * `mnl-L-ext` — a segment outside the cluster: a bridge that every node's `eth0` is on, with
@@ -1230,8 +1230,13 @@ impl Lab {
         sys::run(&["ip", "netns", "add", name]).map(|_| ())
     }
 
-    /// The namespaces this lab recorded as its own: the ledger, and for a lab made before the
-    /// ledger existed, the names in its state.
+    /// The namespaces this lab owns: those it recorded (the ledger; for a lab made before the
+    /// ledger existed, the names in its state), and those named with its prefix that no other
+    /// lab can claim — made beside the lab by a tool (the benchmark's relay namespaces) or left
+    /// by a crash. A name is claimed by another lab while that lab is up (its directory is made
+    /// before its first namespace and removed after its last) when the other lab recorded it,
+    /// or when its prefix `mnl-OTHER-` starts the name: `mnl-frrz-a-ul` is lab `frrz-a`'s, and
+    /// `mnl-frrz-a-r1-1` (lab `frrz`'s pod r1 in Kubernetes namespace `a`) is `frrz`'s.
     fn owned_netns(&self) -> HashSet<String> {
         let mut names: HashSet<String> = fs::read_to_string(self.dir.join(OWNED_NETNS))
             .unwrap_or_default()
@@ -1245,6 +1250,31 @@ impl Lab {
             names.extend(st.pods.into_iter().map(|p| p.netns));
         }
         names.remove("");
+        let mine = prefix(&self.name);
+        let longer = format!("{}-", self.name);
+        // Other labs that are up: their recorded names, and the prefixes of those whose name
+        // extends this one's.
+        let mut claimed: HashSet<String> = HashSet::new();
+        let mut others: Vec<String> = Vec::new();
+        for e in fs::read_dir(state_root()).into_iter().flatten().flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name == self.name || !e.path().is_dir() {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(e.path().join(OWNED_NETNS)) {
+                claimed.extend(text.lines().map(str::to_string));
+            }
+            if name.starts_with(&longer) {
+                others.push(prefix(&name));
+            }
+        }
+        names.extend(sys::netns_list().into_iter().filter(|n| {
+            n.starts_with(&mine)
+                && !claimed.contains(n)
+                && !others.iter().any(|o| n.starts_with(o.as_str()))
+        }));
         names
     }
 
