@@ -102,34 +102,6 @@ struct Args {
     log_format: String,
 }
 
-/// The node's link address (see `meshnet_daemon::underlay`): `host_ip`, or with `host_intf`
-/// an address of that interface; and a default MTU checked against the underlay.
-fn link_address(
-    host_ip: IpAddr,
-    host_intf: Option<&str>,
-    default_mtu: Option<u32>,
-    link: InterNodeLink,
-) -> anyhow::Result<IpAddr> {
-    use meshnet_daemon::underlay;
-    let mut addr = host_ip;
-    if let Some(name) = host_intf {
-        let intf = underlay::read_interface(Some(name), host_ip)?;
-        addr = underlay::link_address(host_ip, &intf)?;
-        if addr != host_ip {
-            tracing::info!(host_intf = name, %host_ip, link_address = %addr,
-                "HOST_INTF does not hold HOST_IP: the node's links use its address");
-        }
-    }
-    if let Some(mtu) = default_mtu {
-        match underlay::read_interface(host_intf, addr) {
-            Ok(intf) => underlay::check_default_mtu(mtu, link, &intf, addr)?,
-            // Per-link checks still refuse a VXLAN link that does not fit.
-            Err(e) => tracing::warn!(error = %e, "MESHNET_DEFAULT_MTU not checked at start"),
-        }
-    }
-    Ok(addr)
-}
-
 /// A path the plugin can use wherever it runs: absolute.
 fn absolute_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
@@ -254,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
     meshnet_daemon::metrics_desc::describe();
     // Before any socket is bound: a refused underlay leaves nothing behind.
     let host_intf = args.host_intf.clone().filter(|s| !s.is_empty());
-    let host_ip = link_address(
+    let host_ip = meshnet_daemon::underlay::node_link_address(
         args.host_ip,
         host_intf.as_deref(),
         args.default_mtu,

@@ -109,6 +109,37 @@ pub fn check_default_mtu(
     Ok(())
 }
 
+/// What meshnetd does at start: the node's link address — `host_ip`, or with `host_intf` an
+/// address of that interface ([`link_address`]) — with `default_mtu` checked against the
+/// underlay ([`check_default_mtu`]; when the underlay cannot be read the check is left to the
+/// per-link ones, which refuse a VXLAN link that does not fit).
+///
+/// # Errors
+/// `host_intf` is missing or has no usable address; the default MTU does not fit.
+pub fn node_link_address(
+    host_ip: IpAddr,
+    host_intf: Option<&str>,
+    default_mtu: Option<u32>,
+    link: InterNodeLink,
+) -> Result<IpAddr, UnderlayError> {
+    let mut addr = host_ip;
+    if let Some(name) = host_intf {
+        let intf = read_interface(Some(name), host_ip)?;
+        addr = link_address(host_ip, &intf)?;
+        if addr != host_ip {
+            tracing::info!(host_intf = name, %host_ip, link_address = %addr,
+                "HOST_INTF does not hold HOST_IP: the node's links use its address");
+        }
+    }
+    if let Some(mtu) = default_mtu {
+        match read_interface(host_intf, addr) {
+            Ok(intf) => check_default_mtu(mtu, link, &intf, addr)?,
+            Err(e) => tracing::warn!(error = %e, "MESHNET_DEFAULT_MTU not checked at start"),
+        }
+    }
+    Ok(addr)
+}
+
 /// Gives every link of `plans` that declares no MTU the node-wide default: veth pairs, VXLAN and
 /// gRPC wire halves. A macvlan link keeps its parent's MTU (the kernel refuses a larger one).
 pub fn apply_default_mtu(plans: &mut [PodPlan], mtu: u32) {
