@@ -2,8 +2,9 @@
 # plugin, which meshnetd copies into the node's CNI bin directory at start).
 #
 # Build context: not the repository but a directory prepared by scripts/image-context.sh, which
-# puts the two binaries and the shared libraries they load (resolved with ldd, the dynamic loader
-# included) under rootfs/:
+# puts the two binaries and the shared libraries meshnetd loads (resolved with ldd, the dynamic
+# loader included) under rootfs/. The plugin `meshnet` is statically linked (.cargo/config.toml):
+# it is copied onto the node and must run with whatever libc the node has, or none.
 #
 #   cargo build --release -p meshnet-daemon -p meshnet-cni --bins
 #   scripts/image-context.sh release target/image-context

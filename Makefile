@@ -17,7 +17,7 @@ IMAGE_CONTEXT := target/image-context
 MANIFESTS := $(if $(grpc),manifests/overlays/grpc-link,manifests/base)
 
 .PHONY: all build deps demo lab lab-down test fmt clippy fuzz soak \
-	up down docker install uninstall e2e crdgen bench
+	up down docker install upgrade uninstall e2e crdgen bench
 
 all: build
 
@@ -79,8 +79,29 @@ install:
 	$(KUBECTL) apply -k $(MANIFESTS)
 	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=180s
 
-## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster.
+## upgrade: replace a running Go/KNE meshnet (or an older meshnet) in place. Our DaemonSet
+## selector and RBAC names are the Go manifests', so `kubectl apply` rolls the old DaemonSet over
+## and replaces its wildcard ClusterRole in place. A DaemonSet whose selector still differs (an
+## early meshnet-rs install) is deleted with its pods orphaned, re-created, and the orphans that
+## the new selector does not adopt are deleted. The Go manifests' ClusterIP Service goes.
+upgrade:
+	@$(KUBECTL) apply -k $(MANIFESTS) || { \
+		echo "upgrade: the DaemonSet's selector differs; replacing the DaemonSet"; \
+		$(KUBECTL) -n meshnet delete daemonset meshnet --cascade=orphan && \
+		$(KUBECTL) apply -k $(MANIFESTS) && \
+		$(KUBECTL) -n meshnet delete pod -l 'app=meshnet,!name' --ignore-not-found; }
+	$(KUBECTL) -n meshnet delete service meshnet --ignore-not-found
+	$(KUBECTL) -n meshnet rollout status daemonset/meshnet --timeout=300s
+
+## uninstall: remove meshnet — the CRD too, and with it every Topology in the cluster. meshnetd
+## keeps the node's chain across a SIGTERM (a rollout), so the DaemonSet goes first (foreground:
+## its pods are gone before the cleanup starts), then manifests/uninstall runs `meshnetd
+## uninstall` on every node and is removed once every node reports clean.
 uninstall:
+	$(KUBECTL) -n meshnet delete daemonset meshnet --cascade=foreground --ignore-not-found --timeout=180s
+	$(KUBECTL) apply -k manifests/uninstall
+	$(KUBECTL) -n meshnet rollout status daemonset/meshnet-cleanup --timeout=180s
+	$(KUBECTL) -n meshnet delete daemonset meshnet-cleanup --ignore-not-found
 	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
 
 ## e2e: tests/3node.yml on the cluster; every link pinged from both ends.

@@ -9,7 +9,9 @@
 #   OUTDIR/rootfs/tmp                                (mode 1777)
 #
 # The image is FROM scratch, so nothing is pulled: the libraries come from the build machine, the
-# same ones the binaries were linked against.
+# same ones the binaries were linked against. `meshnet` (the CNI plugin, which the installer copies
+# onto the node) must be statically linked (.cargo/config.toml does it): the script refuses a
+# dynamic one, which would need the node's libc to be at least the build machine's.
 #
 # Usage: scripts/image-context.sh PROFILE OUTDIR     (PROFILE: debug, release, or any
 #        cargo profile directory under target/; CARGO_TARGET_DIR is honoured)
@@ -49,16 +51,30 @@ for b in "${bins[@]}"; do
   chmod 0755 "$dst"
 done
 
-# Shared libraries and the loader, at the paths ldd resolves them to. `ldd` lines look like
+# The plugin runs on the node, outside the image: no loader, no shared library (no PT_INTERP).
+if LC_ALL=C readelf -l "$target/$profile/meshnet" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+  echo "$target/$profile/meshnet is dynamically linked: build it through the workspace's" \
+    ".cargo/config.toml (it adds +crt-static), e.g. cargo build -p meshnet-cni --bins" >&2
+  exit 1
+fi
+
+# Shared libraries and the loader, at the paths ldd resolves them to (dynamic binaries only; ldd
+# fails on a static one). `ldd` lines look like
 #   libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)
 #   /lib64/ld-linux-x86-64.so.2 (0x...)
 #   linux-vdso.so.1 (0x...)                       (in the kernel: skipped)
-libs=$(for b in "${bins[@]}"; do ldd "$target/$profile/$b"; done |
-  awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
-if grep -q 'not found' < <(for b in "${bins[@]}"; do ldd "$target/$profile/$b"; done); then
+dynamic=()
+for b in "${bins[@]}"; do
+  if LC_ALL=C readelf -l "$target/$profile/$b" | grep -q 'Requesting program interpreter'; then
+    dynamic+=("$target/$profile/$b")
+  fi
+done
+lddout=$(for b in "${dynamic[@]}"; do ldd "$b"; done)
+if grep -q 'not found' <<<"$lddout"; then
   echo "a shared library of the binaries is missing on this machine (ldd says 'not found')" >&2
   exit 1
 fi
+libs=$(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$lddout" | sort -u)
 for lib in $libs; do
   mkdir -p "$rootfs$(dirname "$lib")"
   cp -L "$lib" "$rootfs$lib"

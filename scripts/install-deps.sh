@@ -5,8 +5,8 @@
 # API server), python3 (raw-frame tests), podman + runc (the image test), prometheus (promtool and
 # the scrape test), frr (routers in lab pods: OSPF/BFD tests), containerd (the CRI test drives a
 # real runtime), protobuf-compiler (the CRI client's build script compiles the CRI protos), gcc +
-# libc6-dev (the CRI test builds a static pause program). Needs root (the lab makes network
-# namespaces anyway).
+# libc6-dev (the CRI test builds a static pause program), file (the static plugin test). Needs
+# root (the lab makes network namespaces anyway).
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
@@ -30,6 +30,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 # the CRI test's pause image: a static C program (libc.a is in libc6-dev)
 command -v gcc >/dev/null || need+=(gcc)
 [[ -f $(gcc -print-file-name=libc.a 2>/dev/null) ]] || need+=(libc6-dev)
+command -v file >/dev/null || need+=(file)
 if ((${#need[@]} == 0)); then
   exit 0
 fi

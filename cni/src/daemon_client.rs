@@ -3,6 +3,12 @@
 //!
 //! One connection per call (a CNI invocation makes at most one call). The timeout bounds the
 //! whole call, connect included, so a wedged daemon cannot hang the container runtime.
+//!
+//! A daemon that is away — its socket missing or refusing, as during a DaemonSet rollout, when
+//! the conflist stays in place and the plugin is still called — is waited for, polling every
+//! [`SOCKET_POLL`], for [`DaemonConfig::socket_wait`] (ADD, DEL, CHECK; STATUS and GC answer at
+//! once). The wait is shorter than the timeout, so a daemon that stays away ends in the
+//! retryable 11 and the runtime tries the sandbox again; one that comes back serves the call.
 
 use std::error::Error as _;
 use std::future::Future;
@@ -27,7 +33,11 @@ use crate::{Daemon, DaemonError};
 pub struct GrpcDaemon {
     socket: PathBuf,
     timeout: Duration,
+    socket_wait: Duration,
 }
+
+/// How often a missing or refusing socket is tried again while waiting for meshnetd.
+pub const SOCKET_POLL: Duration = Duration::from_millis(100);
 
 impl GrpcDaemon {
     /// A client for the daemon described by `config`.
@@ -35,16 +45,23 @@ impl GrpcDaemon {
         GrpcDaemon {
             socket: config.socket.clone(),
             timeout: config.timeout,
+            socket_wait: config.socket_wait(),
         }
     }
 
-    async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, DaemonError>
+    /// One call; `wait` says whether an absent daemon is waited for (see the module doc).
+    async fn call<T, F, Fut>(&self, wait: bool, rpc: F) -> Result<T, DaemonError>
     where
         F: FnOnce(LocalClient<Channel>) -> Fut + Send,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send,
     {
         let work = async {
-            let channel = connect(&self.socket).await?;
+            let wait = if wait {
+                self.socket_wait
+            } else {
+                Duration::ZERO
+            };
+            let channel = connect(&self.socket, wait).await?;
             Ok(rpc(LocalClient::new(channel)).await?.into_inner())
         };
         tokio::time::timeout(self.timeout, work)
@@ -56,20 +73,52 @@ impl GrpcDaemon {
     }
 }
 
-/// Opens an HTTP/2 channel over the unix socket.
-async fn connect(socket: &Path) -> Result<Channel, DaemonError> {
+/// Opens an HTTP/2 channel over the unix socket, waiting up to `wait` for a daemon that is away.
+async fn connect(socket: &Path, wait: Duration) -> Result<Channel, DaemonError> {
     let path = socket.to_path_buf();
+    let deadline = tokio::time::Instant::now() + wait;
     // The URI only satisfies the HTTP layer; the connector below dials the socket instead.
     Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            async move { Ok::<_, io::Error>(TokioIo::new(dial(&path, deadline).await?)) }
         }))
         .await
-        .map_err(|e| DaemonError::Unreachable {
-            socket: socket.to_path_buf(),
-            detail: error_chain(&e),
+        .map_err(|e| {
+            let mut detail = error_chain(&e);
+            if !wait.is_zero() {
+                detail.push_str(&format!(
+                    " (waited {:.1}s for meshnetd)",
+                    wait.as_secs_f64()
+                ));
+            }
+            DaemonError::Unreachable {
+                socket: socket.to_path_buf(),
+                detail,
+            }
         })
+}
+
+/// Connects to `path`, trying again until `deadline` while nobody is there: the socket file is
+/// missing (daemon not started yet) or refuses (daemon gone, stale file). Any other error, e.g.
+/// permission denied, is final at once.
+async fn dial(path: &Path, deadline: tokio::time::Instant) -> io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e) if daemon_away(&e) && tokio::time::Instant::now() + SOCKET_POLL <= deadline => {
+                tokio::time::sleep(SOCKET_POLL).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn daemon_away(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// `e` and its causes, joined: tonic's transport error alone says only "transport error". A
@@ -91,24 +140,32 @@ fn error_chain(e: &tonic::transport::Error) -> String {
 #[async_trait]
 impl Daemon for GrpcDaemon {
     async fn add(&self, pod: PodRequest) -> Result<PodReply, DaemonError> {
-        self.call(|mut c| async move { c.add(pod).await }).await
+        self.call(true, |mut c| async move { c.add(pod).await })
+            .await
     }
 
     async fn del(&self, pod: PodRequest) -> Result<PodReply, DaemonError> {
-        self.call(|mut c| async move { c.del(pod).await }).await
+        self.call(true, |mut c| async move { c.del(pod).await })
+            .await
     }
 
     async fn check(&self, pod: PodRequest) -> Result<PodReply, DaemonError> {
-        self.call(|mut c| async move { c.check(pod).await }).await
+        self.call(true, |mut c| async move { c.check(pod).await })
+            .await
     }
 
     async fn status(&self) -> Result<StatusReply, DaemonError> {
-        self.call(|mut c| async move { c.status(StatusRequest {}).await })
-            .await
+        self.call(
+            false,
+            |mut c| async move { c.status(StatusRequest {}).await },
+        )
+        .await
     }
 
     async fn gc(&self, valid_attachments: Vec<Attachment>) -> Result<GcReply, DaemonError> {
-        self.call(|mut c| async move { c.gc(GcRequest { valid_attachments }).await })
-            .await
+        self.call(false, |mut c| async move {
+            c.gc(GcRequest { valid_attachments }).await
+        })
+        .await
     }
 }

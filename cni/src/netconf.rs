@@ -25,6 +25,9 @@ pub const DEFAULT_SOCKET: &str = "/run/meshnet/meshnetd.sock";
 pub const DEFAULT_LOG_FILE: &str = "/var/log/meshnet-cni.log";
 /// How long one daemon call (connect included) may take unless `timeout_seconds` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest the plugin waits for meshnetd's socket to appear (a daemon restart, e.g. a
+/// DaemonSet rollout) before answering 11, "try again later". See [`DaemonConfig::socket_wait`].
+pub const MAX_SOCKET_WAIT: Duration = Duration::from_secs(15);
 /// The largest `timeout_seconds` accepted.
 pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
 /// The most stdin the plugin reads; a network configuration is a few KiB.
@@ -42,6 +45,16 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Bound on one whole call, connect included.
     pub timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// How long ADD, DEL and CHECK wait for meshnetd to come back when its socket is missing or
+    /// refuses connections: half the call's timeout, at most [`MAX_SOCKET_WAIT`]. Always less
+    /// than the timeout, so the runtime gets the retryable 11 (and not its own deadline) when
+    /// the daemon stays away; a daemon that restarts within the wait serves the call.
+    pub fn socket_wait(&self) -> Duration {
+        (self.timeout / 2).min(MAX_SOCKET_WAIT)
+    }
 }
 
 impl Default for DaemonConfig {

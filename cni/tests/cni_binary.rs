@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use meshnet_proto::v1::local_server::{Local, LocalServer};
 use meshnet_proto::v1::{
@@ -91,32 +92,42 @@ impl Local for FakeLocal {
 struct Harness {
     dir: tempfile::TempDir,
     fake: FakeLocal,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Harness {
     fn new() -> Harness {
+        let h = Harness::without_daemon();
+        h.serve_at(&h.socket());
+        h
+    }
+
+    /// A harness whose fake meshnetd does not serve yet (see [`Harness::serve_at`]).
+    fn without_daemon() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fake = FakeLocal::default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::UnixListener::bind(dir.path().join("meshnetd.sock")).expect("bind")
-        };
-        runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(LocalServer::new(fake.clone()))
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-        );
         Harness {
             dir,
-            fake,
-            _runtime: runtime,
+            fake: FakeLocal::default(),
+            runtime,
         }
+    }
+
+    /// Starts serving the fake meshnetd on `socket`.
+    fn serve_at(&self, socket: &Path) {
+        let listener = {
+            let _guard = self.runtime.enter();
+            tokio::net::UnixListener::bind(socket).expect("bind")
+        };
+        self.runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(LocalServer::new(self.fake.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
     }
 
     fn socket(&self) -> PathBuf {
@@ -439,20 +450,58 @@ fn error_cases_print_only_the_error_json() {
 }
 
 #[test]
-fn an_unreachable_daemon_is_try_again_later() {
+fn an_unreachable_daemon_is_try_again_later_after_a_bounded_wait() {
     let h = Harness::new();
     let mut conf = h.netconf("0.4.0", Some(&golden("ptp-0.4.0.json")));
     let missing = h.dir.path().join("nobody-listens.sock");
     conf["daemon_socket"] = json!(missing);
+    // timeout_seconds 2: the plugin waits half of it (1 s) for the daemon, then answers 11.
+    conf["timeout_seconds"] = json!(2);
     for command in ["ADD", "CHECK", "DEL"] {
+        let started = Instant::now();
         let e = h
             .run_json(&cni_env(command, POD_ARGS), &conf)
             .assert_error(11, "0.4.0");
+        let took = started.elapsed();
         assert_eq!(
             e["msg"],
             format!("meshnetd is not reachable at {}", missing.display())
         );
+        assert!(
+            e["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("waited 1.0s for meshnetd")),
+            "{e}"
+        );
+        assert!(
+            took >= Duration::from_millis(900),
+            "{command}: answered after {took:?}, before the 1 s wait was over"
+        );
     }
+    // A socket file nobody listens on (a daemon killed without cleaning up) is waited for too.
+    let stale = h.dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    conf["daemon_socket"] = json!(stale);
+    h.run_json(&cni_env("ADD", POD_ARGS), &conf)
+        .assert_error(11, "0.4.0");
+    assert_eq!(h.calls(), [], "nothing reached the fake daemon");
+}
+
+#[test]
+fn a_daemon_back_within_the_wait_serves_the_add() {
+    // The rollout case: the conflist stays, meshnetd restarts, an ADD comes in meanwhile.
+    let h = Harness::without_daemon();
+    let mut conf = h.netconf("1.0.0", Some(&golden("ptp-1.0.0.json")));
+    conf["timeout_seconds"] = json!(6);
+    let socket = h.socket();
+    let run = std::thread::scope(|s| {
+        let plugin = s.spawn(|| h.run_json(&cni_env("ADD", POD_ARGS), &conf));
+        std::thread::sleep(Duration::from_millis(800));
+        h.serve_at(&socket);
+        plugin.join().expect("plugin thread")
+    });
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(h.calls(), [Call::Add(pod_request())]);
 }
 
 #[test]

@@ -1070,7 +1070,8 @@ impl Wire for WireService {
             .node_ip
             .parse()
             .map_err(|_| Status::invalid_argument("Hello.node_ip is not an IP address"))?;
-        if remote.map(|r| r.ip()) != Some(claimed) {
+        // The listener is dual-stack ([::]): an IPv4 peer arrives as ::ffff:a.b.c.d.
+        if remote.map(|r| r.ip().to_canonical()) != Some(claimed) {
             return Err(Status::permission_denied(format!(
                 "Hello says node {claimed}, but the connection comes from {remote:?}"
             )));
@@ -1285,7 +1286,7 @@ impl WireNode {
         }
         let remote = request
             .remote_addr()
-            .map(|a| a.ip())
+            .map(|a| a.ip().to_canonical())
             .ok_or_else(|| Status::permission_denied("no remote address"))?;
         if !self.allowed.lock().expect("allowed lock").contains(&remote) {
             return Err(Status::permission_denied(format!(

@@ -21,6 +21,10 @@
 //! * Only meshnet's own files are ever written or removed: `00-meshnet.conflist` and
 //!   `BIN_DIR/meshnet` (and this module's temporary files next to them).
 //! * The primary configuration is never modified.
+//! * Ours follows the primary: with no primary left (the node's network plugin uninstalled), the
+//!   watcher removes `00-meshnet.conflist` — a stale copy would keep the node looking
+//!   network-ready with a network that is gone — and writes it again when a primary comes back.
+//!   The binary stays (harmless, and the next install needs it anyway).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -71,7 +75,7 @@ pub struct InstallConfig {
 }
 
 impl InstallConfig {
-    /// A configuration with the default plugin entry ([`meshnet_plugin`] without a socket).
+    /// A configuration with the default plugin entry ([`meshnet_plugin`] with no options).
     pub fn new(
         conf_dir: impl Into<PathBuf>,
         bin_dir: impl Into<PathBuf>,
@@ -81,7 +85,7 @@ impl InstallConfig {
             conf_dir: conf_dir.into(),
             bin_dir: bin_dir.into(),
             binary: binary.into(),
-            plugin: meshnet_plugin(None),
+            plugin: meshnet_plugin(&PluginOptions::default()),
         }
     }
 
@@ -96,16 +100,32 @@ impl InstallConfig {
     }
 }
 
+/// The plugin's own keys in its conflist entry (see the plugin's `netconf` module); `None` leaves
+/// a key out, so the plugin's default applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginOptions {
+    /// `daemon_socket`: where meshnetd listens (the plugin's default: `/run/meshnet/meshnetd.sock`).
+    pub daemon_socket: Option<PathBuf>,
+    /// `log_file`: where the plugin logs (its default: `/var/log/meshnet-cni.log`).
+    pub log_file: Option<PathBuf>,
+    /// `timeout_seconds`: bound on one daemon call (its default: 120; it accepts 1..=3600).
+    pub timeout_seconds: Option<u64>,
+}
+
 /// meshnet's conflist entry, as the seed writes it: `{"name":"meshnet","type":"meshnet",
-/// "ipam":{},"dns":{}}`, plus `daemon_socket` when the daemon does not listen on the plugin's
-/// default (`/run/meshnet/meshnetd.sock`).
-pub fn meshnet_plugin(daemon_socket: Option<&Path>) -> Value {
+/// "ipam":{},"dns":{}}`, plus the plugin's own keys that `opts` sets.
+pub fn meshnet_plugin(opts: &PluginOptions) -> Value {
     let mut v = json!({"name": "meshnet", "type": BINARY_NAME, "ipam": {}, "dns": {}});
-    if let (Some(sock), Some(obj)) = (daemon_socket, v.as_object_mut()) {
-        obj.insert(
-            "daemon_socket".into(),
-            Value::String(sock.display().to_string()),
-        );
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(sock) = &opts.daemon_socket {
+            obj.insert("daemon_socket".into(), json!(sock.display().to_string()));
+        }
+        if let Some(log) = &opts.log_file {
+            obj.insert("log_file".into(), json!(log.display().to_string()));
+        }
+        if let Some(t) = opts.timeout_seconds {
+            obj.insert("timeout_seconds".into(), json!(t));
+        }
     }
     v
 }
@@ -569,6 +589,23 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, InstallErr
     Ok(true)
 }
 
+/// One pass of the watcher: [`install`]; when there is no primary, also removes our conflist
+/// (whether it did is the second value). Other failures leave everything as it is.
+fn refresh(
+    cfg: &InstallConfig,
+) -> (
+    Result<InstallReport, InstallError>,
+    Result<bool, InstallError>,
+) {
+    let result = install(cfg);
+    let withdrawn = if matches!(result, Err(InstallError::NoPrimary { .. })) {
+        remove_if_present(&cfg.conflist_path())
+    } else {
+        Ok(false)
+    };
+    (result, withdrawn)
+}
+
 /// What the watcher does with one inotify event on the conf dir.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reaction {
@@ -612,7 +649,8 @@ fn react(mask: EventMask, name: Option<&OsStr>) -> Reaction {
 /// or upgraded — or when `00-meshnet.conflist` is removed by someone else. Events are debounced
 /// ([`WATCH_DEBOUNCE`]); one install pass runs right after the watch is set up, so nothing that
 /// changed before is missed. Its own writes are ignored, and a pass that finds nothing to change
-/// writes nothing, so it never loops. A failed pass (e.g. no primary any more) is logged and the
+/// writes nothing, so it never loops. A pass that finds no primary any more removes
+/// `00-meshnet.conflist` (see the module's invariants); any other failed pass is logged and the
 /// existing conflist left in place.
 ///
 /// Returns when `shutdown` resolves.
@@ -689,10 +727,20 @@ async fn watch_loop(
             }
             pending = false;
             let c = cfg.clone();
-            let result = match tokio::task::spawn_blocking(move || install(&c)).await {
+            let (result, withdrawn) = match tokio::task::spawn_blocking(move || refresh(&c)).await {
                 Ok(r) => r,
-                Err(e) => Err(watch_err(format!("install task failed: {e}"))),
+                Err(e) => (
+                    Err(watch_err(format!("install task failed: {e}"))),
+                    Ok(false),
+                ),
             };
+            match withdrawn {
+                Ok(true) => tracing::warn!(conflist = %cfg.conflist_path().display(),
+                    "no primary CNI configuration any more: removed meshnet's, which comes back \
+                     with a primary"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot remove meshnet's CNI configuration"),
+            }
             match &result {
                 Ok(r) if r.changed() => tracing::info!(
                     primary = %r.primary, conflist_changed = r.conflist_changed,

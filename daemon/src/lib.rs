@@ -32,6 +32,7 @@ pub mod plan;
 mod pollfd;
 pub mod reconcile;
 pub mod tapio;
+pub mod underlay;
 pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
@@ -89,13 +90,16 @@ pub struct Config {
     pub inter_node_link: InterNodeLink,
     /// Underlay interface for VXLAN (`HOST_INTF`); default: the one that holds `host_ip`.
     pub host_intf: Option<String>,
+    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none.
+    pub default_mtu: Option<u32>,
     /// Port peers' wire servers listen on (all nodes use the same).
     pub wire_port: u16,
     /// Streams (each its own HTTP/2 connection) per peer node; must be equal on all nodes.
     pub wire_shards: u32,
     /// Chain meshnet into the node's CNI config and copy the plugin (the DaemonSet does).
     pub install: Option<install::InstallConfig>,
-    /// Leave the CNI config and binary in place on shutdown.
+    /// Leave the CNI config and binary in place on shutdown (meshnetd's default: a restart is
+    /// not an uninstall; `meshnetd uninstall` is).
     pub keep_cni_config: bool,
     /// Mutual TLS for the node-to-node API.
     pub wire_tls: Option<gwire::WireTls>,
@@ -165,6 +169,7 @@ pub async fn run(
         config.inter_node_link,
         config.host_intf.clone(),
     ));
+    reconciler.set_default_mtu(config.default_mtu);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -285,7 +290,9 @@ pub async fn run(
     if let Some((cfg, task)) = installer {
         let _ = task.await;
         if config.keep_cni_config {
-            tracing::info!("keeping the CNI config and binary (--keep-cni-config)");
+            tracing::info!(
+                "keeping the CNI config and binary for the next meshnetd (uninstall: `meshnetd uninstall`)"
+            );
         } else {
             match install::uninstall(&cfg) {
                 Ok(_) => tracing::info!("CNI config and binary removed"),

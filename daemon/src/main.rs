@@ -27,8 +27,8 @@ struct Args {
         default_value = "/run/meshnet/meshnetd.sock"
     )]
     socket: PathBuf,
-    /// Address for /metrics, /healthz and /readyz ("" disables).
-    #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "0.0.0.0:51112")]
+    /// Address for /metrics, /healthz and /readyz ("" disables). `[::]` also accepts IPv4.
+    #[arg(long, env = "MESHNET_HTTP_ADDR", default_value = "[::]:51112")]
     http_addr: String,
     /// Topology store: `kube` (in-cluster config or KUBECONFIG) or `file:DIR`.
     #[arg(long, env = "MESHNET_STORE")]
@@ -39,11 +39,19 @@ struct Args {
     /// How cross-node links are carried: VXLAN or GRPC.
     #[arg(long, env = "INTER_NODE_LINK_TYPE", default_value = "VXLAN")]
     inter_node_link_type: InterNodeLink,
-    /// Underlay interface for VXLAN links (default: the interface that holds --host-ip).
+    /// Underlay interface of the node's links (default: the interface that holds --host-ip).
+    /// When it does not hold --host-ip, its own address becomes the node's link address: the
+    /// VXLAN source and the `src_ip` peers send to (a dedicated data NIC).
     #[arg(long, env = "HOST_INTF")]
     host_intf: Option<String>,
+    /// MTU of every link that declares none (default: VXLAN links get the underlay's MTU less
+    /// the encapsulation, others 1500). Refused at start if VXLAN cannot carry it.
+    #[arg(long, env = "MESHNET_DEFAULT_MTU",
+          value_parser = clap::value_parser!(u32).range(68..=65535))]
+    default_mtu: Option<u32>,
     /// Listen address of the node-to-node gRPC wire (used with INTER_NODE_LINK_TYPE=GRPC).
-    #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "0.0.0.0:51111")]
+    /// `[::]` also accepts IPv4.
+    #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "[::]:51111")]
     wire_addr: SocketAddr,
     /// Streams per peer node (each its own HTTP/2 connection); default: one per core, at most 4.
     /// Must be the same on every node.
@@ -67,8 +75,23 @@ struct Args {
     /// The `meshnet` plugin binary to copy (default: next to meshnetd).
     #[arg(long, env = "MESHNET_CNI_BINARY")]
     cni_binary: Option<PathBuf>,
-    /// Leave the CNI config and binary in place on shutdown (default: remove them).
-    #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG")]
+    /// The plugin's log file, written as `log_file` into meshnet's conflist entry (default: the
+    /// plugin's own, /var/log/meshnet-cni.log on the node).
+    #[arg(long, env = "MESHNET_CNI_LOG_FILE", value_parser = absolute_path)]
+    cni_log_file: Option<PathBuf>,
+    /// Bound on one plugin→daemon call in seconds (1-3600), written as `timeout_seconds` into
+    /// meshnet's conflist entry (default: the plugin's own, 120). The plugin waits up to half of
+    /// it for an absent daemon.
+    #[arg(long, env = "MESHNET_CNI_TIMEOUT_SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    cni_timeout_seconds: Option<u64>,
+    /// Remove the CNI config and binary when meshnetd exits. Default: keep them, so that a
+    /// restart or a DaemonSet rollout loses no pod (the plugin waits for the daemon, then answers
+    /// "try again later" and the runtime retries). `meshnetd uninstall` removes them for good.
+    #[arg(long, env = "MESHNET_REMOVE_CNI_CONFIG_ON_EXIT")]
+    remove_cni_config_on_exit: bool,
+    /// Accepted for old manifests; keeping the CNI config is the default now.
+    #[arg(long, env = "MESHNET_KEEP_CNI_CONFIG", hide = true)]
     keep_cni_config: bool,
     /// Directory with `tls.crt`, `tls.key` and `ca.crt` for mutual TLS on the node-to-node API
     /// (e.g. a mounted Secret; without `tls.crt` in it the wire runs without TLS).
@@ -77,6 +100,59 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "MESHNET_LOG_FORMAT", default_value = "text")]
     log_format: String,
+}
+
+/// A path the plugin can use wherever it runs: absolute.
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} is not an absolute path"))
+    }
+}
+
+/// `meshnetd uninstall`: removes meshnet from this node's CNI chain for good — its own
+/// `00-meshnet.conflist` and `meshnet` binary, nothing else. `make uninstall` runs it on every node
+/// (manifests/uninstall) after the DaemonSet is gone.
+#[derive(Debug, Parser)]
+#[command(name = "meshnetd uninstall")]
+struct UninstallArgs {
+    /// The CNI conf dir that holds `00-meshnet.conflist`.
+    #[arg(long, env = "MESHNET_CNI_CONF_DIR", default_value = meshnet_daemon::install::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The CNI bin dir that holds the `meshnet` plugin.
+    #[arg(long, env = "MESHNET_CNI_BIN_DIR", default_value = meshnet_daemon::install::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// After removing, keep running until SIGTERM/SIGINT (a DaemonSet's container cannot
+    /// complete; the removal itself is done by then).
+    #[arg(long)]
+    hold: bool,
+}
+
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    let cfg = meshnet_daemon::install::InstallConfig::new(
+        &args.cni_conf_dir,
+        &args.cni_bin_dir,
+        PathBuf::new(),
+    );
+    let report =
+        meshnet_daemon::install::uninstall(&cfg).context("removing meshnet's CNI files")?;
+    if report.removed.is_empty() {
+        println!(
+            "meshnet is not installed in {} / {}: nothing to remove",
+            cfg.conf_dir.display(),
+            cfg.bin_dir.display()
+        );
+    }
+    for p in &report.removed {
+        println!("removed {}", p.display());
+    }
+    if args.hold {
+        shutdown.await;
+    }
+    Ok(())
 }
 
 fn bind_unix(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
@@ -114,6 +190,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // A subcommand by hand rather than clap's: the daemon's required options come from the
+    // DaemonSet's environment, which clap would also demand of `uninstall`.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("uninstall")) {
+        let argv = std::iter::once("meshnetd uninstall".into()).chain(std::env::args_os().skip(2));
+        return uninstall(UninstallArgs::parse_from(argv)).await;
+    }
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
     let design = meshnet_daemon::gwire::WireDesign {
@@ -142,21 +224,24 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     meshnet_daemon::metrics_desc::describe();
+    // Before any socket is bound: a refused underlay leaves nothing behind.
+    let host_intf = args.host_intf.clone().filter(|s| !s.is_empty());
+    let host_ip = meshnet_daemon::underlay::node_link_address(
+        args.host_ip,
+        host_intf.as_deref(),
+        args.default_mtu,
+        args.inter_node_link_type,
+    )?;
     let local = bind_unix(&args.socket)?;
     let http = if args.http_addr.is_empty() {
         None
     } else {
         let addr: SocketAddr = args.http_addr.parse().context("--http-addr")?;
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        )
+        Some(meshnet_daemon::http::bind_tcp(addr).with_context(|| format!("binding {addr}"))?)
     };
     let wire = if args.inter_node_link_type == InterNodeLink::Grpc {
         Some(
-            tokio::net::TcpListener::bind(args.wire_addr)
-                .await
+            meshnet_daemon::http::bind_tcp(args.wire_addr)
                 .with_context(|| format!("binding the wire port {}", args.wire_addr))?,
         )
     } else {
@@ -173,22 +258,28 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut cfg =
                 meshnet_daemon::install::InstallConfig::new(conf, &args.cni_bin_dir, binary);
-            if args.socket != std::path::Path::new("/run/meshnet/meshnetd.sock") {
-                cfg.plugin = meshnet_daemon::install::meshnet_plugin(Some(&args.socket));
-            }
+            cfg.plugin =
+                meshnet_daemon::install::meshnet_plugin(&meshnet_daemon::install::PluginOptions {
+                    // The plugin's default needs no key.
+                    daemon_socket: Some(args.socket.clone())
+                        .filter(|s| s != std::path::Path::new("/run/meshnet/meshnetd.sock")),
+                    log_file: args.cni_log_file.clone(),
+                    timeout_seconds: args.cni_timeout_seconds,
+                });
             Some(cfg)
         }
     };
     let config = Config {
         node_name: args.node_name,
-        host_ip: args.host_ip,
+        host_ip,
+        default_mtu: args.default_mtu,
         store: args.store,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         inter_node_link: args.inter_node_link_type,
-        host_intf: args.host_intf.filter(|s| !s.is_empty()),
+        host_intf,
         wire_port: args.wire_addr.port(),
         install,
-        keep_cni_config: args.keep_cni_config,
+        keep_cni_config: args.keep_cni_config || !args.remove_cni_config_on_exit,
         wire_tls: match &args.wire_tls_dir {
             Some(d) => meshnet_daemon::gwire::WireTls::load(d)
                 .with_context(|| format!("reading the wire TLS files in {}", d.display()))?,

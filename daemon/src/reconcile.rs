@@ -170,6 +170,8 @@ pub struct Reconciler {
     inter_node: InterNodeLink,
     /// `HOST_INTF`: the underlay for VXLAN; else the interface holding the node address.
     host_intf: Option<String>,
+    /// `MESHNET_DEFAULT_MTU`: the MTU of links that declare none (set once, at start).
+    default_mtu: std::sync::OnceLock<u32>,
     memo: Mutex<Memo>,
     /// The pod ends of the kernel links (veth, vxlan, macvlan) that are up, as of the last run:
     /// what `/metrics` reports (its own lock, so a scrape never waits for a run).
@@ -208,6 +210,7 @@ impl Reconciler {
             ops,
             inter_node,
             host_intf,
+            default_mtu: std::sync::OnceLock::new(),
             memo: Mutex::new(Memo::default()),
             kernel_links: std::sync::Mutex::new(Vec::new()),
         }
@@ -219,6 +222,14 @@ impl Reconciler {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Links that declare no MTU get `mtu` (see [`crate::underlay::apply_default_mtu`]). A
+    /// node-wide setting: only the first call counts.
+    pub fn set_default_mtu(&self, mtu: Option<u32>) {
+        if let Some(m) = mtu {
+            let _ = self.default_mtu.set(m);
+        }
     }
 
     pub fn node(&self) -> &NodeIdentity {
@@ -260,6 +271,15 @@ impl Reconciler {
     /// Turns the pure plan into work for this node: applies the inter-node link type, the
     /// underlay, node interfaces for macvlan and the VNI uniqueness rule. Parallel to `plans`.
     async fn resolve(&self, plans: &[PodPlan]) -> Vec<Vec<Work>> {
+        let mut defaulted = Vec::new();
+        let plans = match self.default_mtu.get().copied() {
+            Some(mtu) => {
+                defaulted.extend_from_slice(plans);
+                crate::underlay::apply_default_mtu(&mut defaulted, mtu);
+                &defaulted[..]
+            }
+            None => plans,
+        };
         let mut underlay: Option<Result<NodeIface, String>> = None;
         let mut parents: HashMap<String, Result<NodeIface, String>> = HashMap::new();
         let mut out = Vec::with_capacity(plans.len());

@@ -127,6 +127,18 @@ fn ports(c: &Value) -> Vec<(Option<&str>, i64)> {
         .collect()
 }
 
+/// Container `c` mounts the node's CNI dirs at the paths its env tells meshnetd.
+fn check_cni_mounts(c: &Value) {
+    assert_eq!(
+        s(mount(c, "cni-dir"), &["mountPath"]),
+        Some(env_value(c, "MESHNET_CNI_CONF_DIR"))
+    );
+    assert_eq!(
+        s(mount(c, "cni-bin"), &["mountPath"]),
+        Some(env_value(c, "MESHNET_CNI_BIN_DIR"))
+    );
+}
+
 /// What every rendering must satisfy.
 fn check_common(docs: &[Value]) {
     for kind in [
@@ -233,14 +245,7 @@ fn check_common(docs: &[Value]) {
     );
 
     // The installer writes where the volumes put the node's CNI directories.
-    assert_eq!(
-        s(mount(c, "cni-dir"), &["mountPath"]),
-        Some(env_value(c, "MESHNET_CNI_CONF_DIR"))
-    );
-    assert_eq!(
-        s(mount(c, "cni-bin"), &["mountPath"]),
-        Some(env_value(c, "MESHNET_CNI_BIN_DIR"))
-    );
+    check_cni_mounts(c);
     assert_eq!(host_path(pod, "cni-dir"), "/etc/cni/net.d");
     // The socket is in the directory shared with the node, where the plugin dials it.
     let socket = Path::new(env_value(c, "MESHNET_SOCKET"));
@@ -340,7 +345,7 @@ fn grpc_link_overlay_switches_the_link_type_by_name() {
     let (pod, c) = daemon(&docs);
     // Replaced, not appended: exactly one entry (env() asserts that), and it says GRPC.
     assert_eq!(env_value(c, "INTER_NODE_LINK_TYPE"), "GRPC");
-    assert_eq!(env_value(c, "MESHNET_WIRE_ADDR"), "0.0.0.0:51111");
+    assert_eq!(env_value(c, "MESHNET_WIRE_ADDR"), "[::]:51111");
     assert!(ports(c).contains(&(Some("wire"), 51111)), "{:?}", ports(c));
     // Mutual TLS material, optional.
     let tls = mount(c, "wire-tls");
@@ -376,4 +381,124 @@ fn kops_overlay_moves_the_cni_bin_dir() {
         "patched in place, not added"
     );
     assert_eq!(env_value(c, "INTER_NODE_LINK_TYPE"), "VXLAN");
+}
+
+#[test]
+fn a_rollout_keeps_the_chain_and_the_cleanup_removes_it_on_every_node() {
+    let Some(base) = render("manifests/base") else {
+        return;
+    };
+    let (base_pod, c) = daemon(&base);
+    // A rollout SIGTERMs meshnetd: it must keep 00-meshnet.conflist (its default).
+    assert!(by_name(seq(c, &["env"]), "MESHNET_REMOVE_CNI_CONFIG_ON_EXIT").is_empty());
+    let Some(docs) = render("manifests/uninstall") else {
+        return;
+    };
+    let ds = one(&docs, "DaemonSet");
+    assert_eq!(s(ds, &["metadata", "namespace"]), Some("meshnet"));
+    let pod = get(ds, &["spec", "template", "spec"]).expect("pod spec");
+    assert_eq!(
+        get(pod, &["hostNetwork"]).and_then(Value::as_bool),
+        Some(true),
+        "on the pod network its own sandbox would go through the meshnet chain it removes"
+    );
+    assert!(
+        seq(pod, &["tolerations"])
+            .iter()
+            .any(|t| s(t, &["operator"]) == Some("Exists")),
+        "every node, tainted ones included"
+    );
+    let init = seq(pod, &["initContainers"]);
+    assert_eq!(init.len(), 1, "the removal gates readiness");
+    let commands: Vec<Vec<&str>> = init
+        .iter()
+        .chain(seq(pod, &["containers"]))
+        .map(|c| {
+            seq(c, &["command"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            vec!["/usr/local/bin/meshnetd", "uninstall"],
+            vec!["/usr/local/bin/meshnetd", "uninstall", "--hold"]
+        ]
+    );
+    // The same node directories as the DaemonSet that installed, at the paths the env names.
+    for vol in ["cni-dir", "cni-bin"] {
+        assert_eq!(host_path(pod, vol), host_path(base_pod, vol), "{vol}");
+    }
+    for c in init.iter().chain(seq(pod, &["containers"])) {
+        check_cni_mounts(c);
+        assert_eq!(
+            s(c, &["image"]),
+            s(
+                get(base_pod, &["containers"])
+                    .and_then(|cs| cs.get(0))
+                    .expect("base container"),
+                &["image"]
+            )
+        );
+    }
+}
+
+/// What the Go meshnet's and KNE's manifests install (their rendered DaemonSet selector, and the
+/// names of their wildcard role and its binding): facts from those projects' manifests, which
+/// an in-place upgrade applies over.
+const GO_DAEMONSET_SELECTOR: [(&str, &str); 2] = [("app", "meshnet"), ("name", "meshnet")];
+const GO_CLUSTER_ROLE: &str = "meshnet-clusterrole";
+const GO_CLUSTER_ROLE_BINDING: &str = "meshnet-clusterrolebinding";
+
+#[test]
+fn manifests_apply_in_place_over_the_go_and_kne_meshnet() {
+    for dir in [
+        "manifests/base",
+        "manifests/overlays/grpc-link",
+        "manifests/overlays/kops",
+    ] {
+        let Some(docs) = render(dir) else {
+            return;
+        };
+        let ds = one(&docs, "DaemonSet");
+        assert_eq!(s(ds, &["metadata", "name"]), Some("meshnet"), "{dir}");
+        assert_eq!(s(ds, &["metadata", "namespace"]), Some("meshnet"), "{dir}");
+        // The selector is immutable: it must equal theirs exactly, or `kubectl apply` fails.
+        let selector = get(ds, &["spec", "selector", "matchLabels"])
+            .and_then(Value::as_mapping)
+            .expect("matchLabels");
+        let mut got: Vec<(&str, &str)> = selector
+            .iter()
+            .map(|(k, v)| (k.as_str().expect("key"), v.as_str().expect("value")))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, GO_DAEMONSET_SELECTOR, "{dir}: selector");
+        assert!(
+            get(ds, &["spec", "selector", "matchExpressions"]).is_none(),
+            "{dir}"
+        );
+        // The pods carry the selector's labels (or the DaemonSet is refused).
+        for (k, v) in GO_DAEMONSET_SELECTOR {
+            assert_eq!(
+                s(ds, &["spec", "template", "metadata", "labels", k]),
+                Some(v),
+                "{dir}: pod label {k}"
+            );
+        }
+        // Same names as their role and binding: applied over them, our least-privilege rules
+        // replace the wildcard ones (check_rbac: no "*"), and no second binding is left.
+        let roles = objects(&docs, "ClusterRole");
+        assert_eq!(roles.len(), 1, "{dir}");
+        assert_eq!(s(roles[0], &["metadata", "name"]), Some(GO_CLUSTER_ROLE));
+        let binding = one(&docs, "ClusterRoleBinding");
+        assert_eq!(
+            s(binding, &["metadata", "name"]),
+            Some(GO_CLUSTER_ROLE_BINDING)
+        );
+        // roleRef is immutable too: it must name the same role as theirs.
+        assert_eq!(s(binding, &["roleRef", "name"]), Some(GO_CLUSTER_ROLE));
+        check_rbac(&docs);
+    }
 }

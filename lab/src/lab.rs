@@ -1,22 +1,27 @@
 //! The lab: nodes and pods as network namespaces, one real `meshnetd` per node, and the real
 //! CNI chain (reference plugins from the machine, then `meshnet`) run for every pod.
 //!
-//! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`, and `down` removes exactly
-//! that):
-//! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i);
+//! Layout of lab `L` (everything it makes carries the prefix `mnl-L-`; `down` removes the
+//! namespaces the lab recorded as its own, and others with its prefix only when no lab that is up
+//! can claim them — `mnl-L-` is also the start of every name of a lab `L-x`):
+//! * `mnl-L-ul` — the underlay: a bridge joining the nodes (198.51.100.0/24, node i = .i; with
+//!   `--underlay ipv6`, 2001:db8::/64, node i = 2001:db8::i, and that is each daemon's HOST_IP);
 //! * `mnl-L-ext` — a segment outside the cluster: a bridge that every node's `eth0` is on, with
 //!   one "external device" at 192.0.2.254 (what `peer_pod: localhost` macvlan links reach);
 //! * `mnl-L-nodeI` — node namespaces, each with `ul0` on the underlay, a daemon, and the host ends
-//!   of its pods' `eth0` (made by the `ptp` plugin, pod addresses from 203.0.113.0/24);
+//!   of its pods' `eth0` (made by the `ptp` plugin, pod addresses from `--pod-cidr`, default
+//!   203.0.113.0/24, which no link address of the topology may overlap);
 //! * `mnl-L-NS-POD-GEN` — pod namespaces, a new one per sandbox, as a container runtime does.
 //!
 //! Nothing connects a lab namespace to the machine's own network. State lives in
 //! `$MESHNET_LAB_DIR/L/` (default `/run/meshnet-lab/L/`): `lab.json`, the file store, daemon
-//! sockets and logs; a lock file serialises commands on one lab.
+//! sockets and logs, and `netns.owned`: every namespace name the lab makes, appended *before* the
+//! namespace is made, so that a lab that crashed half-way is still removed exactly. A lock file
+//! serialises commands on one lab.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::net::Ipv4Addr;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -41,12 +46,48 @@ use crate::sys;
 
 /// Underlay network of the lab's nodes (TEST-NET-2).
 const UNDERLAY_PREFIX: &str = "198.51.100";
+/// The IPv6 underlay (`--underlay ipv6`): documentation space, node i = `2001:db8::i`.
+const UNDERLAY6_PREFIX: &str = "2001:db8::";
+
+/// The address family of the lab's underlay (the nodes' `HOST_IP`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underlay {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl std::str::FromStr for Underlay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ipv4" => Ok(Underlay::Ipv4),
+            "ipv6" => Ok(Underlay::Ipv6),
+            _ => Err(format!("underlay {s:?}: want ipv4 or ipv6")),
+        }
+    }
+}
+
+impl Underlay {
+    /// Node `i`'s underlay address and its prefix length.
+    fn node_address(self, i: usize) -> (String, u8) {
+        match self {
+            Underlay::Ipv4 => (format!("{UNDERLAY_PREFIX}.{i}"), 24),
+            Underlay::Ipv6 => (format!("{UNDERLAY6_PREFIX}{i:x}"), 64),
+        }
+    }
+}
 /// The segment outside the cluster that every node's `eth0` is on (TEST-NET-1), and the address
 /// of the device that stands for the outside world on it.
 pub const EXTERNAL_NET: &str = "192.0.2.0/24";
 pub const EXTERNAL_DEVICE: &str = "192.0.2.254";
-/// Pod (eth0) addresses, split among nodes (TEST-NET-3).
-const POD_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
+/// Pod (eth0) addresses, split among nodes (TEST-NET-3), unless `--pod-cidr` says otherwise.
+pub const DEFAULT_POD_CIDR: &str = "203.0.113.0/24";
+/// The smallest per-node block of the pod network: a /28 (the ptp plugin's gateway, 13 pods).
+const MIN_NODE_BLOCK_BITS: u8 = 4;
+/// The lab's record of its namespaces (see the module doc).
+const OWNED_NETNS: &str = "netns.owned";
 /// Most nodes a lab can have (the pod network is split into /28s at most).
 pub const MAX_NODES: usize = 16;
 /// Port of each daemon's /metrics, /healthz, /readyz inside its node namespace.
@@ -104,6 +145,18 @@ pub struct LabState {
     pub store: LabStore,
     #[serde(default)]
     pub wire_tls: bool,
+    /// The pod (eth0) network, split among the nodes.
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// The underlay's address family.
+    #[serde(default)]
+    pub underlay: Underlay,
+}
+
+fn default_pod_cidr() -> ipnet::Ipv4Net {
+    DEFAULT_POD_CIDR
+        .parse()
+        .expect("DEFAULT_POD_CIDR is a valid CIDR")
 }
 
 fn file_store() -> LabStore {
@@ -125,6 +178,10 @@ pub struct UpOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Mutual TLS between the daemons' wire servers (a lab CA, one certificate per node).
     pub wire_tls: bool,
+    /// The pod (eth0) network, split among the nodes ([`DEFAULT_POD_CIDR`] by default).
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// The underlay's address family (the nodes' `HOST_IP`).
+    pub underlay: Underlay,
 }
 
 /// In which order pods are started.
@@ -393,6 +450,21 @@ impl Lab {
                 );
             }
         }
+        node_blocks(opts.pod_cidr, opts.nodes)?;
+        for (what, net) in [
+            ("underlay", format!("{UNDERLAY_PREFIX}.0/24")),
+            ("outside segment", EXTERNAL_NET.to_string()),
+        ] {
+            let net: ipnet::Ipv4Net = net.parse().context("a lab constant")?;
+            if net.contains(&opts.pod_cidr.network()) || opts.pod_cidr.contains(&net.network()) {
+                bail!(
+                    "--pod-cidr {} overlaps the lab's {what} {net}",
+                    opts.pod_cidr
+                );
+            }
+        }
+        check_pod_network(&m.topologies, opts.pod_cidr)
+            .with_context(|| format!("in {}", file.display()))?;
         let meshnetd = find_bin("meshnetd")?;
         find_bin("meshnet")?;
         plugin_dir()?;
@@ -410,6 +482,8 @@ impl Lab {
             nodes: Vec::new(),
             pods: Vec::new(),
             wire_tls: opts.wire_tls,
+            pod_cidr: opts.pod_cidr,
+            underlay: opts.underlay,
             store: match &opts.kubeconfig {
                 None => LabStore::File,
                 Some(k) => LabStore::Kube {
@@ -489,8 +563,9 @@ impl Lab {
         let ul = st.underlay_netns.clone();
         let ext = st.external_netns.clone();
         let mtu_s = mtu.to_string();
+        let blocks = node_blocks(st.pod_cidr, n)?;
         for ns in [&ul, &ext] {
-            sys::run(&["ip", "netns", "add", ns])?;
+            self.add_netns(ns)?;
             sys::run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
             sys::run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
             sys::run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
@@ -514,13 +589,10 @@ impl Lab {
             "dev0",
         ])?;
         sys::run(&["ip", "-n", &ext, "link", "set", "dev0", "up"])?;
-        let bits = (usize::BITS - (n.max(1) - 1).leading_zeros()).min(4);
-        let plen = 24 + bits;
-        let block = 256u32 >> bits;
-        for i in 1..=n {
+        for (i, pod_block) in (1..=n).zip(blocks) {
             let name = format!("node{i}");
             let netns = format!("{}{name}", prefix(&self.name));
-            sys::run(&["ip", "netns", "add", &netns])?;
+            self.add_netns(&netns)?;
             sys::run(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
             let ul_end = format!("n{i}");
             sys::run(&[
@@ -530,17 +602,15 @@ impl Lab {
             sys::run(&[
                 "ip", "-n", &ul, "link", "set", &ul_end, "mtu", &mtu_s, "master", "br0", "up",
             ])?;
-            let ip = format!("{UNDERLAY_PREFIX}.{i}");
-            sys::run(&[
-                "ip",
-                "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "ul0",
-            ])?;
+            let (ip, plen) = st.underlay.node_address(i);
+            // nodad: an IPv6 address is usable at once, not after duplicate address detection
+            // (the daemon binds and peers connect right away); the lab assigns them uniquely.
+            let cidr = format!("{ip}/{plen}");
+            let mut add = vec!["ip", "-n", &netns, "addr", "add", &cidr, "dev", "ul0"];
+            if st.underlay == Underlay::Ipv6 {
+                add.push("nodad");
+            }
+            sys::run(&add)?;
             sys::run(&[
                 "ip", "-n", &netns, "link", "set", "ul0", "mtu", &mtu_s, "up",
             ])?;
@@ -558,8 +628,7 @@ impl Lab {
                 // TCP to the daemons' wire port crosses the underlay.
                 block_vxlan(&netns)?;
             }
-            let base = u32::from(POD_NET) + (i as u32 - 1) * block;
-            let pod_cidr = format!("{}/{plen}", Ipv4Addr::from(base));
+            let pod_cidr = pod_block.to_string();
             let ndir = self.dir.join(&name);
             fs::create_dir_all(&ndir)?;
             st.nodes.push(NodeState {
@@ -590,7 +659,7 @@ impl Lab {
             .args(["--node-name", &node.name, "--host-ip", &node.ip])
             .arg("--socket")
             .arg(&node.socket)
-            .args(["--http-addr", &format!("0.0.0.0:{HTTP_PORT}")]);
+            .args(["--http-addr", &format!("[::]:{HTTP_PORT}")]);
         if st.wire_tls {
             cmd.arg("--wire-tls-dir").arg(ndir.join("tls"));
         }
@@ -645,19 +714,31 @@ impl Lab {
                 .context("starting the API server proxy")?;
             st.nodes[i].proxy_pid = Some(i32::try_from(proxy.id()).context("pid")?);
         }
-        // The daemon outlives this command; it is stopped by `down`.
-        drop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = child;
         while !st.nodes[i].socket.exists() {
-            if Instant::now() > deadline || kill(Pid::from_raw(pid), None).is_err() {
+            // try_wait reaps a daemon that exited at once (a zombie would still answer kill 0).
+            if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+                let log = ndir.join("meshnetd.log");
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                // The daemon's own error line (anyhow prints "Error: ..."), else the last line.
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("Error: "))
+                    .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default();
                 bail!(
-                    "meshnetd on {} did not come up; see {}",
+                    "meshnetd on {} did not come up; see {}{last}",
                     st.nodes[i].name,
-                    ndir.join("meshnetd.log").display()
+                    log.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The daemon outlives this command; it is stopped by `down`.
+        drop(child);
         Ok(())
     }
 
@@ -856,7 +937,7 @@ impl Lab {
             generation,
             result: None,
         };
-        sys::run(&["ip", "netns", "add", &pod.netns])?;
+        self.add_netns(&pod.netns)?;
         sys::run(&["ip", "-n", &pod.netns, "link", "set", "lo", "up"])?;
         match self.run_chain(st, &pod, "ADD") {
             Ok(r) => {
@@ -889,6 +970,8 @@ impl Lab {
             fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let m =
             manifest::parse(&text, "default").with_context(|| format!("in {}", file.display()))?;
+        check_pod_network(&m.topologies, st.pod_cidr)
+            .with_context(|| format!("in {}", file.display()))?;
         let store = self.store()?;
         for t in &m.topologies {
             self.block_on(store.apply(t))
@@ -1136,14 +1219,77 @@ impl Lab {
         Ok(done)
     }
 
-    /// Deletes every namespace with this lab's prefix; returns how many.
+    /// Records `name` as this lab's (before making it: a crash in between leaves a name that
+    /// `down` tries and skips, never a namespace nobody removes), then makes the namespace.
+    fn add_netns(&self, name: &str) -> anyhow::Result<()> {
+        let ledger = self.dir.join(OWNED_NETNS);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ledger)
+            // One write per name: concurrent pod starts append whole lines.
+            .and_then(|mut f| f.write_all(format!("{name}\n").as_bytes()))
+            .with_context(|| format!("recording {name} in {}", ledger.display()))?;
+        sys::run(&["ip", "netns", "add", name]).map(|_| ())
+    }
+
+    /// The namespaces this lab owns: those it recorded (the ledger; for a lab made before the
+    /// ledger existed, the names in its state), and those named with its prefix that no other
+    /// lab can claim — made beside the lab by a tool (the benchmark's relay namespaces) or left
+    /// by a crash. A name is claimed by another lab while that lab is up (its directory is made
+    /// before its first namespace and removed after its last) when the other lab recorded it,
+    /// or when its prefix `mnl-OTHER-` starts the name: `mnl-frrz-a-ul` is lab `frrz-a`'s, and
+    /// `mnl-frrz-a-r1-1` (lab `frrz`'s pod r1 in Kubernetes namespace `a`) is `frrz`'s.
+    fn owned_netns(&self) -> HashSet<String> {
+        let mut names: HashSet<String> = fs::read_to_string(self.dir.join(OWNED_NETNS))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Ok(st) = self.load() {
+            names.extend([st.underlay_netns, st.external_netns]);
+            names.extend(st.nodes.into_iter().map(|n| n.netns));
+            names.extend(st.pods.into_iter().map(|p| p.netns));
+        }
+        names.remove("");
+        let mine = prefix(&self.name);
+        let longer = format!("{}-", self.name);
+        // Other labs that are up: their recorded names, and the prefixes of those whose name
+        // extends this one's.
+        let mut claimed: HashSet<String> = HashSet::new();
+        let mut others: Vec<String> = Vec::new();
+        for e in fs::read_dir(state_root()).into_iter().flatten().flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name == self.name || !e.path().is_dir() {
+                continue;
+            }
+            if let Ok(text) = fs::read_to_string(e.path().join(OWNED_NETNS)) {
+                claimed.extend(text.lines().map(str::to_string));
+            }
+            if name.starts_with(&longer) {
+                others.push(prefix(&name));
+            }
+        }
+        names.extend(sys::netns_list().into_iter().filter(|n| {
+            n.starts_with(&mine)
+                && !claimed.contains(n)
+                && !others.iter().any(|o| n.starts_with(o.as_str()))
+        }));
+        names
+    }
+
+    /// Deletes every namespace this lab recorded as its own that still exists; returns how
+    /// many. Another lab's namespaces are never touched, whatever their names.
     fn sweep(&self) -> usize {
-        let pre = prefix(&self.name);
+        let owned = self.owned_netns();
         let mut n = 0;
         // Pods first, then nodes, then the underlay: the order a cluster would go away in.
         let mut names: Vec<String> = sys::netns_list()
             .into_iter()
-            .filter(|s| s.starts_with(&pre))
+            .filter(|s| owned.contains(s))
             .collect();
         names.sort_by_key(|s| {
             (
@@ -1151,13 +1297,78 @@ impl Lab {
                 s.contains("-node"),
             )
         });
+        let mut left = Vec::new();
         for name in names {
             if sys::run_quiet(&["ip", "netns", "delete", &name]) {
                 n += 1;
+            } else {
+                left.push(name);
             }
+        }
+        // Keep only what could not be removed, for the next try.
+        let ledger = self.dir.join(OWNED_NETNS);
+        if left.is_empty() {
+            let _ = fs::remove_file(&ledger);
+        } else {
+            let _ = fs::write(&ledger, left.join("\n") + "\n");
         }
         n
     }
+}
+
+/// The pod network split into one block per node: `n` rounded up to a power of two equal
+/// blocks, in order.
+///
+/// # Errors
+/// Blocks would be smaller than a /28 (`MIN_NODE_BLOCK_BITS`), naming the largest prefix that fits.
+pub fn node_blocks(pod_cidr: ipnet::Ipv4Net, n: usize) -> anyhow::Result<Vec<ipnet::Ipv4Net>> {
+    let bits =
+        u8::try_from(usize::BITS - n.max(1).saturating_sub(1).leading_zeros()).expect("at most 64");
+    let plen = pod_cidr.prefix_len() + bits;
+    if plen > 32 - MIN_NODE_BLOCK_BITS {
+        bail!(
+            "--pod-cidr {pod_cidr} is too small for {n} nodes: each node needs at least a /{}, \
+             so the pod network must be a /{} or larger",
+            32 - MIN_NODE_BLOCK_BITS,
+            32 - MIN_NODE_BLOCK_BITS - bits
+        );
+    }
+    let blocks: Vec<ipnet::Ipv4Net> = pod_cidr
+        .trunc()
+        .subnets(plen)
+        .context("splitting the pod network")?
+        .take(n)
+        .collect();
+    Ok(blocks)
+}
+
+/// Refuses link addresses that overlap the lab's pod network: the pods' eth0 routes (and the
+/// node's host routes to them) would take their traffic, and `verify` would fail with no hint.
+///
+/// # Errors
+/// The first overlap, naming the pod, the link and both ranges.
+pub fn check_pod_network(topologies: &[Topology], pod_cidr: ipnet::Ipv4Net) -> anyhow::Result<()> {
+    let pods = ipnet::IpNet::V4(pod_cidr.trunc());
+    for t in topologies {
+        for l in &t.spec.links {
+            for (field, value) in [("local_ip", &l.local_ip), ("peer_ip", &l.peer_ip)] {
+                let Ok(net) = value.parse::<ipnet::IpNet>() else {
+                    // Not an address the lab can check (empty, or refused later with a reason).
+                    continue;
+                };
+                if pods.contains(&net.trunc().network()) || net.trunc().contains(&pods.network()) {
+                    bail!(
+                        "Topology {}: link uid {} {field} {value} overlaps the lab's pod network \
+                         {pod_cidr} (the pods' eth0); choose link addresses outside it, or \
+                         another range with `up --pod-cidr`",
+                        t.key(),
+                        l.uid
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Drops every UDP 4789 (VXLAN) packet a node sends, and counts it.
@@ -1580,5 +1791,57 @@ fn resync_seconds() -> anyhow::Result<u64> {
             format!("MESHNET_LAB_RESYNC_SECONDS={v:?} is not a positive number of seconds")
         }),
         Err(_) => Ok(10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> ipnet::Ipv4Net {
+        s.parse().expect("CIDR")
+    }
+
+    #[test]
+    fn the_pod_network_is_split_into_equal_node_blocks() {
+        let blocks = |cidr, n| {
+            node_blocks(net(cidr), n)
+                .expect("fits")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(blocks("203.0.113.0/24", 1), ["203.0.113.0/24"]);
+        assert_eq!(
+            blocks("203.0.113.0/24", 3),
+            ["203.0.113.0/26", "203.0.113.64/26", "203.0.113.128/26"]
+        );
+        assert_eq!(blocks("10.9.0.0/16", 16).len(), 16);
+        let e = node_blocks(net("203.0.113.0/26"), 16).expect_err("16 /28s need a /24");
+        assert!(e.to_string().contains("must be a /24 or larger"), "{e}");
+    }
+
+    #[test]
+    fn link_addresses_in_the_pod_network_are_refused_naming_both() {
+        let m = manifest::parse(
+            "apiVersion: networkop.co.uk/v1beta1\nkind: Topology\nmetadata: {name: r1}\n\
+             spec:\n  links:\n  - {uid: 7, peer_pod: r2, local_intf: eth1, peer_intf: eth1,\n\
+             \x20    local_ip: 198.51.100.9/31, peer_ip: 203.0.113.1/31}\n",
+            "default",
+        )
+        .expect("manifest");
+        let e = check_pod_network(&m.topologies, net("203.0.113.0/24")).expect_err("overlap");
+        let msg = e.to_string();
+        for part in [
+            "default/r1",
+            "uid 7",
+            "peer_ip 203.0.113.1/31",
+            "203.0.113.0/24",
+        ] {
+            assert!(msg.contains(part), "{part:?} not in {msg}");
+        }
+        check_pod_network(&m.topologies, net("203.0.113.128/25")).expect("no overlap");
+        // A link network that contains the whole pod network overlaps it too.
+        assert!(check_pod_network(&m.topologies, net("198.51.100.8/30")).is_err());
     }
 }

@@ -53,6 +53,14 @@ enum Cmd {
         /// cniVersion of the node's conflist.
         #[arg(long, default_value = "0.3.1")]
         cni_version: String,
+        /// The pods' eth0 network, split among the nodes; link addresses of the topology may
+        /// not overlap it.
+        #[arg(long, default_value = lab::DEFAULT_POD_CIDR)]
+        pod_cidr: ipnet::Ipv4Net,
+        /// Address family of the underlay between nodes (the daemons' HOST_IP): ipv4
+        /// (198.51.100.0/24) or ipv6 (2001:db8::/64).
+        #[arg(long, default_value = "ipv4")]
+        underlay: lab::Underlay,
     },
     /// Run a command inside a pod's network namespace.
     Exec {
@@ -199,6 +207,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             underlay_mtu,
             kubeconfig,
             wire_tls,
+            pod_cidr,
+            underlay,
         } => {
             let opts = UpOptions {
                 nodes,
@@ -210,6 +220,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 underlay_mtu,
                 kubeconfig,
                 wire_tls,
+                pod_cidr,
+                underlay,
             };
             let started = std::time::Instant::now();
             let st = lab.up(&file, &opts)?;

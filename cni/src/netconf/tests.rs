@@ -144,3 +144,21 @@ fn log_file_netconf_beats_env_beats_default() {
         PathBuf::from(DEFAULT_LOG_FILE)
     );
 }
+
+#[test]
+fn the_socket_wait_is_half_the_timeout_and_at_most_the_cap() {
+    let wait = |secs| {
+        DaemonConfig {
+            timeout: Duration::from_secs(secs),
+            ..DaemonConfig::default()
+        }
+        .socket_wait()
+    };
+    assert_eq!(wait(2), Duration::from_secs(1));
+    assert_eq!(wait(10), Duration::from_secs(5));
+    assert_eq!(wait(120), MAX_SOCKET_WAIT);
+    assert!(
+        wait(1) < Duration::from_secs(1),
+        "always less than the timeout"
+    );
+}

@@ -87,7 +87,7 @@ fn golden_conflists() {
         assert_eq!(chosen, name);
         let out = render(&with_meshnet(
             to_conflist(name, &value).expect(name),
-            &meshnet_plugin(None),
+            &meshnet_plugin(&PluginOptions::default()),
         ));
         let out: Value = serde_json::from_slice(&out).expect("rendered JSON");
         assert_eq!(out, parse(expected), "{name}");
@@ -151,7 +151,10 @@ fn meshnet_is_appended_once_and_replaces_an_old_entry() {
         {"type": "meshnet", "name": "meshnet", "daemon_socket": "/old.sock"},
         {"type": "portmap"},
     ]});
-    let plugin = meshnet_plugin(Some(Path::new("/run/x/meshnetd.sock")));
+    let plugin = meshnet_plugin(&PluginOptions {
+        daemon_socket: Some("/run/x/meshnetd.sock".into()),
+        ..PluginOptions::default()
+    });
     let once = with_meshnet(old, &plugin);
     let twice = with_meshnet(once.clone(), &plugin);
     assert_eq!(once, twice);
@@ -169,7 +172,10 @@ fn meshnet_is_appended_once_and_replaces_an_old_entry() {
 
 #[test]
 fn own_output_and_meshnet_chains_are_never_the_primary() {
-    let ours = render(&with_meshnet(parse(KINDNET), &meshnet_plugin(None)));
+    let ours = render(&with_meshnet(
+        parse(KINDNET),
+        &meshnet_plugin(&PluginOptions::default()),
+    ));
     let ours = String::from_utf8(ours).expect("utf8");
     let sel = select_primary(&files(&[
         ("10-kindnet.conflist", KINDNET),
@@ -337,7 +343,10 @@ fn install_replaces_what_changed_only() {
 
     // A different socket: the conflist follows.
     let mut cfg = node.cfg.clone();
-    cfg.plugin = meshnet_plugin(Some(Path::new("/run/other.sock")));
+    cfg.plugin = meshnet_plugin(&PluginOptions {
+        daemon_socket: Some("/run/other.sock".into()),
+        ..PluginOptions::default()
+    });
     let r = install(&cfg).expect("fourth");
     assert!(r.conflist_changed && !r.binary_changed, "{r:?}");
     let plugins = node.conflist()["plugins"].clone();
@@ -397,8 +406,11 @@ fn no_primary_is_an_error_naming_the_dir() {
     assert!(msg.contains("10-x.conf: not JSON"), "{msg}");
 
     // Our own output alone is no primary either.
-    let ours = String::from_utf8(render(&with_meshnet(parse(KINDNET), &meshnet_plugin(None))))
-        .expect("utf8");
+    let ours = String::from_utf8(render(&with_meshnet(
+        parse(KINDNET),
+        &meshnet_plugin(&PluginOptions::default()),
+    )))
+    .expect("utf8");
     let node = Node::new(&[(CONFLIST_NAME, &ours)]);
     let e = install(&node.cfg).expect_err("only ours");
     assert!(matches!(e, InstallError::NoPrimary { .. }), "{e:?}");
@@ -548,7 +560,8 @@ async fn watcher_follows_the_primary_without_looping() {
     .await;
     assert_eq!(node.conflist(), parse(FLANNEL_OUT));
 
-    // The primary goes away entirely: the pass fails, the last conflist stays.
+    // The primary goes away entirely (the network plugin uninstalled): ours goes too, so the
+    // node no longer looks network-ready; the binary stays.
     fs::remove_file(node.cfg.conf_dir.join("05-flannel.conflist")).expect("rm");
     fs::remove_file(node.cfg.conf_dir.join("10-kindnet.conflist")).expect("rm");
     eventually("a failed pass", || {
@@ -557,7 +570,21 @@ async fn watcher_follows_the_primary_without_looping() {
             .is_some_and(|p| p.as_ref().is_err_and(|e| e.contains("no primary")))
     })
     .await;
-    assert_eq!(node.conflist(), parse(FLANNEL_OUT));
+    eventually("our conflist withdrawn", || {
+        !node.cfg.conflist_path().exists()
+    })
+    .await;
+    assert_eq!(
+        Node::names(&node.cfg.conf_dir),
+        Vec::<String>::new(),
+        "nothing else written"
+    );
+    assert!(node.cfg.binary_path().exists());
+
+    // A primary comes back: so does ours, chained after it.
+    fs::write(node.cfg.conf_dir.join("10-calico.conflist"), CALICO).expect("write");
+    eventually("the conflist back", || node.cfg.conflist_path().exists()).await;
+    assert_eq!(node.conflist(), parse(CALICO_OUT));
 
     stop.send(()).expect("watcher still running");
     task.await.expect("join").expect("clean shutdown");
@@ -579,4 +606,29 @@ async fn watcher_reports_a_vanished_conf_dir() {
         e.to_string()
             .contains(&node.cfg.conf_dir.display().to_string())
     );
+}
+
+#[test]
+fn plugin_options_become_the_plugins_own_keys() {
+    assert_eq!(
+        meshnet_plugin(&PluginOptions::default()),
+        json!({"name": "meshnet", "type": "meshnet", "ipam": {}, "dns": {}}),
+        "the seed's entry, no more"
+    );
+    let opts = PluginOptions {
+        daemon_socket: Some("/run/m/d.sock".into()),
+        log_file: Some("/var/log/m.log".into()),
+        timeout_seconds: Some(30),
+    };
+    let out = render(&with_meshnet(parse(KINDNET), &meshnet_plugin(&opts)));
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    let mut want = parse(KINDNET_OUT);
+    let last = want["plugins"]
+        .as_array_mut()
+        .and_then(|p| p.last_mut())
+        .expect("meshnet entry");
+    last["daemon_socket"] = json!("/run/m/d.sock");
+    last["log_file"] = json!("/var/log/m.log");
+    last["timeout_seconds"] = json!(30);
+    assert_eq!(out, want);
 }
