@@ -355,7 +355,6 @@ state = "{d}/state"
             .arg(d.join("net.d"))
             .arg("--cni-bin-dir")
             .arg(d.join("cni-bin"))
-            .arg("--keep-cni-config") // ROLLOUT: drop once meshnetd keeps the conflist across SIGTERM by default
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
