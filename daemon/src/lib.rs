@@ -5,7 +5,7 @@
 //! Modules: [`topology`] (the resource and its checks), [`store`] (where topologies live),
 //! [`plan`] (pure: what this node must build), [`links`] and [`netns`] (the kernel),
 //! [`reconcile`] (driving the kernel toward the plan), [`api`] (the CNI-facing gRPC service),
-//! [`http`] (metrics and health).
+//! [`http`] (metrics, health and [`view`], the node's links as JSON).
 #![deny(unsafe_code)]
 
 use std::net::IpAddr;
@@ -31,6 +31,7 @@ pub mod plan;
 mod pollfd;
 pub mod reconcile;
 pub mod tapio;
+pub mod view;
 pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
@@ -155,7 +156,7 @@ pub async fn run(
             name: config.node_name.clone(),
             ip: config.host_ip,
         },
-        store,
+        Arc::clone(&store),
         ops,
         config.inter_node_link,
         config.host_intf.clone(),
@@ -212,7 +213,12 @@ pub async fn run(
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
     let http = listeners.http.map(|l| {
-        let app = http::router(metrics_handle, Arc::clone(&ready));
+        let view = http::ViewSource {
+            store: Arc::clone(&store),
+            node: config.node_name.clone(),
+            host_ip: config.host_ip,
+        };
+        let app = http::router(metrics_handle, Arc::clone(&ready), Some(view));
         let s = stopped();
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
     });

@@ -94,6 +94,19 @@ enum Cmd {
     },
     /// Print a node daemon's /metrics.
     Metrics { node: String },
+    /// Draw the topology as it is: pods by node, links coloured by state, with interfaces, kind,
+    /// MTU and current rates (sampled over --interval-ms).
+    Graph {
+        /// svg, dot (Graphviz), mermaid or json.
+        #[arg(long, default_value = "svg")]
+        format: meshnet_lab::graph::Format,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Milliseconds between the two samples that give the rates (0: no rates).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Remove everything the lab made.
     Down,
     /// (internal) Relay 127.0.0.1:PORT inside a node namespace to the machine's loopback.
@@ -251,6 +264,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Daemon { node, action } => println!("{}", lab.daemon(&node, &action)?),
         Cmd::Node { node, action } => println!("{}", lab.node(&node, &action)?),
         Cmd::Metrics { node } => print!("{}", lab.metrics(&node)?),
+        Cmd::Graph {
+            format,
+            output,
+            interval_ms,
+        } => {
+            let out = meshnet_lab::graph::draw(&lab, format, Duration::from_millis(interval_ms))?;
+            match output {
+                Some(path) => std::fs::write(&path, out)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{out}"),
+            }
+        }
         Cmd::Down => {
             for l in lab.down()? {
                 println!("{l}");
