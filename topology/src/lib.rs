@@ -5,6 +5,7 @@
 //! dependency cycle, and so tools that only read topologies do not link netlink.
 #![forbid(unsafe_code)]
 
+pub mod impairment;
 pub mod store;
 pub mod topology;
 pub mod view;
