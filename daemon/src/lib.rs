@@ -29,8 +29,11 @@ pub mod metrics_desc;
 pub mod netns;
 pub mod plan;
 mod pollfd;
+pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;
+#[cfg(test)]
+mod testns;
 pub mod view;
 pub use meshnet_topology::{store, topology};
 
