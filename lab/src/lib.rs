@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod graph;
+pub mod impair;
 pub mod lab;
 pub mod manifest;
 pub mod sys;
