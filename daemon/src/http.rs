@@ -1,7 +1,8 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text: the recorder's metrics plus the
 //! kernel links' counters, [`crate::linkstats`]), `/healthz` (the process serves), `/readyz`
-//! (initial store sync done: the daemon can serve ADD); and [`bind_tcp`], how the daemon's TCP
-//! listeners (these endpoints and the node-to-node wire) are bound.
+//! (initial store sync done: the daemon can serve ADD), `/topology` (this node's links as JSON:
+//! see [`crate::view`]); and [`bind_tcp`], how the daemon's TCP listeners (these endpoints and
+//! the node-to-node wire) are bound.
 //!
 //! Listeners default to `[::]:PORT` with `IPV6_V6ONLY` off: one socket that accepts IPv6 and
 //! IPv4 (as v4-mapped addresses), so an IPv6-only or IPv6-first node is served like an IPv4 one
@@ -28,6 +29,29 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
     reconciler: Option<Arc<Reconciler>>,
+}
+
+/// `/topology`: this node's links, as [`crate::view::node_view`] builds them.
+async fn topology(State(s): State<AppState>) -> axum::response::Response {
+    let Some(r) = &s.reconciler else {
+        return (StatusCode::NOT_FOUND, "no topology view\n").into_response();
+    };
+    match crate::view::node_view(r.store(), &r.node().name, r.node().ip).await {
+        Ok(view) => match serde_json::to_string(&view) {
+            Ok(body) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        },
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the topology store: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -64,7 +88,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// The router; serve it with `axum::serve` on an already-bound listener. `reconciler` (when
-/// given) supplies the live kernel links whose counters `/metrics` adds.
+/// given) supplies the live kernel links whose counters `/metrics` adds, and `/topology`.
 pub fn router(
     metrics_handle: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
@@ -74,6 +98,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/topology", get(topology))
         .with_state(AppState {
             metrics: metrics_handle,
             ready,

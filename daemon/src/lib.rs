@@ -5,7 +5,7 @@
 //! Modules: [`topology`] (the resource and its checks), [`store`] (where topologies live),
 //! [`plan`] (pure: what this node must build), [`links`] and [`netns`] (the kernel),
 //! [`reconcile`] (driving the kernel toward the plan), [`api`] (the CNI-facing gRPC service),
-//! [`http`] (metrics and health).
+//! [`http`] (metrics, health and [`view`], the node's links as JSON).
 #![deny(unsafe_code)]
 
 use std::net::IpAddr;
@@ -30,9 +30,13 @@ pub mod metrics_desc;
 pub mod netns;
 pub mod plan;
 mod pollfd;
+pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;
+#[cfg(test)]
+mod testns;
 pub mod underlay;
+pub mod view;
 pub use meshnet_topology::{store, topology};
 
 use reconcile::{Depth, NodeIdentity, Reconciler};
@@ -164,7 +168,7 @@ pub async fn run(
             name: config.node_name.clone(),
             ip: config.host_ip,
         },
-        store,
+        Arc::clone(&store),
         ops,
         config.inter_node_link,
         config.host_intf.clone(),

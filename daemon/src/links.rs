@@ -1219,47 +1219,8 @@ pub(crate) mod fake;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
-    /// A throw-away named namespace (`ip netns add`), deleted on drop, panic included.
-    struct TestNs(String);
-
-    impl TestNs {
-        fn new(tag: &str) -> Self {
-            static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("mnd-{tag}-{}-{seq}", std::process::id());
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            let out = Command::new("ip").args(["netns", "add", &name]).output();
-            assert!(out.unwrap().status.success(), "ip netns add {name}");
-            let ns = TestNs(name);
-            ns.ip(&["link", "set", "lo", "up"]);
-            ns
-        }
-
-        fn path(&self) -> PathBuf {
-            PathBuf::from(format!("/run/netns/{}", self.0))
-        }
-
-        fn ip(&self, args: &[&str]) {
-            let out = Command::new("ip")
-                .args(["-n", &self.0])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
-    impl Drop for TestNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
+    use crate::testns::TestNs;
 
     fn sorted(mut s: IfaceState) -> IfaceState {
         s.addrs.sort();

@@ -14,12 +14,13 @@
 //! * `spec` itself is optional, as in the Go CRD (kube-derive would require it);
 //! * no defaults are injected into stored objects, and lists stay `atomic` (the Go CRD's default),
 //!   so a `kubectl apply` of a manifest replaces the whole `links` list;
-//! * the extensions (`mtu`, `local_mac`, `peer_mac`, `status.node`, `status.links`) are optional
+//! * the extensions (`mtu`, `local_mac`, `peer_mac`, `impairment`, `status.node`, `status.links`) are optional
 //!   additions; an old object validates unchanged.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{CustomResource, CustomResourceExt};
+use meshnet_topology::impairment as model_impairment;
 use meshnet_topology::topology as model;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -86,7 +87,7 @@ pub struct TopologySpec {
 }
 
 /// A complete definition of a p2p link, as one of its ends declares it.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct Link {
     /// Unique identifier of the link within the namespace; the same on both ends.
     pub uid: i64,
@@ -128,6 +129,109 @@ pub struct Link {
         skip_serializing_if = "String::is_empty"
     )]
     pub peer_mac: String,
+    /// (Optional, meshnet-rs) Impairments applied to the link: delay, jitter, loss, rate,
+    /// duplicate, corrupt, reorder; both directions unless `side` names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "impairment_schema")]
+    pub impairment: Option<Impairment>,
+}
+
+/// A plain object (not nullable: the server prunes a `null`, which means "none"), numbers without
+/// a `format` (Kubernetes knows none for floats), every field optional.
+fn impairment_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let text = |d: &str| schemars::json_schema!({"type": "string", "description": d});
+    let pct = |d: &str| schemars::json_schema!({"type": "number", "description": d});
+    schemars::json_schema!({
+        "type": "object",
+        "description": "(Optional, meshnet-rs) Impairments applied to the link; both directions unless `side` names one.",
+        "properties": {
+            "delay": text("One-way delay added to every frame: 10ms, 1.5ms, 200us, 1s."),
+            "jitter": text("Random variation of the delay (± this), same units."),
+            "loss": pct("Percentage of frames dropped (0-100)."),
+            "rate": text("Rate limit: 100mbit, 1gbit, 500kbit, 64000bit."),
+            "duplicate": pct("Percentage of frames sent twice (0-100)."),
+            "corrupt": pct("Percentage of frames with a bit flipped (0-100)."),
+            "reorder": pct("Percentage of frames sent ahead of delayed ones (0-100; needs a delay)."),
+            "side": text("local (what this pod sends), peer (what the peer sends), or both (the default)."),
+        },
+    })
+}
+
+/// (meshnet-rs) A link's declared impairments. Values are checked per link by meshnet (a bad one
+/// is reported in the link's status), so the schema ([`impairment_schema`]) only fixes the shapes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Impairment {
+    /// One-way delay added to every frame: `10ms`, `1.5ms`, `200us`, `1s`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub delay: String,
+    /// Random variation of the delay (± this), same units.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub jitter: String,
+    /// Percentage of frames dropped (0–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Rate limit: `100mbit`, `1gbit`, `500kbit`, `64000bit`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub rate: String,
+    /// Percentage of frames sent twice (0–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<f64>,
+    /// Percentage of frames with a bit flipped (0–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<f64>,
+    /// Percentage of frames sent ahead of delayed ones (0–100; needs a delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reorder: Option<f64>,
+    /// `local` (what this pod sends), `peer` (what the peer sends), or `both` (the default).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub side: String,
+}
+
+impl From<model_impairment::Impairment> for Impairment {
+    fn from(i: model_impairment::Impairment) -> Self {
+        Impairment {
+            delay: i.delay,
+            jitter: i.jitter,
+            loss: i.loss.map(|p| p.0),
+            rate: i.rate,
+            duplicate: i.duplicate.map(|p| p.0),
+            corrupt: i.corrupt.map(|p| p.0),
+            reorder: i.reorder.map(|p| p.0),
+            side: i.side,
+        }
+    }
+}
+
+impl From<Impairment> for model_impairment::Impairment {
+    fn from(i: Impairment) -> Self {
+        let p = |v: Option<f64>| v.map(model_impairment::Percent);
+        model_impairment::Impairment {
+            delay: i.delay,
+            jitter: i.jitter,
+            loss: p(i.loss),
+            rate: i.rate,
+            duplicate: p(i.duplicate),
+            corrupt: p(i.corrupt),
+            reorder: p(i.reorder),
+            side: i.side,
+        }
+    }
 }
 
 /// An integer that fits `u32`, so that every stored object decodes; the usable range (68..=65535)
@@ -301,6 +405,7 @@ impl From<model::Link> for Link {
             mtu: l.mtu,
             local_mac: l.local_mac,
             peer_mac: l.peer_mac,
+            impairment: l.impairment.map(Into::into),
         }
     }
 }
@@ -317,6 +422,7 @@ impl From<Link> for model::Link {
             mtu: l.mtu,
             local_mac: l.local_mac,
             peer_mac: l.peer_mac,
+            impairment: l.impairment.map(Into::into),
         }
     }
 }

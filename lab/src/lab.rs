@@ -411,6 +411,36 @@ impl Lab {
         Ok(s)
     }
 
+    /// Edits the declaration of one link end — `POD:INTF` (or `NAMESPACE/POD:INTF`) — in the
+    /// store, as `kubectl edit` would; the daemons follow through their watch.
+    ///
+    /// # Errors
+    /// Unknown pod, no Topology or no link on that interface, or the store refuses.
+    pub fn edit_link(
+        &self,
+        end: &str,
+        edit: impl FnOnce(&mut meshnet_topology::topology::Link),
+    ) -> anyhow::Result<()> {
+        let (pod, intf) = end
+            .rsplit_once(':')
+            .with_context(|| format!("{end:?}: want POD:INTERFACE"))?;
+        let st = self.load()?;
+        let key = st.pods[find_pod(&st, pod)?].key();
+        let store = self.store()?;
+        let mut topo = self
+            .block_on(store.get(&key))?
+            .with_context(|| format!("pod {key} has no Topology"))?;
+        let link = topo
+            .spec
+            .links
+            .iter_mut()
+            .find(|l| l.local_intf == intf)
+            .with_context(|| format!("pod {key} declares no link on {intf:?}"))?;
+        edit(link);
+        self.block_on(store.apply(&topo))?;
+        Ok(())
+    }
+
     /// `up`: builds the lab and starts every pod of `file`, then waits until every link between
     /// the lab's pods is up.
     ///

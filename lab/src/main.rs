@@ -102,6 +102,52 @@ enum Cmd {
     },
     /// Print a node daemon's /metrics.
     Metrics { node: String },
+    /// Impair a link (stored in its Topology; the daemons follow): delay, loss, rate … on both
+    /// directions, or only what POD sends (--side local) or receives (--side peer).
+    Impair {
+        /// POD:INTERFACE or NAMESPACE/POD:INTERFACE.
+        end: String,
+        /// One-way delay, e.g. 10ms.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Delay variation (± this), e.g. 2ms.
+        #[arg(long)]
+        jitter: Option<String>,
+        /// Frames lost, e.g. 1%.
+        #[arg(long)]
+        loss: Option<String>,
+        /// Rate limit, e.g. 50mbit.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Frames duplicated, e.g. 0.1%.
+        #[arg(long)]
+        duplicate: Option<String>,
+        /// Frames with a bit flipped, e.g. 0.1%.
+        #[arg(long)]
+        corrupt: Option<String>,
+        /// Frames sent ahead of delayed ones, e.g. 1% (needs --delay).
+        #[arg(long)]
+        reorder: Option<String>,
+        /// local (what POD sends), peer (what POD receives) or both (default).
+        #[arg(long)]
+        side: Option<String>,
+        /// Remove the link's impairment.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Draw the topology as it is: pods by node, links coloured by state, with interfaces, kind,
+    /// MTU and current rates (sampled over --interval-ms).
+    Graph {
+        /// svg, dot (Graphviz), mermaid or json.
+        #[arg(long, default_value = "svg")]
+        format: meshnet_lab::graph::Format,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Milliseconds between the two samples that give the rates (0: no rates).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
     /// Remove everything the lab made.
     Down,
     /// (internal) Relay 127.0.0.1:PORT inside a node namespace to the machine's loopback.
@@ -263,6 +309,49 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Cmd::Daemon { node, action } => println!("{}", lab.daemon(&node, &action)?),
         Cmd::Node { node, action } => println!("{}", lab.node(&node, &action)?),
         Cmd::Metrics { node } => print!("{}", lab.metrics(&node)?),
+        Cmd::Impair {
+            end,
+            delay,
+            jitter,
+            loss,
+            rate,
+            duplicate,
+            corrupt,
+            reorder,
+            side,
+            clear,
+        } => {
+            let decl = meshnet_lab::impair::declaration(&meshnet_lab::impair::ImpairFlags {
+                delay,
+                jitter,
+                loss,
+                rate,
+                duplicate,
+                corrupt,
+                reorder,
+                side,
+                clear,
+            })
+            .map_err(anyhow::Error::msg)?;
+            let what = decl
+                .as_ref()
+                .and_then(|i| i.parse().ok())
+                .map_or("none".to_string(), |s| s.to_string());
+            lab.edit_link(&end, |l| l.impairment = decl)?;
+            println!("{end}: impairment {what}");
+        }
+        Cmd::Graph {
+            format,
+            output,
+            interval_ms,
+        } => {
+            let out = meshnet_lab::graph::draw(&lab, format, Duration::from_millis(interval_ms))?;
+            match output {
+                Some(path) => std::fs::write(&path, out)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{out}"),
+            }
+        }
         Cmd::Down => {
             for l in lab.down()? {
                 println!("{l}");

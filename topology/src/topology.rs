@@ -113,6 +113,9 @@ pub struct Link {
         skip_serializing_if = "String::is_empty"
     )]
     pub peer_mac: String,
+    /// Extension: delay, loss, rate … applied to the link (see [`crate::impairment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impairment: Option<crate::impairment::Impairment>,
 }
 
 /// Written by the daemon of the node the pod runs on.

@@ -37,6 +37,7 @@ pub mod batch;
 pub mod batching;
 pub mod endpoint;
 pub mod fault;
+pub mod impair;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;

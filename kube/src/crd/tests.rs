@@ -34,6 +34,14 @@ fn full() -> model::Topology {
                 mtu: Some(9000),
                 local_mac: "02:00:00:00:00:01".into(),
                 peer_mac: "02:00:00:00:00:02".into(),
+                impairment: Some(meshnet_topology::impairment::Impairment {
+                    delay: "10ms".into(),
+                    jitter: "1ms".into(),
+                    loss: Some(meshnet_topology::impairment::Percent(0.5)),
+                    rate: "100mbit".into(),
+                    side: "local".into(),
+                    ..Default::default()
+                }),
                 ..link(1, "r2", "eth1")
             },
             link(2, "localhost", "eth2"),
@@ -103,9 +111,12 @@ fn json_shapes_are_identical() {
         "mtu",
         "local_mac",
         "peer_mac",
+        "impairment",
     ] {
         assert!(l.get(f).is_some(), "link field {f} missing in {l}");
     }
+    assert_eq!(l["impairment"]["loss"], 0.5, "{l}");
+    assert_eq!(l["impairment"]["delay"], "10ms", "{l}");
     let s = &crd_json["status"];
     for f in [
         "src_ip",
