@@ -41,6 +41,7 @@ use crate::gwire::{WireKey, WireNode};
 use crate::netns::{self, NetnsError};
 use crate::tapio::WireSpec;
 use crate::topology::MacAddr;
+use meshnet_topology::impairment::ImpairSpec;
 
 /// Prefix of the alias of every interface meshnet made.
 pub const ALIAS_PREFIX: &str = "meshnet|";
@@ -381,6 +382,14 @@ pub trait LinkOps: Send + Sync + 'static {
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
     /// Whether the recorded sandbox namespace `netns` still exists.
     fn netns_exists(&self, netns: &Path) -> bool;
+    /// Puts a declared impairment on the egress of the kernel link end `ifname` in `netns`
+    /// (`None`: removes meshnet's, never the pod's own qdisc). See [`crate::qdisc::apply`].
+    async fn impair(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        spec: Option<ImpairSpec>,
+    ) -> Result<crate::qdisc::Applied, crate::qdisc::QdiscError>;
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -1068,6 +1077,25 @@ impl LinkOps for Kernel {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         netns::exists(netns)
+    }
+
+    async fn impair(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        spec: Option<ImpairSpec>,
+    ) -> Result<crate::qdisc::Applied, crate::qdisc::QdiscError> {
+        use crate::qdisc::QdiscError;
+        let name = ifname.to_string();
+        netns::in_netns(netns, move |h| async move {
+            let iface = get_iface(&h, &name)
+                .await
+                .map_err(|e| QdiscError::Netlink(e.to_string()))?
+                .ok_or_else(|| QdiscError::Netlink(format!("{name} does not exist")))?;
+            crate::qdisc::apply(&h, iface.index, iface.mtu.unwrap_or(1500), spec.as_ref()).await
+        })
+        .await
+        .map_err(|e| QdiscError::Netlink(e.to_string()))?
     }
 }
 

@@ -266,13 +266,27 @@ pub async fn apply(
             major: *major,
         });
     }
+    // The kernel changes a qdisc in place only within its kind: to switch ours between netem
+    // and tbf, the old one goes first (its queue with it, as with `tc qdisc replace`).
+    let ours_kind = current
+        .as_ref()
+        .filter(|(_, major)| *major == HANDLE_MAJOR)
+        .map(|(kind, _)| kind.clone());
     let replace = |kind: &'static str, opts: Vec<u8>| {
-        let m = root_message(ifindex, kind, Some(opts));
-        request(
-            handle,
-            RouteNetlinkMessage::NewQueueDiscipline(m),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
+        let stale = ours_kind.as_deref().is_some_and(|k| k != kind);
+        async move {
+            if stale {
+                let m = root_message(ifindex, "", None);
+                request(handle, RouteNetlinkMessage::DelQueueDiscipline(m), 0).await?;
+            }
+            let m = root_message(ifindex, kind, Some(opts));
+            request(
+                handle,
+                RouteNetlinkMessage::NewQueueDiscipline(m),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .await
+        }
     };
     if spec.needs_netem() {
         match replace("netem", netem_options(spec)).await {

@@ -28,8 +28,10 @@ use crate::links::{
     VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
+use crate::qdisc::{Applied, QdiscError};
 use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
-use crate::topology::LinkDecl;
+use crate::topology::{LOCALHOST, LinkDecl};
+use meshnet_topology::impairment::{self, ImpairSpec};
 
 /// UDP port of meshnet's VXLAN links (IANA).
 pub const VXLAN_PORT: u16 = 4789;
@@ -91,6 +93,8 @@ impl LinkResult {
 pub struct PodReport {
     pub key: PodKey,
     pub links: Vec<(plan::LinkPlan, LinkResult)>,
+    /// What each link end's declared impairment came to (by uid; absent: none declared).
+    pub impairments: HashMap<i64, String>,
 }
 
 impl PodReport {
@@ -105,6 +109,7 @@ impl PodReport {
                 kind: r.kind().to_string(),
                 state: r.state(),
                 message: r.message(),
+                impairment: self.impairments.get(&p.uid).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -145,6 +150,10 @@ struct Memo {
     primary_if: HashMap<PodKey, String>,
     /// (container id, spec) per pod at its last stale-interface sweep.
     swept: HashMap<PodKey, (String, String)>,
+    /// Per kernel link end (netns, ifname): the impairment last put on its egress and the
+    /// status note it gave, so that a resync does not replace a qdisc (and lose its queue)
+    /// whose declaration did not change. Forgotten when the end's link is rebuilt.
+    impaired: HashMap<(PathBuf, String), (Option<ImpairSpec>, String)>,
 }
 
 impl Memo {
@@ -423,6 +432,7 @@ impl Reconciler {
             if !matches!(r, Ok(Outcome::Unchanged)) {
                 for ns in w.netns() {
                     snapshot.touched(ns);
+                    memo.impaired.retain(|(n, _), _| n != ns);
                 }
             }
             let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
@@ -459,10 +469,11 @@ impl Reconciler {
 
         let mut reports = Vec::new();
         let mut kernel_links = Vec::new();
+        let mut impaired_seen = HashSet::new();
         for (p, ws) in plans.iter().zip(works) {
             self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
-            let report = PodReport {
+            let mut report = PodReport {
                 key: p.key.clone(),
                 links: p
                     .links
@@ -470,7 +481,21 @@ impl Reconciler {
                     .cloned()
                     .zip(ws.into_iter().map(|w| self.wire_result(w, &failed)))
                     .collect(),
+                impairments: HashMap::new(),
             };
+            for (l, r) in &report.links {
+                if let LinkResult::Up {
+                    kind: "veth" | "vxlan" | "macvlan",
+                } = r
+                {
+                    let end = (PathBuf::from(&p.net_ns), l.local_intf.clone());
+                    let note = self.impair_end(memo, &end, &topos, &p.key, l).await;
+                    impaired_seen.insert(end);
+                    if !note.is_empty() {
+                        report.impairments.insert(l.uid, note);
+                    }
+                }
+            }
             self.write_status(p, &report).await;
             for (l, r) in &report.links {
                 if let LinkResult::Up {
@@ -490,6 +515,7 @@ impl Reconciler {
             }
             reports.push(report);
         }
+        memo.impaired.retain(|k, _| impaired_seen.contains(k));
         *self
             .kernel_links
             .lock()
@@ -497,6 +523,70 @@ impl Reconciler {
         metrics::counter!("meshnet_reconcile_runs_total").increment(1);
         metrics::histogram!("meshnet_reconcile_seconds").record(started.elapsed().as_secs_f64());
         Ok(reports)
+    }
+
+    /// Puts what the two ends declare for this end's egress on a kernel link end (`end` =
+    /// its namespace and interface), unless the memo says it is already there; returns the
+    /// status note: what is in place and how, or why it is not. An invalid or clashing
+    /// declaration removes meshnet's qdisc and says why; the link itself stays up.
+    async fn impair_end(
+        &self,
+        memo: &mut Memo,
+        end: &(PathBuf, String),
+        topos: &[Topology],
+        pod: &PodKey,
+        l: &plan::LinkPlan,
+    ) -> String {
+        let declared = |key: &PodKey| {
+            topos
+                .iter()
+                .find(|t| t.key() == *key)
+                .and_then(|t| t.spec.links.iter().find(|x| x.uid == l.uid))
+                .and_then(|x| x.impairment.as_ref())
+        };
+        let own = declared(pod);
+        let peer = (l.peer_pod != LOCALHOST)
+            .then(|| declared(&PodKey::new(&pod.namespace, &l.peer_pod)))
+            .flatten();
+        let (want, refused) = match impairment::egress(own, peer) {
+            Ok(w) => (w, None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some((spec, note)) = memo.impaired.get(end)
+            && *spec == want
+            && refused.is_none()
+        {
+            return note.clone();
+        }
+        let applied = self.ops.impair(&end.0, &end.1, want).await;
+        let (note, settled) = match (applied, refused) {
+            (Ok(_), Some(e)) => (format!("not applied: {e}"), true),
+            (Ok(Applied::None), None) => (String::new(), true),
+            (Ok(Applied::Full(kind)), None) => {
+                (format!("{} ({kind})", want.unwrap_or_default()), true)
+            }
+            (Ok(Applied::RateOnly { missing }), None) => {
+                let rate = ImpairSpec {
+                    rate_bps: want.and_then(|w| w.rate_bps),
+                    ..ImpairSpec::default()
+                };
+                (format!("{rate} (tbf); not applied: {missing}"), true)
+            }
+            // Permanent for this port: remembered, not retried every run.
+            (Err(e @ (QdiscError::Unsupported { .. } | QdiscError::Foreign { .. })), _) => {
+                (format!("not applied: {e}"), true)
+            }
+            (Err(e), _) => (format!("not applied: {e}"), false),
+        };
+        if !note.is_empty() {
+            tracing::info!(netns = %end.0.display(), ifname = %end.1, impairment = %note, "impairment");
+        }
+        if settled {
+            memo.impaired.insert(end.clone(), (want, note.clone()));
+        } else {
+            memo.impaired.remove(end);
+        }
+        note
     }
 
     /// Treats a pod of this node whose recorded namespace no longer exists (its sandbox was
@@ -772,6 +862,7 @@ impl Reconciler {
         Ok(Some(PodReport {
             key: key.clone(),
             links,
+            impairments: HashMap::new(),
         }))
     }
 

@@ -104,6 +104,7 @@ async fn main() {
                 kind: String::new(),
                 state: LinkState::Pending,
                 message: "peer not alive".into(),
+                impairment: String::new(),
             }];
             true
         })

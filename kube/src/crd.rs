@@ -348,6 +348,14 @@ pub struct LinkStatus {
         skip_serializing_if = "String::is_empty"
     )]
     pub message: String,
+    /// (meshnet-rs) The impairment in place on this end's egress and how, or why a declared one
+    /// is not (`not applied: …`).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub impairment: String,
 }
 
 /// State of a link end.
@@ -472,6 +480,7 @@ impl From<model::TopologyStatus> for TopologyStatus {
                     kind: l.kind,
                     state: l.state.into(),
                     message: l.message,
+                    impairment: l.impairment,
                 })
                 .collect(),
         }
@@ -503,6 +512,7 @@ impl From<TopologyStatus> for model::TopologyStatus {
                     kind: l.kind,
                     state: l.state.into(),
                     message: l.message,
+                    impairment: l.impairment,
                 })
                 .collect(),
         }

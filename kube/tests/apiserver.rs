@@ -294,6 +294,7 @@ async fn apply_creates_and_get_returns_it_with_a_version() {
             kind: "veth".into(),
             state: LinkState::Error,
             message: "boom".into(),
+            impairment: String::new(),
         }],
         ..alive()
     };

@@ -193,6 +193,14 @@ pub struct LinkStatus {
         skip_serializing_if = "String::is_empty"
     )]
     pub message: String,
+    /// Extension: the impairment in place on this end's egress, and how (`delay 10ms (netem)`),
+    /// or why a declared one is not (`not applied: …`); empty when none is declared.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub impairment: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

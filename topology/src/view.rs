@@ -125,6 +125,7 @@ mod tests {
                     kind: "grpc".into(),
                     state: LinkState::Up,
                     message: String::new(),
+                    impairment: String::new(),
                 }],
                 ..TopologyStatus::default()
             },

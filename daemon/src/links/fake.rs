@@ -16,16 +16,38 @@ use super::{
     EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, OwnedAlias, SingleSpec, VethSpec,
 };
 use crate::gwire::WireKey;
+use crate::qdisc::{Applied, QdiscError};
 use crate::tapio::WireSpec;
+use meshnet_topology::impairment::ImpairSpec;
 
 /// One side effect (or lookup) the reconciler asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    EnsureVeth { alias: String, mode: Mode },
-    EnsureSingle { alias: String, mode: Mode },
-    EnsureHalf { alias: String, mode: Mode },
-    Delete { netns: PathBuf, ifname: String },
-    RetainHalves { keep: Vec<WireKey> },
+    EnsureVeth {
+        alias: String,
+        mode: Mode,
+    },
+    EnsureSingle {
+        alias: String,
+        mode: Mode,
+    },
+    EnsureHalf {
+        alias: String,
+        mode: Mode,
+    },
+    Delete {
+        netns: PathBuf,
+        ifname: String,
+    },
+    RetainHalves {
+        keep: Vec<WireKey>,
+    },
+    /// A declared impairment put on (`Some`, as text) or taken off (`None`) a port.
+    Impair {
+        netns: PathBuf,
+        ifname: String,
+        spec: Option<String>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +59,8 @@ struct State {
     gone: HashSet<PathBuf>,
     underlay: Option<NodeIface>,
     carrier: HashMap<WireKey, bool>,
+    /// The node's kernel lacks `sch_netem` (as this project's CI machine does).
+    no_netem: bool,
 }
 
 /// See the module documentation.
@@ -50,6 +74,11 @@ impl FakeOps {
 
     fn st(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap()
+    }
+
+    /// Makes the fake kernel lack `sch_netem`.
+    pub fn without_netem(&self) {
+        self.st().no_netem = true;
     }
 
     /// The calls made since the last `take_calls`.
@@ -227,5 +256,35 @@ impl LinkOps for FakeOps {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         !self.st().gone.contains(netns)
+    }
+
+    async fn impair(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        spec: Option<ImpairSpec>,
+    ) -> Result<Applied, QdiscError> {
+        let mut st = self.st();
+        st.calls.push(Call::Impair {
+            netns: netns.to_path_buf(),
+            ifname: ifname.to_string(),
+            spec: spec.map(|s| s.to_string()),
+        });
+        Ok(match spec {
+            None => Applied::None,
+            Some(s) if s.needs_netem() && st.no_netem => match s.rate_bps {
+                None => {
+                    return Err(QdiscError::Unsupported {
+                        kind: "netem",
+                        what: s.to_string(),
+                    });
+                }
+                Some(_) => Applied::RateOnly {
+                    missing: "no sch_netem".into(),
+                },
+            },
+            Some(s) if s.needs_netem() => Applied::Full("netem"),
+            Some(_) => Applied::Full("tbf"),
+        })
     }
 }

@@ -114,6 +114,21 @@ async fn a_rate_is_set_replaced_and_removed_and_the_pods_own_qdisc_is_left_alone
     apply_in(&ns, "p1", Some(rate(20_000_000))).await.unwrap();
     let s = tc_show(&ns, "p1");
     assert!(s.contains("rate 20Mbit") && !s.contains("50Mbit"), "{s}");
+    // Switched to another kind (netem where the kernel has it, else the rate-only fallback
+    // replaces it): never refused because ours is a tbf.
+    let delay_and_rate = ImpairSpec {
+        delay: Duration::from_millis(5),
+        ..rate(20_000_000)
+    };
+    let r = apply_in(&ns, "p1", Some(delay_and_rate)).await.unwrap();
+    assert!(
+        matches!(r, Applied::Full("netem") | Applied::RateOnly { .. }),
+        "{r:?}"
+    );
+    assert_eq!(
+        apply_in(&ns, "p1", Some(rate(20_000_000))).await.unwrap(),
+        Applied::Full("tbf")
+    );
     // Removed: the kernel's default comes back.
     assert_eq!(apply_in(&ns, "p1", None).await.unwrap(), Applied::None);
     assert!(

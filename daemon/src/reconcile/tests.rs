@@ -102,7 +102,26 @@ impl Env {
         self.ops
             .take_calls()
             .into_iter()
-            .filter(|c| !matches!(c, Call::RetainHalves { .. }))
+            .filter(|c| !matches!(c, Call::RetainHalves { .. } | Call::Impair { .. }))
+            .collect()
+    }
+
+    /// The impairments the run put on (or took off) ports: (pod, interface, spec).
+    fn impairs(&self) -> Vec<(String, String, Option<String>)> {
+        self.ops
+            .take_calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Impair {
+                    netns,
+                    ifname,
+                    spec,
+                } => {
+                    let pod = netns.to_string_lossy().split('-').nth(1)?.to_string();
+                    Some((pod, ifname, spec))
+                }
+                _ => None,
+            })
             .collect()
     }
 }
@@ -320,4 +339,126 @@ async fn wire_half_is_made_at_once_and_up_only_with_carrier() {
         alias: "meshnet|default|3|grpc|aaaa".into(),
         mode: Mode::Verify
     }));
+}
+
+fn impaired(uid: i64, peer: &str, yaml: &str) -> Link {
+    Link {
+        impairment: Some(serde_yaml::from_str(yaml).unwrap()),
+        ..link(uid, peer, "eth1", "eth1")
+    }
+}
+
+fn note(st: &TopologyStatus, uid: i64) -> String {
+    st.links
+        .iter()
+        .find(|l| l.uid == uid)
+        .unwrap()
+        .impairment
+        .clone()
+}
+
+/// A declaration impairs both ends' egress unless it names a side; it is applied once, not on
+/// every resync; a change is applied; clearing it takes meshnet's qdisc off.
+#[tokio::test]
+async fn impairments_go_on_the_egress_they_name_once_per_change() {
+    let e = env(InterNodeLink::Vxlan);
+    e.pod("r1", vec![impaired(1, "r2", "{delay: 10ms}")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
+        .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    let mut got = e.impairs();
+    got.sort();
+    let ten = Some("delay 10ms".to_string());
+    assert_eq!(
+        got,
+        [
+            ("r1".into(), "eth1".into(), ten.clone()),
+            ("r2".into(), "eth1".into(), ten.clone())
+        ]
+    );
+    assert_eq!(note(&e.status("r1").await, 1), "delay 10ms (netem)");
+    assert_eq!(note(&e.status("r2").await, 1), "delay 10ms (netem)");
+    // A resync leaves the qdiscs alone.
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(e.impairs(), []);
+
+    // side: local — only what r1 sends; r2's end is cleared.
+    e.pod(
+        "r1",
+        vec![impaired(1, "r2", "{rate: 50mbit, side: local}")],
+        NODE,
+        "aaaa",
+    )
+    .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    let mut got = e.impairs();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("r1".into(), "eth1".into(), Some("rate 50mbit".into())),
+            ("r2".into(), "eth1".into(), None)
+        ]
+    );
+    assert_eq!(note(&e.status("r1").await, 1), "rate 50mbit (tbf)");
+    assert_eq!(note(&e.status("r2").await, 1), "");
+
+    // Cleared.
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(e.impairs(), [("r1".into(), "eth1".into(), None)]);
+    assert_eq!(note(&e.status("r1").await, 1), "");
+}
+
+/// What the node cannot do, or what is declared wrong, is said in the status; the link stays up.
+#[tokio::test]
+async fn an_impairment_the_node_cannot_apply_is_named_in_the_status() {
+    let e = env(InterNodeLink::Vxlan);
+    e.ops.without_netem();
+    e.pod(
+        "r1",
+        vec![impaired(1, "r2", "{delay: 10ms, side: local}")],
+        NODE,
+        "aaaa",
+    )
+    .await;
+    e.pod(
+        "r2",
+        vec![impaired(1, "r1", "{delay: 5ms, rate: 10mbit, side: local}")],
+        NODE,
+        "bbbb",
+    )
+    .await;
+    let reports = e.rec.run(Depth::Full).await.unwrap();
+    assert!(matches!(result(&reports, "r1", 1), LinkResult::Up { .. }));
+    let n1 = note(&e.status("r1").await, 1);
+    assert!(
+        n1.starts_with("not applied:") && n1.contains("no sch_netem"),
+        "{n1}"
+    );
+    let n2 = note(&e.status("r2").await, 1);
+    assert_eq!(n2, "rate 10mbit (tbf); not applied: no sch_netem");
+
+    // Both ends impairing one direction differently: a clash, named on that end.
+    e.pod(
+        "r2",
+        vec![impaired(1, "r1", "{delay: 5ms, side: peer}")],
+        NODE,
+        "bbbb",
+    )
+    .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    let n1 = note(&e.status("r1").await, 1);
+    assert!(
+        n1.contains("both ends impair this direction differently"),
+        "{n1}"
+    );
+    // An invalid value is refused by name; the link stays up.
+    e.pod("r1", vec![impaired(1, "r2", "{loss: 200}")], NODE, "aaaa")
+        .await;
+    let reports = e.rec.run(Depth::Full).await.unwrap();
+    assert!(matches!(result(&reports, "r1", 1), LinkResult::Up { .. }));
+    assert!(note(&e.status("r1").await, 1).contains("loss 200"));
 }

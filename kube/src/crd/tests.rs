@@ -66,6 +66,7 @@ fn full() -> model::Topology {
                 kind: "veth".into(),
                 state: model::LinkState::Up,
                 message: String::new(),
+                impairment: "delay 10ms (netem)".into(),
             },
             model::LinkStatus {
                 uid: 2,
