@@ -75,6 +75,8 @@ pub struct Edge {
     pub state: String,
     /// The first end's message when not up.
     pub message: String,
+    /// The ends' impairment notes (`r1: delay 10ms (netem)`), empty when none is declared.
+    pub impairment: String,
     /// Bits per second from a to b and from b to a, over the sampling interval.
     pub rate_ab_bps: Option<f64>,
     pub rate_ba_bps: Option<f64>,
@@ -217,6 +219,12 @@ impl Graph {
                 .find(|m| !m.is_empty())
                 .unwrap_or_default()
                 .to_string();
+            let impairment = ends
+                .iter()
+                .filter(|(e, _, _)| !e.impairment.is_empty())
+                .map(|(e, _, _)| format!("{}: {}", e.pod, e.impairment))
+                .collect::<Vec<_>>()
+                .join("; ");
             let kind = ends
                 .iter()
                 .map(|(e, _, _)| e.kind.as_str())
@@ -238,6 +246,7 @@ impl Graph {
                 kind,
                 state,
                 message,
+                impairment,
                 rate_ab_bps: rate_ab,
                 rate_ba_bps: rate_ba,
             });
@@ -321,6 +330,9 @@ impl Edge {
         {
             let r = |x: Option<f64>| x.map_or("?".into(), human_rate);
             second.push(format!("→{} ←{}", r(self.rate_ab_bps), r(self.rate_ba_bps)));
+        }
+        if !self.impairment.is_empty() {
+            second.push(format!("⚡ {}", self.impairment));
         }
         if self.state != "up" {
             second.push(self.state.clone());

@@ -41,6 +41,9 @@ pub struct EndView {
     pub message: String,
     /// The MTU the Topology declares (`None`: the node's default applies).
     pub declared_mtu: Option<u32>,
+    /// What the end's impairment came to, as its status says (empty: none declared).
+    #[serde(default)]
+    pub impairment: String,
     /// The interface as the kernel has it; `None` when it does not exist (yet).
     pub port: Option<PortView>,
 }
@@ -79,6 +82,7 @@ pub fn ends_of(t: &Topology, ports: &HashMap<String, PortView>) -> Vec<EndView> 
                 kind: status.map(|s| s.kind.clone()).unwrap_or_default(),
                 state: status.map_or(LinkState::Pending, |s| s.state).to_string(),
                 message: status.map(|s| s.message.clone()).unwrap_or_default(),
+                impairment: status.map(|s| s.impairment.clone()).unwrap_or_default(),
                 declared_mtu: l.mtu,
                 port: ports.get(&l.local_intf).cloned(),
             }

@@ -24,6 +24,7 @@ fn end(
             format!("{state} because")
         },
         declared_mtu: None,
+        impairment: String::new(),
         port,
     }
 }
@@ -211,6 +212,22 @@ fn sample() -> Graph {
             node("node2", 0, vec![end("r2", "eth1", 1, "r1", "error", None)]),
         ],
     )
+}
+
+#[test]
+fn impairment_notes_are_drawn_with_the_pod_that_reports_them() {
+    let mut a = end("r1", "eth1", 1, "r2", "up", port(5, 0, 0));
+    a.impairment = "rate 50mbit (tbf)".into();
+    let b = end("r2", "eth1", 1, "r1", "up", port(6, 0, 0));
+    let g = Graph::build(&[], &[node("node1", 0, vec![a, b])]);
+    assert_eq!(g.links[0].impairment, "r1: rate 50mbit (tbf)");
+    assert!(
+        g.links[0]
+            .label_lines()
+            .1
+            .contains("⚡ r1: rate 50mbit (tbf)")
+    );
+    assert!(to_svg(&g).contains("r1: rate 50mbit (tbf)"));
 }
 
 #[test]
