@@ -206,4 +206,16 @@ impl Local for LocalApi {
             released: r?.into_iter().map(|k| k.to_string()).collect(),
         }))
     }
+
+    type CaptureStream = crate::capture::CaptureStream;
+
+    /// Live capture: see [`crate::capture`].
+    async fn capture(
+        &self,
+        request: Request<meshnet_proto::v1::CaptureRequest>,
+    ) -> Result<Response<Self::CaptureStream>, Status> {
+        crate::capture::start(&self.reconciler, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

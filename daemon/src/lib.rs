@@ -21,12 +21,14 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod afhalf;
 pub mod api;
+pub mod capture;
 pub mod gwire;
 pub mod http;
 pub mod install;
 pub mod links;
 pub mod metrics_desc;
 pub mod netns;
+pub mod pcapng;
 pub mod plan;
 mod pollfd;
 pub mod reconcile;
@@ -211,6 +213,7 @@ pub async fn run(
     }
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
+    capture::set_metrics(metrics_handle.as_ref());
     let http = listeners.http.map(|l| {
         let app = http::router(metrics_handle, Arc::clone(&ready));
         let s = stopped();

@@ -657,11 +657,11 @@ enum Rx {
 
 /// Control-message buffer for `PACKET_AUXDATA`, aligned for `cmsghdr`.
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
+pub(super) struct CmsgBuf(pub(super) [u8; 64]);
 
 /// The VLAN tag (TPID, TCI) in a `PACKET_AUXDATA` control message, if the kernel took one out
 /// of the frame.
-fn parse_auxdata(control: &[u8]) -> Option<(u16, u16)> {
+pub(super) fn parse_auxdata(control: &[u8]) -> Option<(u16, u16)> {
     let hdr_len = size_of::<libc::cmsghdr>();
     let mut at = 0usize;
     while at + hdr_len <= control.len() {
@@ -742,7 +742,12 @@ pub struct PacketSocket {
     stats: PacketStats,
 }
 
-fn setsockopt_raw<T>(fd: BorrowedFd<'_>, level: c_int, name: c_int, v: &T) -> io::Result<()> {
+pub(super) fn setsockopt_raw<T>(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: `v` points at a live, initialised `T` for the whole call and the length passed
     // is its size, so the kernel reads only valid memory. Callers pass the type each option
     // expects (an int, a tpacket_req3).
@@ -1008,7 +1013,7 @@ impl PacketSocket {
     }
 }
 
-fn bind(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
+pub(super) fn bind(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
     // SAFETY: sockaddr_ll is a plain C struct of integers and a byte array; all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
