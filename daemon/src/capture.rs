@@ -27,9 +27,8 @@
 //! way), and for a gRPC wire the daemon's counters of that link (`meshnet_link_*` from the
 //! metrics registry, read only: frames each way and drops by reason).
 //!
-//! Timestamps are taken when the reader thread receives the frame (µs, the wall clock), not by
-//! the kernel: the reader is never held up by the client, so they lag the wire by scheduling
-//! latency only.
+//! Timestamps are the kernel's (`SO_TIMESTAMP`, µs): when the frame crossed the interface, not
+//! when the reader got to it.
 
 use std::fs::File;
 use std::path::Path;
@@ -59,6 +58,8 @@ pub const QUEUE_BYTES: usize = 8 << 20;
 pub const CHUNK_BYTES: usize = 64 << 10;
 /// An Interface Statistics Block (drop counts) is written this often while frames flow or not.
 pub const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of an EPB beyond the frame data, at most (header, padding, flags, end of options).
+const EPB_OVERHEAD: usize = 48;
 /// How often the reader thread checks whether the client went away when no frame arrives.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -390,18 +391,29 @@ fn read_loop(mut sock: CaptureSocket, tx: &mpsc::Sender<Msg>, c: &Counters, max:
                 Ok(None) => break,
                 Err(e) => break 'outer format!("capture ended: {}: {e}", sock.name()),
             };
+            // Full already: drop before the copy, so a stalled client costs the least CPU.
+            if tx.capacity() == 0
+                || c.queued_bytes.load(Ordering::Relaxed) + f.data.len() + EPB_OVERHEAD
+                    > QUEUE_BYTES
+            {
+                c.dropped_queue.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let dir = if f.outgoing {
                 Direction::Outbound
             } else {
                 Direction::Inbound
             };
-            let mut epb = Vec::with_capacity(f.data.len() + 48);
-            pcapng::packet(&mut epb, now_us(), f.data, f.orig_len, dir, "");
+            let mut epb = Vec::with_capacity(f.data.len() + EPB_OVERHEAD);
+            pcapng::packet(
+                &mut epb,
+                f.ts_us.unwrap_or_else(now_us),
+                f.data,
+                f.orig_len,
+                dir,
+                "",
+            );
             let len = epb.len();
-            if c.queued_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES {
-                c.dropped_queue.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             match tx.try_send(Msg::Frame(epb)) {
                 Ok(()) => {
                     c.queued_bytes.fetch_add(len, Ordering::Relaxed);

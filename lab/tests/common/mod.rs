@@ -69,6 +69,20 @@ impl LabGuard {
         serde_json::from_str(&self.ok(&["status", "--json"])).expect("status JSON")
     }
 
+    /// The network namespace of a pod (by name), from `status --json`.
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let st = self.status();
+        let p = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod);
+        p.unwrap_or_else(|| panic!("no pod {pod}"))["netns"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
         let dir = PathBuf::from("/run/meshnet-lab").join(&self.name);

@@ -16,9 +16,11 @@
 //! 3. `PACKET_AUXDATA`: the receive path takes 802.1Q/802.1ad tags out of the frame before
 //!    AF_PACKET sees it; the tag comes back as metadata and is put back after the MAC addresses
 //!    (the same [`super::afpacket`] helper parses it), so a capture shows the frame as sent.
-//! 4. `SO_RCVBUF` (forced when privileged) to [`RCVBUF`]: the burst a momentarily busy reader
+//! 4. `SO_TIMESTAMP`: each frame comes with the time the kernel took it (a control message),
+//!    so a capture read late (a busy reader) still shows when frames really crossed.
+//! 5. `SO_RCVBUF` (forced when privileged) to [`RCVBUF`]: the burst a momentarily busy reader
 //!    absorbs before the kernel drops clones.
-//! 5. `bind` to the interface index with `ETH_P_ALL`.
+//! 6. `bind` to the interface index with `ETH_P_ALL`.
 //!
 //! One `recvmsg(2)` per frame with `MSG_TRUNC`: at most [`SNAPLEN`] bytes are copied, and the
 //! return value is the frame's real length (a GSO super-frame of a veth can exceed the snap
@@ -28,13 +30,13 @@
 //! that interface when the thread leaves, and reading works from any thread.
 
 use std::io;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libc::{c_int, c_void};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 
-use super::afpacket::{CmsgBuf, PacketError, bind, parse_auxdata, setsockopt_raw};
+use super::afpacket::{PacketError, bind, find_cmsg, parse_auxdata, setsockopt_raw};
 use super::if_name;
 
 /// Bytes of a frame kept (tcpdump's default).
@@ -55,6 +57,26 @@ pub struct Captured<'a> {
     pub orig_len: usize,
     /// Sent by the interface (`PACKET_OUTGOING`); else received.
     pub outgoing: bool,
+    /// When the kernel saw the frame (`SO_TIMESTAMP`), µs since the epoch.
+    pub ts_us: Option<u64>,
+}
+
+/// Control-message buffer for `PACKET_AUXDATA` and `SCM_TIMESTAMP`, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct Control([u8; 128]);
+
+/// The kernel's receive timestamp in an `SCM_TIMESTAMP` control message, in µs since the epoch.
+pub fn parse_timestamp(control: &[u8]) -> Option<u64> {
+    let data = find_cmsg(control, libc::SOL_SOCKET, libc::SCM_TIMESTAMP)?;
+    if data.len() < size_of::<libc::timeval>() {
+        return None;
+    }
+    let word = |off: usize| -> Option<i64> {
+        Some(i64::from_ne_bytes(data[off..off + 8].try_into().ok()?))
+    };
+    let sec = u64::try_from(word(offset_of!(libc::timeval, tv_sec))?).ok()?;
+    let usec = u64::try_from(word(offset_of!(libc::timeval, tv_usec))?).ok()?;
+    sec.checked_mul(1_000_000)?.checked_add(usec)
 }
 
 /// Puts the tag `(tpid, tci)` back after the MAC addresses of the `len` bytes at the start of
@@ -108,6 +130,8 @@ impl CaptureSocket {
         let one: c_int = 1;
         setsockopt_raw(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)
             .map_err(err("PACKET_AUXDATA"))?;
+        setsockopt_raw(fd.as_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMP, &one)
+            .map_err(err("SO_TIMESTAMP"))?;
         socket::setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF)
             .or_else(|_| socket::setsockopt(&fd, sockopt::RcvBuf, &RCVBUF))
             .map_err(|e| err("SO_RCVBUF")(e.into()))?;
@@ -144,7 +168,7 @@ impl CaptureSocket {
                 iov_base: self.buf.as_mut_ptr().cast::<c_void>(),
                 iov_len: SNAPLEN,
             };
-            let mut control = CmsgBuf([0; 64]);
+            let mut control = Control([0; 128]);
             // SAFETY: sockaddr_ll is a plain C struct of integers and a byte array; all-zero is
             // a valid value.
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -183,6 +207,7 @@ impl CaptureSocket {
                 data: &self.buf[..len],
                 orig_len,
                 outgoing: sll.sll_pkttype == libc::PACKET_OUTGOING,
+                ts_us: parse_timestamp(&control.0[..controllen]),
             }));
         }
     }
@@ -231,6 +256,42 @@ mod tests {
         assert_eq!(&buf[..12], &(0..12).collect::<Vec<u8>>()[..]);
         assert_eq!(&buf[12..16], &[0x81, 0x00, 0x00, 0x64]);
         assert_eq!(&buf[16..24], &(12..20).collect::<Vec<u8>>()[..]);
+    }
+
+    /// Appends one control message as the kernel lays it out (`CMSG_SPACE` alignment).
+    fn cmsg(buf: &mut Vec<u8>, level: i32, ty: i32, data: &[u8]) {
+        let hdr = size_of::<libc::cmsghdr>();
+        let len = hdr + data.len();
+        let start = buf.len();
+        buf.resize(start + hdr, 0);
+        buf[start..start + size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
+        let lvl = start + offset_of!(libc::cmsghdr, cmsg_level);
+        buf[lvl..lvl + 4].copy_from_slice(&level.to_ne_bytes());
+        let t = start + offset_of!(libc::cmsghdr, cmsg_type);
+        buf[t..t + 4].copy_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(data);
+        buf.resize(buf.len().next_multiple_of(size_of::<usize>()), 0);
+    }
+
+    #[test]
+    fn timestamp_and_tag_are_found_among_control_messages() {
+        let mut tv = Vec::new();
+        tv.extend_from_slice(&1_700_000_000i64.to_ne_bytes());
+        tv.extend_from_slice(&123_456i64.to_ne_bytes());
+        let mut aux = vec![0u8; size_of::<libc::tpacket_auxdata>()];
+        let st = offset_of!(libc::tpacket_auxdata, tp_status);
+        aux[st..st + 4].copy_from_slice(&libc::TP_STATUS_VLAN_VALID.to_ne_bytes());
+        let tci = offset_of!(libc::tpacket_auxdata, tp_vlan_tci);
+        aux[tci..tci + 2].copy_from_slice(&100u16.to_ne_bytes());
+        let mut control = Vec::new();
+        cmsg(&mut control, libc::SOL_SOCKET, libc::SCM_TIMESTAMP, &tv);
+        cmsg(&mut control, libc::SOL_PACKET, libc::PACKET_AUXDATA, &aux);
+        assert_eq!(parse_timestamp(&control), Some(1_700_000_000_123_456));
+        assert_eq!(parse_auxdata(&control), Some((0x8100, 100)));
+        // Neither, or cut short: nothing, and no panic.
+        assert_eq!(parse_timestamp(&[]), None);
+        assert_eq!(parse_timestamp(&control[..20]), None);
+        assert_eq!(parse_auxdata(&control[..control.len() - 8]), None);
     }
 
     #[test]
