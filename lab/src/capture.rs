@@ -66,7 +66,11 @@ pub fn run(st: &LabState, target: &str, write: Option<&Path>, count: u64) -> any
         .context("tokio runtime")?;
     let socket = node.socket.clone();
     let write = write.map(Path::to_path_buf);
-    rt.block_on(stream(socket, req, write))
+    let r = rt.block_on(stream(socket, req, write));
+    // A write to a stalled stdout may still be pending on a blocking thread after Ctrl-C:
+    // do not wait for it (the process exits right after).
+    rt.shutdown_background();
+    r
 }
 
 async fn stream(
@@ -130,6 +134,8 @@ async fn stream(
         Ended::Interrupted => "interrupted",
         Ended::ReaderGone => "reader gone",
     };
+    // The totals of the last chunk received: after Ctrl-C on a stalled reader, what the daemon
+    // had counted when it sent that chunk (the stream's statistics blocks say the same).
     eprintln!(
         "capture of {what} {how}: {frames} frames written, {dropped} capture frames dropped \
          (a slow reader loses capture frames, never link frames)"
