@@ -27,11 +27,22 @@ use crate::topology::{LinkState, PodKey};
 pub struct LocalApi {
     reconciler: Arc<Reconciler>,
     ready: Arc<AtomicBool>,
+    capture: crate::capture::CaptureConfig,
 }
 
 impl LocalApi {
     pub fn new(reconciler: Arc<Reconciler>, ready: Arc<AtomicBool>) -> Self {
-        LocalApi { reconciler, ready }
+        LocalApi {
+            reconciler,
+            ready,
+            capture: crate::capture::CaptureConfig::default(),
+        }
+    }
+
+    /// What live captures need (metrics, the daemon's stop signal).
+    pub fn with_capture(mut self, capture: crate::capture::CaptureConfig) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -214,7 +225,7 @@ impl Local for LocalApi {
         &self,
         request: Request<meshnet_proto::v1::CaptureRequest>,
     ) -> Result<Response<Self::CaptureStream>, Status> {
-        crate::capture::start(&self.reconciler, request.into_inner())
+        crate::capture::start(&self.reconciler, &self.capture, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -33,8 +33,8 @@
 use std::fs::File;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
@@ -42,7 +42,7 @@ use meshnet_proto::v1::{CaptureChunk, CaptureRequest};
 use meshnet_wire::sys::capture::{CaptureSocket, SNAPLEN};
 use meshnet_wire::sys::{netns::in_netns, wait_readable};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -66,12 +66,25 @@ const POLL: Duration = Duration::from_millis(200);
 /// The response stream of the RPC.
 pub type CaptureStream = Pin<Box<dyn Stream<Item = Result<CaptureChunk, Status>> + Send>>;
 
-static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+/// What captures need from the daemon around them.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureConfig {
+    /// Read access to the daemon's metrics (the wire's own counters of a link).
+    pub metrics: Option<PrometheusHandle>,
+    /// Turns true when the daemon shuts down: every capture then ends (the local API server
+    /// waits for open streams, so a capture must not outlive the daemon's stop).
+    pub stop: Option<watch::Receiver<bool>>,
+}
 
-/// Gives captures read access to the daemon's metrics (the wire's own counters of a link).
-pub fn set_metrics(handle: Option<&PrometheusHandle>) {
-    if let Some(h) = handle {
-        let _ = METRICS.set(h.clone());
+/// Resolves when `stop` turns true; never without one.
+async fn stopping(stop: Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(mut rx) => {
+            if rx.wait_for(|s| *s).await.is_err() {
+                // The daemon dropped its sender: it is gone.
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -126,7 +139,11 @@ fn valid_ifname(name: &str) -> bool {
 /// `InvalidArgument` for a malformed request, `NotFound` for an unknown pod or interface,
 /// `FailedPrecondition` for a pod not running on this node, `Unavailable` when the store
 /// cannot be read, `Internal` when the socket cannot be opened.
-pub async fn start(reconciler: &Reconciler, req: CaptureRequest) -> Result<CaptureStream, Status> {
+pub async fn start(
+    reconciler: &Reconciler,
+    config: &CaptureConfig,
+    req: CaptureRequest,
+) -> Result<CaptureStream, Status> {
     if req.pod.is_empty() {
         return Err(Status::invalid_argument("capture: pod name is empty"));
     }
@@ -195,6 +212,7 @@ pub async fn start(reconciler: &Reconciler, req: CaptureRequest) -> Result<Captu
         net_ns: topo.status.net_ns.clone(),
         intf: req.interface.clone(),
         wire,
+        metrics: config.metrics.clone(),
     };
     let start_view = format!(
         "start: {}{}",
@@ -226,7 +244,14 @@ pub async fn start(reconciler: &Reconciler, req: CaptureRequest) -> Result<Captu
             .map_err(|e| Status::internal(format!("capture: reader thread: {e}")))?;
     }
     tracing::info!(capture = %who, max_frames = req.max_frames, "capture started");
-    tokio::spawn(forward(ctx, header, frames_rx, out_tx, counters));
+    tokio::spawn(forward(
+        ctx,
+        header,
+        frames_rx,
+        out_tx,
+        counters,
+        config.stop.clone(),
+    ));
     Ok(Box::pin(ReceiverStream::new(out_rx)))
 }
 
@@ -340,12 +365,13 @@ struct Context {
     intf: String,
     /// (namespace, pod, interface) of a gRPC wire, whose daemon counters are shown.
     wire: Option<(String, String, String)>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl Context {
     fn wire_view(&self) -> Option<String> {
         let (ns, pod, intf) = self.wire.as_ref()?;
-        let render = METRICS.get()?.render();
+        let render = self.metrics.as_ref()?.render();
         Some(wire_view_of(&render, ns, pod, intf))
     }
 
@@ -444,7 +470,10 @@ async fn forward(
     mut rx: mpsc::Receiver<Msg>,
     out: mpsc::Sender<Result<CaptureChunk, Status>>,
     c: Arc<Counters>,
+    stop: Option<watch::Receiver<bool>>,
 ) {
+    let stop = stopping(stop);
+    tokio::pin!(stop);
     let start_us = now_us();
     let mut written = 0u64;
     let stats = |written: u64, c: &Counters| Stats {
@@ -502,6 +531,7 @@ async fn forward(
                     break (buf, why);
                 }
             }
+            () = &mut stop => break (buf, "capture ended: the daemon is stopping".to_string()),
             _ = tick.tick() => {
                 let d = c.dropped();
                 let comment = if d > reported {
@@ -513,7 +543,12 @@ async fn forward(
                 pcapng::statistics(&mut buf, &stats(written, &c), &comment);
             }
         }
-        if out.send(chunk(buf, written, &c)).await.is_err() {
+        let sent = tokio::select! {
+            r = out.send(chunk(buf, written, &c)) => r.is_ok(),
+            // A stalled client must not hold the daemon's shutdown.
+            () = &mut stop => false,
+        };
+        if !sent {
             tracing::info!(capture = %ctx.who, frames = written, dropped = c.dropped(), "capture: client gone");
             return;
         }
@@ -532,7 +567,10 @@ async fn forward(
         ),
     );
     tracing::info!(capture = %ctx.who, frames = written, dropped = d, "{why}");
-    let _ = out.send(chunk(buf, written, &c)).await;
+    tokio::select! {
+        _ = out.send(chunk(buf, written, &c)) => {}
+        () = &mut stop => {}
+    }
 }
 
 #[cfg(test)]

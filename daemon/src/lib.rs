@@ -165,6 +165,10 @@ pub async fn run(
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let capture = capture::CaptureConfig {
+        metrics: metrics_handle.clone(),
+        stop: Some(stop_rx.clone()),
+    };
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -213,7 +217,6 @@ pub async fn run(
     }
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
-    capture::set_metrics(metrics_handle.as_ref());
     let http = listeners.http.map(|l| {
         let app = http::router(metrics_handle, Arc::clone(&ready));
         let s = stopped();
@@ -259,7 +262,7 @@ pub async fn run(
         _ => None,
     };
 
-    let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready));
+    let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready)).with_capture(capture);
     let grpc = tonic::transport::Server::builder()
         .add_service(meshnet_proto::v1::local_server::LocalServer::new(api))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.local), stopped());

@@ -340,6 +340,27 @@ fn veth_capture_reads_back_and_count_stops_it() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert_eq!(parse_pcapng(&bytes).frames.len(), 4);
+
+    // A capture in progress does not hold the daemon's stop (the local API server waits for
+    // open streams): the daemon ends it and exits.
+    let file = std::env::temp_dir().join(format!("{}-stop.pcapng", lab.name));
+    let mut cap = Capture::start(
+        &lab,
+        &["r1:eth1", "-w", file.to_str().unwrap()],
+        Stdio::null(),
+    );
+    wait_started(&file);
+    let t = Instant::now();
+    lab.ok(&["daemon", "node1", "stop"]);
+    let stop_took = t.elapsed();
+    let summary = cap.wait(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&file);
+    assert!(summary.contains(" ended: "), "{summary}");
+    assert!(
+        stop_took < Duration::from_secs(4),
+        "daemon stop took {stop_took:?}"
+    );
+    lab.ok(&["daemon", "node1", "start"]);
 }
 
 /// An iperf3 server in a pod, killed on drop.
