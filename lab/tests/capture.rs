@@ -278,7 +278,7 @@ fn grpc_wire_capture_reads_back_in_order_both_directions() {
 }
 
 #[test]
-fn veth_capture_reads_back_and_count_stops_it() {
+fn veth_capture_reads_back_and_ends_on_count_reader_gone_and_daemon_stop() {
     let lab = LabGuard::new("capture-v");
     lab.ok(&["up", &topo("2node.yml"), "--nodes", "1"]);
     exchange_is_captured(&lab, "veth");
@@ -340,6 +340,33 @@ fn veth_capture_reads_back_and_count_stops_it() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert_eq!(parse_pcapng(&bytes).frames.len(), 4);
+
+    // The reader going away (a closed pipe) ends the capture by itself: the next chunk (at the
+    // latest the periodic statistics block) meets the broken pipe.
+    let mut cap = Capture::start(&lab, &["r1:eth1"], Stdio::piped());
+    let mut head = [0u8; 64];
+    cap.0.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    assert_eq!(
+        &head[..4],
+        &[0x0a, 0x0d, 0x0d, 0x0a],
+        "pcapng section header first"
+    );
+    let summary = cap.wait(Duration::from_secs(5));
+    assert!(summary.contains("reader gone"), "{summary}");
+
+    // Requests the daemon refuses say why.
+    let out = lab.run(&["capture", "r1:eth9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no interface eth9"),
+        "{err}"
+    );
+    let out = lab.run(&["capture", "r9:eth1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no pod \"r9\""),
+        "{err}"
+    );
 
     // A capture in progress does not hold the daemon's stop (the local API server waits for
     // open streams): the daemon ends it and exits.
