@@ -48,7 +48,7 @@ use tonic::Status;
 
 use crate::pcapng::{self, Direction, Stats};
 use crate::reconcile::Reconciler;
-use crate::topology::PodKey;
+use crate::topology::{PodKey, Topology};
 
 /// Frames queued between the reader thread and the stream, at most.
 pub const QUEUE_FRAMES: usize = 4096;
@@ -171,29 +171,7 @@ pub async fn start(
             "capture: pod {key} {where_}, not on this node {node:?}"
         )));
     }
-    let link = topo
-        .spec
-        .links
-        .iter()
-        .find(|l| l.local_intf == req.interface);
-    let kind = link
-        .and_then(|l| topo.status.links.iter().find(|s| s.uid == l.uid))
-        .map(|s| s.kind.clone())
-        .unwrap_or_default();
-    let description = match link {
-        Some(l) => format!(
-            "meshnet link uid {} to {}:{} ({})",
-            l.uid,
-            l.peer_pod,
-            l.peer_intf,
-            if kind.is_empty() {
-                "kind unknown"
-            } else {
-                &kind
-            }
-        ),
-        None => "not a meshnet link".to_string(),
-    };
+    let (kind, description) = describe_link(&topo, &req.interface);
     let intf = req.interface.clone();
     let net_ns = topo.status.net_ns.clone();
     let (sock, kernel_start) = tokio::task::spawn_blocking(move || open_in(&net_ns, &intf))
@@ -253,6 +231,33 @@ pub async fn start(
         config.stop.clone(),
     ));
     Ok(Box::pin(ReceiverStream::new(out_rx)))
+}
+
+/// The kind of the meshnet link on `intf` (empty if unknown) and a description of it for the
+/// pcapng interface block.
+fn describe_link(topo: &Topology, intf: &str) -> (String, String) {
+    let Some(link) = topo.spec.links.iter().find(|l| l.local_intf == intf) else {
+        return (String::new(), "not a meshnet link".to_string());
+    };
+    let kind = topo
+        .status
+        .links
+        .iter()
+        .find(|s| s.uid == link.uid)
+        .map(|s| s.kind.clone())
+        .unwrap_or_default();
+    let description = format!(
+        "meshnet link uid {} to {}:{} ({})",
+        link.uid,
+        link.peer_pod,
+        link.peer_intf,
+        if kind.is_empty() {
+            "kind unknown"
+        } else {
+            &kind
+        }
+    );
+    (kind, description)
 }
 
 /// Opens the tap inside the pod's namespace and reads the interface's kernel counters there.
