@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the lab, the demo and the tests need from Debian's packages, if missing:
-# iproute2 (ip), iputils-ping, the reference CNI plugins (ptp, host-local, portmap), iperf3,
+# iproute2 (ip), iputils-ping, tcpdump (reads back `meshnet-lab capture` files), the reference
+# CNI plugins (ptp, host-local, portmap), iperf3,
 # ethtool, jq, nftables (the gRPC lab blocks VXLAN with it), curl + openssl + xz-utils (the test
 # API server), python3 (raw-frame tests), podman + runc (the image test), prometheus (promtool and
 # the scrape test), frr (routers in lab pods: OSPF/BFD tests), containerd (the CRI test drives a
@@ -21,6 +22,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v python3 >/dev/null || need+=(python3)
+command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || command -v crun >/dev/null || need+=(runc)
 command -v promtool >/dev/null || need+=(prometheus)

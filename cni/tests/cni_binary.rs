@@ -86,6 +86,13 @@ impl Local for FakeLocal {
         self.record(Call::Gc(r.into_inner().valid_attachments));
         Ok(Response::new(GcReply::default()))
     }
+    type CaptureStream = tokio_stream::Empty<Result<meshnet_proto::v1::CaptureChunk, Status>>;
+    async fn capture(
+        &self,
+        _: Request<meshnet_proto::v1::CaptureRequest>,
+    ) -> Result<Response<Self::CaptureStream>, Status> {
+        Err(Status::unimplemented("capture is not faked"))
+    }
 }
 
 /// A fake meshnetd serving on `<tempdir>/meshnetd.sock`, and where the plugin should log.

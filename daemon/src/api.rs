@@ -30,11 +30,22 @@ use crate::topology::{LinkState, PodKey};
 pub struct LocalApi {
     reconciler: Arc<Reconciler>,
     ready: Arc<AtomicBool>,
+    capture: crate::capture::CaptureConfig,
 }
 
 impl LocalApi {
     pub fn new(reconciler: Arc<Reconciler>, ready: Arc<AtomicBool>) -> Self {
-        LocalApi { reconciler, ready }
+        LocalApi {
+            reconciler,
+            ready,
+            capture: crate::capture::CaptureConfig::default(),
+        }
+    }
+
+    /// What live captures need (metrics, the daemon's stop signal).
+    pub fn with_capture(mut self, capture: crate::capture::CaptureConfig) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -218,6 +229,18 @@ impl Local for LocalApi {
         Ok(Response::new(GcReply {
             released: r?.into_iter().map(|k| k.to_string()).collect(),
         }))
+    }
+
+    type CaptureStream = crate::capture::CaptureStream;
+
+    /// Live capture: see [`crate::capture`].
+    async fn capture(
+        &self,
+        request: Request<meshnet_proto::v1::CaptureRequest>,
+    ) -> Result<Response<Self::CaptureStream>, Status> {
+        crate::capture::start(&self.reconciler, &self.capture, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

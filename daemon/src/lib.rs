@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod afhalf;
 pub mod api;
+pub mod capture;
 pub mod gwire;
 pub mod http;
 pub mod install;
@@ -28,6 +29,7 @@ pub mod links;
 pub mod linkstats;
 pub mod metrics_desc;
 pub mod netns;
+pub mod pcapng;
 pub mod plan;
 mod pollfd;
 pub mod qdisc;
@@ -176,6 +178,10 @@ pub async fn run(
     reconciler.set_default_mtu(config.default_mtu);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let capture = capture::CaptureConfig {
+        metrics: metrics_handle.clone(),
+        stop: Some(stop_rx.clone()),
+    };
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -273,7 +279,7 @@ pub async fn run(
         _ => None,
     };
 
-    let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready));
+    let api = api::LocalApi::new(Arc::clone(&reconciler), Arc::clone(&ready)).with_capture(capture);
     let grpc = tonic::transport::Server::builder()
         .add_service(meshnet_proto::v1::local_server::LocalServer::new(api))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.local), stopped());

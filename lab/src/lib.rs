@@ -2,6 +2,7 @@
 //! network namespaces as nodes and pods and the file store as the datastore. See [`lab`].
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod graph;
 pub mod impair;
 pub mod lab;

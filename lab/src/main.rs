@@ -148,6 +148,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
     },
+    /// Live capture of a pod's interface as pcapng (any link kind, both directions), from the
+    /// daemon of the pod's node: `capture r1:eth1 | wireshark -k -i -`.
+    Capture {
+        /// POD:INTERFACE, POD may be NAMESPACE/POD.
+        target: String,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'w')]
+        write: Option<PathBuf>,
+        /// Stop after this many frames (0: until Ctrl-C or the reader goes away).
+        #[arg(short = 'c', default_value_t = 0)]
+        count: u64,
+    },
     /// Remove everything the lab made.
     Down,
     /// (internal) Relay 127.0.0.1:PORT inside a node namespace to the machine's loopback.
@@ -235,6 +247,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(
             u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
         ));
+    }
+    // Neither may `capture`, which runs until stopped.
+    if let Cmd::Capture {
+        target,
+        write,
+        count,
+    } = &cli.cmd
+    {
+        let st = Lab::open(&cli.lab)?.load()?;
+        meshnet_lab::capture::run(&st, target, write.as_deref(), *count)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let Cmd::KubeProxy { netns, port } = &cli.cmd {
         lab::kube_proxy(netns, *port)?;
@@ -357,7 +380,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 println!("{l}");
             }
         }
-        Cmd::Exec { .. } | Cmd::KubeProxy { .. } => unreachable!("handled above"),
+        Cmd::Exec { .. } | Cmd::KubeProxy { .. } | Cmd::Capture { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,8 @@
 //! - [`afpacket`] — [`afpacket::PacketSocket`]: an AF_PACKET socket on an existing interface
 //!   (the host end of a veth) with `PACKET_VNET_HDR`, a `TPACKET_V3` mmap receive ring and
 //!   `PACKET_IGNORE_OUTGOING`.
+//! - [`capture`] — [`capture::CaptureSocket`]: a passive AF_PACKET tap (both directions, no
+//!   virtio-net header) for live capture; it observes a link and is never in its path.
 //! - [`netns`] — running a closure on a dedicated OS thread inside another network namespace,
 //!   where TAPs and AF_PACKET sockets are created (`setns(2)` changes only the calling thread).
 //!
@@ -28,6 +30,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 pub mod afpacket;
+pub mod capture;
 pub mod netns;
 pub mod tap;
 

@@ -659,9 +659,9 @@ enum Rx {
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 64]);
 
-/// The VLAN tag (TPID, TCI) in a `PACKET_AUXDATA` control message, if the kernel took one out
-/// of the frame.
-fn parse_auxdata(control: &[u8]) -> Option<(u16, u16)> {
+/// The data of the first control message of `level`/`ty` in `control` (as `recvmsg` filled
+/// it), walked with the kernel's `CMSG_NXTHDR` rules; `None` if absent or malformed.
+pub(super) fn find_cmsg(control: &[u8], level: i32, ty: i32) -> Option<&[u8]> {
     let hdr_len = size_of::<libc::cmsghdr>();
     let mut at = 0usize;
     while at + hdr_len <= control.len() {
@@ -670,36 +670,37 @@ fn parse_auxdata(control: &[u8]) -> Option<(u16, u16)> {
         if len < hdr_len || len > c.len() {
             return None;
         }
-        let level = i32::from_ne_bytes(
-            c[offset_of!(libc::cmsghdr, cmsg_level)..][..4]
-                .try_into()
-                .ok()?,
-        );
-        let ty = i32::from_ne_bytes(
-            c[offset_of!(libc::cmsghdr, cmsg_type)..][..4]
-                .try_into()
-                .ok()?,
-        );
-        let data = &c[hdr_len..len];
-        if level == libc::SOL_PACKET
-            && ty == libc::PACKET_AUXDATA
-            && data.len() >= size_of::<libc::tpacket_auxdata>()
+        let field = |off: usize| -> Option<i32> {
+            Some(i32::from_ne_bytes(c[off..][..4].try_into().ok()?))
+        };
+        if field(offset_of!(libc::cmsghdr, cmsg_level))? == level
+            && field(offset_of!(libc::cmsghdr, cmsg_type))? == ty
         {
-            let status = u32_at(data, offset_of!(libc::tpacket_auxdata, tp_status));
-            if status & libc::TP_STATUS_VLAN_VALID == 0 {
-                return None;
-            }
-            let tci = u16_at(data, offset_of!(libc::tpacket_auxdata, tp_vlan_tci));
-            let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-                u16_at(data, offset_of!(libc::tpacket_auxdata, tp_vlan_tpid))
-            } else {
-                crate::vnet::ETHERTYPE_VLAN
-            };
-            return Some((tpid, tci));
+            return Some(&c[hdr_len..len]);
         }
         at += len.next_multiple_of(size_of::<usize>());
     }
     None
+}
+
+/// The VLAN tag (TPID, TCI) in a `PACKET_AUXDATA` control message, if the kernel took one out
+/// of the frame.
+pub(super) fn parse_auxdata(control: &[u8]) -> Option<(u16, u16)> {
+    let data = find_cmsg(control, libc::SOL_PACKET, libc::PACKET_AUXDATA)?;
+    if data.len() < size_of::<libc::tpacket_auxdata>() {
+        return None;
+    }
+    let status = u32_at(data, offset_of!(libc::tpacket_auxdata, tp_status));
+    if status & libc::TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    let tci = u16_at(data, offset_of!(libc::tpacket_auxdata, tp_vlan_tci));
+    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+        u16_at(data, offset_of!(libc::tpacket_auxdata, tp_vlan_tpid))
+    } else {
+        crate::vnet::ETHERTYPE_VLAN
+    };
+    Some((tpid, tci))
 }
 
 /// Puts a VLAN tag back into the `[vnet][frame]` record at `start..` of `buf` (after the MAC
@@ -742,7 +743,12 @@ pub struct PacketSocket {
     stats: PacketStats,
 }
 
-fn setsockopt_raw<T>(fd: BorrowedFd<'_>, level: c_int, name: c_int, v: &T) -> io::Result<()> {
+pub(super) fn setsockopt_raw<T>(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: `v` points at a live, initialised `T` for the whole call and the length passed
     // is its size, so the kernel reads only valid memory. Callers pass the type each option
     // expects (an int, a tpacket_req3).
@@ -1008,7 +1014,7 @@ impl PacketSocket {
     }
 }
 
-fn bind(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
+pub(super) fn bind(fd: BorrowedFd<'_>, ifindex: u32) -> io::Result<()> {
     // SAFETY: sockaddr_ll is a plain C struct of integers and a byte array; all-zero is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
