@@ -96,6 +96,7 @@ fn report_pb(r: &PodReport) -> Vec<LinkReport> {
                 LinkState::Pending => PbState::Pending,
                 LinkState::Up => PbState::Up,
                 LinkState::Error => PbState::Error,
+                LinkState::Down => PbState::Down,
             } as i32,
             message: s.message,
         })

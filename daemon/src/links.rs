@@ -390,6 +390,10 @@ pub trait LinkOps: Send + Sync + 'static {
         ifname: &str,
         spec: Option<ImpairSpec>,
     ) -> Result<crate::qdisc::Applied, crate::qdisc::QdiscError>;
+    /// Sets the protocol-down flag of the kernel link end `ifname` in `netns`: its carrier goes
+    /// off (on) without touching its admin state, which is the pod's. VXLAN and macvlan only:
+    /// the kernel refuses it for veth and TAP.
+    async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError>;
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -1077,6 +1081,28 @@ impl LinkOps for Kernel {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         netns::exists(netns)
+    }
+
+    async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError> {
+        let (name, ns) = (ifname.to_string(), netns.to_path_buf());
+        netns::in_netns(netns, move |h| async move {
+            let st = get_iface(&h, &name)
+                .await
+                .map_err(|e| LinkError::netlink("look up", &name, &ns, e))?
+                .ok_or_else(|| LinkError::Missing {
+                    ifname: name.clone(),
+                    netns: ns.display().to_string(),
+                })?;
+            let mut msg = LinkUnspec::new_with_index(st.index).build();
+            msg.attributes
+                .push(LinkAttribute::ProtoDown(u8::from(down)));
+            h.link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| LinkError::netlink("set protodown on", &name, &ns, e))
+        })
+        .await?
     }
 
     async fn impair(

@@ -95,6 +95,8 @@ pub struct PodReport {
     pub links: Vec<(plan::LinkPlan, LinkResult)>,
     /// What each link end's declared impairment came to (by uid; absent: none declared).
     pub impairments: HashMap<i64, String>,
+    /// State and message that replace a built link's `up` (by uid): a declared `state: down`.
+    pub overrides: HashMap<i64, (LinkState, String)>,
 }
 
 impl PodReport {
@@ -107,8 +109,11 @@ impl PodReport {
                 local_intf: p.local_intf.clone(),
                 peer_pod: p.peer_pod.clone(),
                 kind: r.kind().to_string(),
-                state: r.state(),
-                message: r.message(),
+                state: self.overrides.get(&p.uid).map_or(r.state(), |o| o.0),
+                message: self
+                    .overrides
+                    .get(&p.uid)
+                    .map_or_else(|| r.message(), |o| o.1.clone()),
                 impairment: self.impairments.get(&p.uid).cloned().unwrap_or_default(),
             })
             .collect()
@@ -154,6 +159,8 @@ struct Memo {
     /// status note it gave, so that a resync does not replace a qdisc (and lose its queue)
     /// whose declaration did not change. Forgotten when the end's link is rebuilt.
     impaired: HashMap<(PathBuf, String), (Option<ImpairSpec>, String)>,
+    /// Per kernel link end: whether its cable is pulled (`state: down`, protodown set).
+    pulled: HashMap<(PathBuf, String), bool>,
 }
 
 impl Memo {
@@ -433,6 +440,7 @@ impl Reconciler {
                 for ns in w.netns() {
                     snapshot.touched(ns);
                     memo.impaired.retain(|(n, _), _| n != ns);
+                    memo.pulled.retain(|(n, _), _| n != ns);
                 }
             }
             let (kind, alias) = (w.kind(), w.alias().unwrap_or_default().to_string());
@@ -482,18 +490,22 @@ impl Reconciler {
                     .zip(ws.into_iter().map(|w| self.wire_result(w, &failed)))
                     .collect(),
                 impairments: HashMap::new(),
+                overrides: HashMap::new(),
             };
             for (l, r) in &report.links {
                 if let LinkResult::Up {
-                    kind: "veth" | "vxlan" | "macvlan",
+                    kind: kind @ ("veth" | "vxlan" | "macvlan"),
                 } = r
                 {
                     let end = (PathBuf::from(&p.net_ns), l.local_intf.clone());
                     let note = self.impair_end(memo, &end, &topos, &p.key, l).await;
-                    impaired_seen.insert(end);
                     if !note.is_empty() {
                         report.impairments.insert(l.uid, note);
                     }
+                    if let Some(o) = self.cable_state(memo, &end, kind, &topos, &p.key, l).await {
+                        report.overrides.insert(l.uid, o);
+                    }
+                    impaired_seen.insert(end);
                 }
             }
             self.write_status(p, &report).await;
@@ -516,6 +528,7 @@ impl Reconciler {
             reports.push(report);
         }
         memo.impaired.retain(|k, _| impaired_seen.contains(k));
+        memo.pulled.retain(|k, _| impaired_seen.contains(k));
         *self
             .kernel_links
             .lock()
@@ -552,11 +565,15 @@ impl Reconciler {
             Ok(w) => (w, None),
             Err(e) => (None, Some(e)),
         };
-        if let Some((spec, note)) = memo.impaired.get(end)
-            && *spec == want
-            && refused.is_none()
-        {
-            return note.clone();
+        match memo.impaired.get(end) {
+            Some((spec, note)) if *spec == want && refused.is_none() => return note.clone(),
+            // First sight of an end with nothing declared: nothing to take off (a qdisc of ours
+            // from before a daemon restart stays until the port is rebuilt or a declaration comes).
+            None if want.is_none() && refused.is_none() => {
+                memo.impaired.insert(end.clone(), (None, String::new()));
+                return String::new();
+            }
+            _ => {}
         }
         let applied = self.ops.impair(&end.0, &end.1, want).await;
         let (note, settled) = match (applied, refused) {
@@ -587,6 +604,75 @@ impl Reconciler {
             memo.impaired.remove(end);
         }
         note
+    }
+
+    /// A declared `state: down` (on either end's declaration) pulls the cable: the end's
+    /// protocol-down flag takes its carrier off without touching its admin state, which stays
+    /// the pod's. Returns the state and message that replace `up`: `down` where the cable is
+    /// pulled; for a same-node veth, whose carrier the kernel cannot switch, the link stays up
+    /// and the message says so.
+    async fn cable_state(
+        &self,
+        memo: &mut Memo,
+        end: &(PathBuf, String),
+        kind: &str,
+        topos: &[Topology],
+        pod: &PodKey,
+        l: &plan::LinkPlan,
+    ) -> Option<(LinkState, String)> {
+        let declared = |key: &PodKey| {
+            topos
+                .iter()
+                .find(|t| t.key() == *key)
+                .and_then(|t| t.spec.links.iter().find(|x| x.uid == l.uid))
+                .map(|x| x.state.as_str())
+        };
+        let own = declared(pod).unwrap_or_default();
+        let peer = if l.peer_pod == LOCALHOST {
+            ""
+        } else {
+            declared(&PodKey::new(&pod.namespace, &l.peer_pod)).unwrap_or_default()
+        };
+        for s in [own, peer] {
+            if !matches!(s, "" | "up" | "down") {
+                return Some((LinkState::Error, format!("state {s:?}: want up or down")));
+            }
+        }
+        let down = own == "down" || peer == "down";
+        let who = if own == "down" {
+            pod.name.as_str()
+        } else {
+            l.peer_pod.as_str()
+        };
+        if kind == "veth" {
+            return down.then(|| {
+                (
+                    LinkState::Up,
+                    format!(
+                        "state: down (declared by {who}) is not applied: the kernel has no carrier \
+                         switch for a same-node veth; the link stays up"
+                    ),
+                )
+            });
+        }
+        match memo.pulled.get(end) {
+            Some(&d) if d == down => {}
+            // First sight of an end nobody pulled: nothing to switch back on.
+            None if !down => {
+                memo.pulled.insert(end.clone(), false);
+            }
+            _ => match self.ops.set_protodown(&end.0, &end.1, down).await {
+                Ok(()) => {
+                    tracing::info!(netns = %end.0.display(), ifname = %end.1, down, "cable");
+                    memo.pulled.insert(end.clone(), down);
+                }
+                Err(e) => {
+                    memo.pulled.remove(end);
+                    return Some((LinkState::Error, format!("state: down not applied: {e}")));
+                }
+            },
+        }
+        down.then(|| (LinkState::Down, format!("state: down (declared by {who})")))
     }
 
     /// Treats a pod of this node whose recorded namespace no longer exists (its sandbox was
@@ -863,6 +949,7 @@ impl Reconciler {
             key: key.clone(),
             links,
             impairments: HashMap::new(),
+            overrides: HashMap::new(),
         }))
     }
 

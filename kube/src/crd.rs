@@ -134,6 +134,14 @@ pub struct Link {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "impairment_schema")]
     pub impairment: Option<Impairment>,
+    /// (Optional, meshnet-rs) `down` pulls the cable: both ends lose carrier, nothing is deleted.
+    /// `up` or empty: up as usual.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub state: String,
 }
 
 /// A plain object (not nullable: the server prunes a `null`, which means "none"), numbers without
@@ -369,6 +377,8 @@ pub enum LinkState {
     Up,
     /// Invalid declaration or a failure.
     Error,
+    /// Built, and down because a Topology declares `state: down`.
+    Down,
 }
 
 /// The CRD to install: kube-derive's, with `spec` made optional as in the Go CRD.
@@ -414,6 +424,7 @@ impl From<model::Link> for Link {
             local_mac: l.local_mac,
             peer_mac: l.peer_mac,
             impairment: l.impairment.map(Into::into),
+            state: l.state,
         }
     }
 }
@@ -431,6 +442,7 @@ impl From<Link> for model::Link {
             local_mac: l.local_mac,
             peer_mac: l.peer_mac,
             impairment: l.impairment.map(Into::into),
+            state: l.state,
         }
     }
 }
@@ -441,6 +453,7 @@ impl From<model::LinkState> for LinkState {
             model::LinkState::Pending => LinkState::Pending,
             model::LinkState::Up => LinkState::Up,
             model::LinkState::Error => LinkState::Error,
+            model::LinkState::Down => LinkState::Down,
         }
     }
 }
@@ -451,6 +464,7 @@ impl From<LinkState> for model::LinkState {
             LinkState::Pending => model::LinkState::Pending,
             LinkState::Up => model::LinkState::Up,
             LinkState::Error => model::LinkState::Error,
+            LinkState::Down => model::LinkState::Down,
         }
     }
 }

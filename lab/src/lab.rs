@@ -1170,7 +1170,8 @@ impl Lab {
             let views = self.links(st)?;
             let waiting: Vec<&LinkView> = views
                 .iter()
-                .filter(|l| l.required && l.state != "up")
+                // A cable pulled on purpose (`state: down`) is settled too.
+                .filter(|l| l.required && l.state != "up" && l.state != "down")
                 .filter(|l| only.is_none_or(|k| l.involves(k)))
                 .collect();
             if waiting.is_empty() {
@@ -1213,6 +1214,10 @@ impl Lab {
                     l.label(),
                     l.b.pod
                 ));
+                continue;
+            }
+            if l.state == "down" {
+                lines.push(format!("SKIP {} (declared state: down)", l.label()));
                 continue;
             }
             let checks = verify_link(&st, &l);
@@ -1690,6 +1695,11 @@ pub fn link_views(st: &LabState, topos: &[Topology]) -> Vec<LinkView> {
             v.state = "error".into();
         } else if v.a.state == "up" && v.b.state == "up" {
             v.state = "up".into();
+        } else if ["up", "down"].contains(&v.a.state.as_str())
+            && ["up", "down"].contains(&v.b.state.as_str())
+        {
+            // Built, and its cable pulled by a declared `state: down`.
+            v.state = "down".into();
         } else {
             v.state = "pending".into();
         }

@@ -135,6 +135,14 @@ enum Cmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Pull (down) or plug back (up) a link's cable: both ends lose (regain) carrier, nothing
+    /// is deleted; stored as `state` in the link's Topology, the daemons follow.
+    Link {
+        /// POD:INTERFACE or NAMESPACE/POD:INTERFACE.
+        end: String,
+        /// down or up
+        action: String,
+    },
     /// Draw the topology as it is: pods by node, links coloured by state, with interfaces, kind,
     /// MTU and current rates (sampled over --interval-ms).
     Graph {
@@ -362,6 +370,22 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 .map_or("none".to_string(), |s| s.to_string());
             lab.edit_link(&end, |l| l.impairment = decl)?;
             println!("{end}: impairment {what}");
+        }
+        Cmd::Link { end, action } => {
+            let state = match action.as_str() {
+                "down" => "down",
+                "up" => "",
+                other => anyhow::bail!("link {end} {other}: want down or up"),
+            };
+            lab.edit_link(&end, |l| l.state = state.to_string())?;
+            println!(
+                "{end}: cable {}",
+                if state.is_empty() {
+                    "plugged in"
+                } else {
+                    "pulled"
+                }
+            );
         }
         Cmd::Graph {
             format,

@@ -116,6 +116,14 @@ pub struct Link {
     /// Extension: delay, loss, rate … applied to the link (see [`crate::impairment`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impairment: Option<crate::impairment::Impairment>,
+    /// Extension: `down` pulls the cable — both ends lose carrier, nothing is deleted; `up` or
+    /// empty: the link is up as usual. Either end may declare it.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub state: String,
 }
 
 /// Written by the daemon of the node the pod runs on.
@@ -213,6 +221,8 @@ pub enum LinkState {
     Up,
     /// Invalid declaration or a failure; see the message.
     Error,
+    /// Built, and down because a Topology declares `state: down` (both ends without carrier).
+    Down,
 }
 
 impl fmt::Display for LinkState {
@@ -221,6 +231,7 @@ impl fmt::Display for LinkState {
             LinkState::Pending => "pending",
             LinkState::Up => "up",
             LinkState::Error => "error",
+            LinkState::Down => "down",
         })
     }
 }

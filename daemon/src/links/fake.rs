@@ -42,6 +42,12 @@ pub enum Call {
     RetainHalves {
         keep: Vec<WireKey>,
     },
+    /// The carrier of a kernel link end switched off (`down`) or back on.
+    ProtoDown {
+        netns: PathBuf,
+        ifname: String,
+        down: bool,
+    },
     /// A declared impairment put on (`Some`, as text) or taken off (`None`) a port.
     Impair {
         netns: PathBuf,
@@ -256,6 +262,15 @@ impl LinkOps for FakeOps {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         !self.st().gone.contains(netns)
+    }
+
+    async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError> {
+        self.st().calls.push(Call::ProtoDown {
+            netns: netns.to_path_buf(),
+            ifname: ifname.to_string(),
+            down,
+        });
+        Ok(())
     }
 
     async fn impair(

@@ -462,3 +462,54 @@ async fn an_impairment_the_node_cannot_apply_is_named_in_the_status() {
     assert!(matches!(result(&reports, "r1", 1), LinkResult::Up { .. }));
     assert!(note(&e.status("r1").await, 1).contains("loss 200"));
 }
+
+/// `state: down` on either end pulls a VXLAN end's cable (protodown) once, and plugs it back
+/// once; a veth cannot be pulled and says so while staying up.
+#[tokio::test]
+async fn a_declared_down_state_pulls_the_cable_once_per_change() {
+    let e = env(InterNodeLink::Vxlan);
+    let down = Link {
+        state: "down".into(),
+        ..link(1, "r1", "eth1", "eth1")
+    };
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![down], OTHER, "bbbb").await;
+    let pulls = |e: &Env| -> Vec<bool> {
+        e.ops
+            .take_calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::ProtoDown { down, .. } => Some(down),
+                _ => None,
+            })
+            .collect()
+    };
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&e), [true], "the peer's declaration pulls this end");
+    let st = e.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert_eq!(st.links[0].message, "state: down (declared by r2)");
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&e), Vec::<bool>::new(), "not again on a resync");
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&e), [false]);
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
+
+    // A same-node veth: no protodown, up, and the message says why.
+    let v = env(InterNodeLink::Vxlan);
+    let down = Link {
+        state: "down".into(),
+        ..link(1, "r2", "eth1", "eth1")
+    };
+    v.pod("r1", vec![down], NODE, "aaaa").await;
+    v.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
+        .await;
+    v.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&v), Vec::<bool>::new());
+    let st = v.status("r2").await;
+    assert_eq!(st.links[0].state, LinkState::Up);
+    assert!(st.links[0].message.contains("same-node veth"), "{st:?}");
+}

@@ -1,0 +1,151 @@
+//! A declared `state: down` pulls the cable (needs root): both ends lose carrier, the routers'
+//! admin state and every interface stay, and `up` plugs it back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::{LabGuard, two_pods, yaml_file};
+
+/// `(admin up, carrier)` of `ifname` in `netns`, and its ifindex.
+fn port(netns: &str, ifname: &str) -> (bool, bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", netns, "-o", "link", "show", ifname])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let flags = s
+        .split('<')
+        .nth(1)
+        .and_then(|f| f.split('>').next())
+        .unwrap_or_default();
+    let flags: Vec<&str> = flags.split(',').collect();
+    let index = s.split(':').next().unwrap_or_default().to_string();
+    (flags.contains(&"UP"), flags.contains(&"LOWER_UP"), index)
+}
+
+fn until(what: &str, f: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what}: not within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn a_pulled_vxlan_cable_takes_both_carriers_down_and_back() {
+    let lab = LabGuard::new("cab");
+    let f = yaml_file(
+        "cab",
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", "node2"),
+            &[(1, "eth1", "192.0.2.9/30", "192.0.2.10/30")],
+        ),
+    );
+    lab.ok(&["up", f.to_str().unwrap(), "--nodes", "2"]);
+    lab.assert_links_up(1);
+    let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
+    let before = (port(&n1, "eth1").2, port(&n2, "eth1").2);
+    assert!(port(&n1, "eth1").1 && port(&n2, "eth1").1);
+
+    lab.ok(&["link", "r1:eth1", "down"]);
+    let took = until("both carriers down", || {
+        !port(&n1, "eth1").1 && !port(&n2, "eth1").1
+    });
+    eprintln!("both carriers down {took:?} after the edit");
+    assert!(
+        took < Duration::from_secs(1),
+        "carriers went down after {took:?}"
+    );
+    // The routers' admin state and the ports themselves are untouched.
+    assert!(port(&n1, "eth1").0 && port(&n2, "eth1").0);
+    assert_eq!((port(&n1, "eth1").2, port(&n2, "eth1").2), before);
+    until("status down on both ends", || {
+        lab.end_status("r1", 1)["state"] == "down" && lab.end_status("r2", 1)["state"] == "down"
+    });
+    assert!(
+        lab.end_status("r2", 1)["message"]
+            .as_str()
+            .unwrap()
+            .contains("declared by r1")
+    );
+    let ping = lab.run(&[
+        "exec",
+        "r1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "192.0.2.10",
+    ]);
+    assert!(!ping.status.success(), "a pulled cable carries nothing");
+    assert!(
+        lab.ok(&["verify"]).contains("SKIP"),
+        "verify skips a pulled cable"
+    );
+
+    lab.ok(&["link", "r1:eth1", "up"]);
+    let took = until("both carriers up", || {
+        port(&n1, "eth1").1 && port(&n2, "eth1").1
+    });
+    eprintln!("both carriers up {took:?} after the edit");
+    lab.assert_links_up(1);
+    lab.ok(&[
+        "exec",
+        "r1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "192.0.2.10",
+    ]);
+    assert_eq!((port(&n1, "eth1").2, port(&n2, "eth1").2), before);
+    let _ = std::fs::remove_file(f);
+}
+
+/// A same-node veth has no carrier switch in the kernel: the status says so, the link stays up.
+#[test]
+fn a_pulled_veth_cable_is_refused_by_name_and_the_link_stays_up() {
+    let lab = LabGuard::new("cabv");
+    let f = yaml_file(
+        "cabv",
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", "node1"),
+            &[(1, "eth1", "192.0.2.13/30", "192.0.2.14/30")],
+        ),
+    );
+    lab.ok(&["up", f.to_str().unwrap()]);
+    lab.ok(&["link", "r2:eth1", "down"]);
+    until("status names it", || {
+        lab.end_status("r1", 1)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("same-node veth"))
+    });
+    assert_eq!(lab.end_status("r1", 1)["state"], "up");
+    lab.ok(&[
+        "exec",
+        "r1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "192.0.2.14",
+    ]);
+    assert_eq!(
+        lab.run(&["link", "r2:eth1", "sideways"]).status.code(),
+        Some(1)
+    );
+    let _ = std::fs::remove_file(f);
+}
