@@ -13,6 +13,7 @@
 //!   decoded into `bytes::Bytes` slices without copying.
 //! - [`batching`] — the batching policy: when to flush (nothing more ready, size or count bound).
 //! - [`table`] — the wire table (`WireId` ⇄ link identity) and the per-wire counters.
+//! - [`session`] — the session protocol of one stream (Bind/Unbind, delivery), a pure engine.
 //! - [`endpoint`] — the one frame-I/O trait every endpoint implements ([`endpoint::FrameEndpoint`]),
 //!   an in-memory pair and a fault-injecting wrapper for tests.
 //! - [`fault`] — the seeded loss/duplication/reordering/delay queue behind that wrapper and the
@@ -37,6 +38,7 @@ pub mod batch;
 pub mod batching;
 pub mod endpoint;
 pub mod fault;
+pub mod session;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
