@@ -11,13 +11,20 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// Brings values kept outside the metrics registry (the wire's counters) into it.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
+    refresh: Option<Refresh>,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some(f) = &s.refresh {
+        f();
+    }
     match &s.metrics {
         Some(h) => (
             StatusCode::OK,
@@ -44,7 +51,12 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// The router; serve it with `axum::serve` on an already-bound listener.
-pub fn router(metrics_handle: Option<PrometheusHandle>, ready: Arc<AtomicBool>) -> Router {
+/// `refresh` runs before each `/metrics` render.
+pub fn router(
+    metrics_handle: Option<PrometheusHandle>,
+    ready: Arc<AtomicBool>,
+    refresh: Option<Refresh>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -52,5 +64,6 @@ pub fn router(metrics_handle: Option<PrometheusHandle>, ready: Arc<AtomicBool>) 
         .with_state(AppState {
             metrics: metrics_handle,
             ready,
+            refresh,
         })
 }

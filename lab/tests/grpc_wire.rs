@@ -66,7 +66,7 @@ fn subset(file: &str, pods: &[&str]) -> std::path::PathBuf {
 
 #[test]
 fn halves_exist_before_their_peers_and_come_up_with_them() {
-    let lab = LabGuard::new("early");
+    let lab = LabGuard::new("wire-early");
     let only_r1 = subset("3node.yml", &["r1"]);
     lab.ok(&[
         "up",
@@ -98,7 +98,7 @@ fn grpc_across_three_nodes_verifies_every_example_with_vxlan_blocked() {
         ("5node.yml", 8, 16),
         ("3node-mlink.yml", 12, 24),
     ] {
-        let lab = LabGuard::new("gr3");
+        let lab = LabGuard::new("wire-gr3");
         lab.ok(&["up", &topo(file), "--nodes", "3", "--link", "grpc"]);
         lab.assert_links_up(links);
         let st = lab.status();
@@ -193,7 +193,7 @@ else:
 
 #[test]
 fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
-    let lab = jumbo_lab("gjumbo");
+    let lab = jumbo_lab("wire-jumbo");
     lab.assert_links_up(2);
     let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
     lab.ok(&[
@@ -269,7 +269,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn counters_agree_with_traffic() {
-    let lab = jumbo_lab("gcount");
+    let lab = jumbo_lab("wire-count");
     lab.assert_links_up(2);
     lab.ok(&[
         "exec",
@@ -310,7 +310,7 @@ fn counters_agree_with_traffic() {
 
 #[test]
 fn killed_peer_daemon_drops_carrier_within_2s_and_the_link_comes_back() {
-    let lab = jumbo_lab("gkill");
+    let lab = jumbo_lab("wire-kill");
     lab.assert_links_up(2);
     let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
     let before_j2 = link_flags(&j2, "eth1").0;

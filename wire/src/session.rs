@@ -106,7 +106,6 @@ struct Local<H> {
 /// The session of one stream (see the module doc).
 #[derive(Debug)]
 pub struct Session<H> {
-    max_wires: usize,
     connected: bool,
     locals: HashMap<WireKey, Local<H>>,
     /// Our ids, assigned here.
@@ -129,7 +128,6 @@ impl<H> Session<H> {
     /// A disconnected session of at most `max_wires` halves.
     pub fn new(max_wires: usize) -> Self {
         Self {
-            max_wires,
             connected: false,
             locals: HashMap::new(),
             out: WireTable::new(max_wires),
@@ -246,7 +244,11 @@ impl<H> Session<H> {
     pub fn disconnected(&mut self, mut events: impl FnMut(Event<'_, H>)) {
         self.connected = false;
         self.control.clear();
-        self.inbound = WireTable::new(self.max_wires);
+        // Emptied entry by entry rather than replaced: its stray counters live on.
+        let ids: Vec<WireId> = self.inbound.iter().map(|(id, _, _)| id).collect();
+        for id in ids {
+            self.inbound.remove(id);
+        }
         for l in self.locals.values_mut() {
             l.queued = false;
             if l.bound.take().is_some() {
@@ -347,6 +349,11 @@ impl<H> Session<H> {
         now: Instant,
         events: &mut impl FnMut(Event<'_, H>) -> Result<(), DropReason>,
     ) {
+        if !self.connected || id.0 == 0 {
+            // A message of a stream that has ended (or not begun): nothing may be bound outside
+            // a live stream. Id 0 is never a wire.
+            return;
+        }
         // The id named another link before (the peer re-used it? it does not, but a peer is
         // outside input): that link is unbound.
         if let Some(other) = self.inbound.key_of(id).filter(|k| **k != key).cloned() {
@@ -366,21 +373,22 @@ impl<H> Session<H> {
         {
             self.inbound.remove(old);
         }
-        if id.0 == 0
-            || self
-                .inbound
-                .insert(id, key.clone(), Arc::clone(&l.counters))
-                .is_err()
+        if self
+            .inbound
+            .insert(id, key.clone(), Arc::clone(&l.counters))
+            .is_err()
         {
-            // Id 0 or a full table: the link stays unbound (and is re-announced by the tick).
-            l.bound = None;
+            // A full table: the link is unbound (and re-announced by the tick).
+            if l.bound.take().is_some() {
+                let _ = events(Event::Unbound(&l.handle));
+            }
             return;
         }
         let fresh = l.bound.replace(id).is_none();
         if fresh {
             let _ = events(Event::Bound(&l.handle));
         }
-        if !reply && self.connected {
+        if !reply {
             self.queue_bind(&key, true);
             if let Some(l) = self.locals.get_mut(&key) {
                 l.announced = Some(now);

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 pub mod afpacket;
 pub mod netns;
+pub mod poll;
 pub mod tap;
 
 /// Blocks until one of `fds` polls readable (or in error), or `timeout` passes. Returns whether
