@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{LabGuard, topo};
 
-fn pod_netns(lab: &LabGuard, pod: &str) -> String {
-    let st = lab.status();
-    st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pod)
-        .unwrap()["netns"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn link_flags(netns: &str, ifname: &str) -> (u32, Vec<String>) {
     let out = Command::new("ip")
         .args(["-n", netns, "-j", "link", "show", "dev", ifname])
@@ -76,7 +63,7 @@ fn halves_exist_before_their_peers_and_come_up_with_them() {
         "--link",
         "grpc",
     ]);
-    let r1 = pod_netns(&lab, "r1");
+    let r1 = lab.pod_netns("r1");
     // Right after ADD, both of r1's wire interfaces are there, carrier down.
     let (idx1, _) = link_flags(&r1, "eth1");
     let (idx2, _) = link_flags(&r1, "eth2");
@@ -195,7 +182,7 @@ else:
 fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
     let lab = jumbo_lab("wire-jumbo");
     lab.assert_links_up(2);
-    let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
+    let (j1, j2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
     lab.ok(&[
         "exec",
         "j1",
@@ -312,7 +299,7 @@ fn counters_agree_with_traffic() {
 fn killed_peer_daemon_drops_carrier_within_2s_and_the_link_comes_back() {
     let lab = jumbo_lab("wire-kill");
     lab.assert_links_up(2);
-    let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
+    let (j1, j2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
     let before_j2 = link_flags(&j2, "eth1").0;
     lab.ok(&["daemon", "node2", "kill"]);
     let t = Instant::now();

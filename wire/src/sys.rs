@@ -31,6 +31,7 @@ pub mod afpacket;
 pub mod netns;
 pub mod poll;
 pub mod tap;
+pub mod tcp;
 
 /// Blocks until one of `fds` polls readable (or in error), or `timeout` passes. Returns whether
 /// one did. For endpoints driven by a plain thread; async code uses tokio's `AsyncFd` on

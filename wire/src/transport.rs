@@ -44,10 +44,12 @@ pub use grpc::{WireService, WireTls};
 pub use io::{HalfIo, PacketHalf, TapHalf};
 pub use node::{LinkLabels, LinkStats, PeerStats, WireNode};
 
-/// Most bytes of batches combined into one gRPC message.
-pub const MESSAGE_BYTES: usize = 1024 * 1024;
-/// Largest gRPC message accepted from a peer.
-pub const MAX_MESSAGE: usize = 4 * MESSAGE_BYTES;
+/// Most bytes of batches combined into one gRPC message: enough to amortise a message's cost
+/// (four GSO-sized batches), small enough that a message queued ahead of another wire's frames
+/// (or of control, in h2's send buffer) does not hold them long on a slow underlay.
+pub const MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest gRPC message accepted from a peer (what earlier versions combined, 1 MiB, fits).
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// Most shards a node runs toward one peer.
 pub const MAX_SHARDS: u32 = 64;
 /// Most halves per stream (a bound for the session's tables and control queue).
@@ -150,7 +152,7 @@ impl WireOptions {
             port,
             shards: default_shards(),
             batch: BatchLimits::DEFAULT,
-            queue: 64,
+            queue: 16,
             legacy: Legacy::None,
             tls: None,
             connect_timeout: Duration::from_secs(2),

@@ -65,6 +65,20 @@ impl LabGuard {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The network namespace of pod `pod` now.
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let st = self.status();
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap_or_else(|| panic!("pod {pod} not in the lab"))["netns"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["status", "--json"])).expect("status JSON")
     }
@@ -139,6 +153,25 @@ impl Drop for LabGuard {
             panic!("down left namespaces behind: {left:?}");
         }
     }
+}
+
+/// Whether `ifname` in `netns` has carrier (`LOWER_UP`, no `NO-CARRIER`); false if it is missing.
+pub fn carrier(netns: &str, ifname: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return false;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flags: Vec<&str> = v[0]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    flags.contains(&"LOWER_UP") && !flags.contains(&"NO-CARRIER")
 }
 
 pub fn list_netns() -> Vec<String> {

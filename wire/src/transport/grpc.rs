@@ -134,10 +134,50 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
+                r.inspect(|s| {
+                    if let Err(e) = tune(s) {
+                        tracing::warn!(error = %e, "cannot tune a wire connection");
+                    }
+                })
+            }),
             shutdown,
         )
         .await
+}
+
+/// Options of every wire connection, both ends: no Nagle delay, and a small unsent backlog in
+/// the kernel (see [`crate::sys::tcp::NOTSENT_LOWAT`]) so control is not queued behind seconds of
+/// data.
+fn tune(s: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    s.set_nodelay(true)?;
+    crate::sys::tcp::set_notsent_lowat(s.as_fd(), crate::sys::tcp::NOTSENT_LOWAT)
+}
+
+/// The dialler's connector: a TCP connection to the peer's wire port, tuned (tonic adds TLS on
+/// top when configured).
+#[derive(Debug, Clone, Copy)]
+struct Dial(SocketAddr);
+
+impl tower::Service<tonic::transport::Uri> for Dial {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            tune(&s)?;
+            Ok(hyper_util::rt::TokioIo::new(s))
+        })
+    }
 }
 
 fn hello(me: IpAddr, shard: u32, shards: u32) -> WireMessage {
@@ -277,7 +317,10 @@ impl WireNode {
         shard: Arc<Shard>,
         hello: WireMessage,
     ) -> Result<(Streaming<WireMessage>, u64), String> {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = endpoint
+            .connect_with_connector(Dial(SocketAddr::new(peer.ip, self.opts.port)))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut client = WireClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -463,7 +506,7 @@ impl WireNode {
 struct OutboundStream {
     pending: Option<WireMessage>,
     shard: Arc<Shard>,
-    queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<Bytes>>,
+    queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<super::node::Queued>>,
     superseded: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// Combine queued batches into one message (not in a legacy design: one frame per message).
     combine: bool,
@@ -492,7 +535,8 @@ impl Stream for OutboundStream {
             return Poll::Ready(Some(control_msg(c)));
         }
         let first = match self.queue.poll_recv(cx) {
-            Poll::Ready(Some(b)) => b,
+            // The permit goes here: the half may queue another batch.
+            Poll::Ready(Some((b, _permit))) => b,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -501,7 +545,7 @@ impl Stream for OutboundStream {
         // Combine what is already queued, up to a bound: no waiting for more.
         while size < MESSAGE_BYTES && self.combine {
             match self.queue.try_recv() {
-                Ok(b) => {
+                Ok((b, _permit)) => {
                     size += b.len();
                     batch.push(b);
                 }

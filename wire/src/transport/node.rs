@@ -46,6 +46,10 @@ pub struct Half {
     peer: Mutex<Option<IpAddr>>,
     carrier: AtomicBool,
     pub(crate) counters: Arc<WireCounters>,
+    /// [`HALF_QUEUED`] permits: this half's share of its shard's data queue.
+    queued: Arc<tokio::sync::Semaphore>,
+    /// Removed from the node: its interface may be gone, carrier changes are not applied.
+    removed: AtomicBool,
     labels: LinkLabels,
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     ifindex: u32,
@@ -108,6 +112,15 @@ pub(crate) struct PeerCounters {
     pub batch_frames: AtomicU64,
 }
 
+/// A batch in a shard's data queue, with its half's queue permit (released when the stream
+/// takes the batch).
+pub(crate) type Queued = (Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Batches one half may have in its shard's data queue at once. The queue is FIFO: without this
+/// bound, one saturated wire fills it and every other wire of the shard waits behind all of it;
+/// with it, a wire's frames wait behind at most this many batches of each other busy wire.
+pub const HALF_QUEUED: usize = 4;
+
 /// The mutable state of one shard's stream.
 #[derive(Debug)]
 pub(crate) struct ShardState {
@@ -120,8 +133,8 @@ pub(crate) struct ShardState {
 #[derive(Debug)]
 pub(crate) struct Shard {
     pub index: u32,
-    pub tx: mpsc::Sender<Bytes>,
-    pub rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    pub tx: mpsc::Sender<Queued>,
+    pub rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     pub state: Mutex<ShardState>,
     /// Wakes the live outbound stream when control was queued.
     pub wake: AtomicWaker,
@@ -305,10 +318,12 @@ impl WireNode {
         if half.carrier.swap(up, Ordering::AcqRel) == up {
             return;
         }
-        // Down: take the baseline; up: count what was dropped meanwhile.
-        half.account_peer_down(!up);
-        if let Err(e) = half.io.set_carrier(up) {
-            tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
+        if !half.removed.load(Ordering::Acquire) {
+            // Down: take the baseline; up: count what was dropped meanwhile.
+            half.account_peer_down(!up);
+            if let Err(e) = half.io.set_carrier(up) {
+                tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
+            }
         }
         tracing::info!(namespace = %half.key.namespace, link_uid = half.key.uid, up, "wire carrier");
         self.changed.notify_one();
@@ -379,6 +394,8 @@ impl WireNode {
             peer: Mutex::new(None),
             carrier: AtomicBool::new(true),
             counters: Arc::default(),
+            queued: Arc::new(tokio::sync::Semaphore::new(HALF_QUEUED)),
+            removed: AtomicBool::new(false),
             labels,
             reader: Mutex::new(None),
             ifindex,
@@ -393,6 +410,7 @@ impl WireNode {
             .expect("halves lock")
             .insert(key, Arc::clone(&half));
         if let Some(old) = old {
+            old.removed.store(true, Ordering::Release);
             self.detach(&old);
         }
         self.set_peer(&half, peer);
@@ -453,6 +471,7 @@ impl WireNode {
             gone.iter().filter_map(|k| halves.remove(k)).collect()
         };
         for h in gone {
+            h.removed.store(true, Ordering::Release);
             self.detach(&h);
             tracing::info!(namespace = %h.key.namespace, link_uid = h.key.uid, "wire half removed");
         }
@@ -596,7 +615,10 @@ impl WireNode {
                 None => false,
             };
         }
-        shard.tx.send(body).await.is_ok()
+        let Ok(permit) = Arc::clone(&half.queued).acquire_owned().await else {
+            return false;
+        };
+        shard.tx.send((body, permit)).await.is_ok()
     }
 
     /// Delivers a batch from `peer`'s shard to our halves.
