@@ -148,6 +148,12 @@ fn if_name(sock: BorrowedFd<'_>, ifindex: u32) -> io::Result<String> {
     Ok(ifreq_name(&ifr))
 }
 
+/// A duplicate of an endpoint's fd, for writing beside its reader.
+pub(crate) fn dup_fd(fd: Option<BorrowedFd<'_>>, what: &str) -> io::Result<std::os::fd::OwnedFd> {
+    fd.ok_or_else(|| io::Error::other(format!("{what} without an fd")))?
+        .try_clone_to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 //!   session → endpoint).
 //! * [`grpc`] — the tonic service (accepting streams), the dialler, the outbound message stream
 //!   (session control first, then data), TLS.
-//! * [`io`] — [`HalfIo`], the endpoint as the transport shares it, over a TAP or AF_PACKET.
+//! * A half's endpoint is a [`HalfIo`] (the shared form of the frame-I/O trait): a [`TapHalf`]
+//!   or a [`PacketHalf`] from `sys`.
 //!
 //! **A frame's path** (TAP read to TAP write): `sys/tap.rs` (read) → `transport/pump.rs`
 //! (batch) → `transport/grpc.rs` (stream out / in) → `session.rs` (decode, wire lookup) →
@@ -36,12 +37,13 @@ use std::time::Duration;
 use crate::batching::BatchLimits;
 
 pub mod grpc;
-pub mod io;
 pub mod node;
 pub mod pump;
 
+pub use crate::endpoint::HalfIo;
+pub use crate::sys::afpacket::PacketHalf;
+pub use crate::sys::tap::TapHalf;
 pub use grpc::{WireService, WireTls};
-pub use io::{HalfIo, PacketHalf, TapHalf};
 pub use node::{LinkLabels, LinkStats, PeerStats, WireNode};
 
 /// Most bytes of batches combined into one gRPC message: enough to amortise a message's cost

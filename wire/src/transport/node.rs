@@ -23,9 +23,8 @@ use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::io::HalfIo;
-use super::{Legacy, MAX_SHARDS, MAX_WIRES_PER_STREAM, WireOptions};
-use crate::WireId;
+use super::{MAX_SHARDS, MAX_WIRES_PER_STREAM, WireOptions};
+use crate::endpoint::HalfIo;
 use crate::session::{Event, Session};
 use crate::table::{CounterSnapshot, DropReason, WireCounters, WireKey};
 
@@ -44,10 +43,10 @@ pub struct Half {
     pub(crate) key: WireKey,
     pub(crate) io: Arc<dyn HalfIo>,
     peer: Mutex<Option<IpAddr>>,
-    carrier: AtomicBool,
+    pub(crate) carrier: AtomicBool,
     pub(crate) counters: Arc<WireCounters>,
     /// [`HALF_QUEUED`] permits: this half's share of its shard's data queue.
-    queued: Arc<tokio::sync::Semaphore>,
+    pub(crate) queued: Arc<tokio::sync::Semaphore>,
     /// Removed from the node: its interface may be gone, carrier changes are not applied.
     removed: AtomicBool,
     labels: LinkLabels,
@@ -79,7 +78,7 @@ impl Drop for Half {
 }
 
 impl Half {
-    fn peer(&self) -> Option<IpAddr> {
+    pub(crate) fn peer(&self) -> Option<IpAddr> {
         *self.peer.lock().expect("peer lock")
     }
 
@@ -577,62 +576,6 @@ impl WireNode {
             if !attached {
                 self.attach_on(peer, &h);
             }
-        }
-    }
-
-    /// Where a half's frames go now: its shard and its id there, if the peer's half is bound.
-    pub(crate) fn target(&self, half: &Arc<Half>) -> Option<(Arc<Shard>, WireId)> {
-        if !half.carrier.load(Ordering::Acquire) {
-            return None;
-        }
-        let peer = self
-            .peers
-            .lock()
-            .expect("peers lock")
-            .get(&half.peer()?)?
-            .clone();
-        let shard = Arc::clone(peer.shard_of(&half.key));
-        let id = shard
-            .state
-            .lock()
-            .expect("shard lock")
-            .session
-            .data_id(&half.key)?;
-        Some((shard, id))
-    }
-
-    /// Queues a batch toward the shard (waiting while its queue is full: the back-pressure), or
-    /// in the legacy unary design sends it in its own call. Whether the peer may get it.
-    pub(crate) async fn send_batch(
-        &self,
-        half: &Arc<Half>,
-        shard: &Arc<Shard>,
-        body: Bytes,
-    ) -> bool {
-        if self.opts.legacy == Legacy::Unary {
-            return match half.peer() {
-                Some(p) => self.unary_send(p, shard.index, body).await,
-                None => false,
-            };
-        }
-        let Ok(permit) = Arc::clone(&half.queued).acquire_owned().await else {
-            return false;
-        };
-        shard.tx.send((body, permit)).await.is_ok()
-    }
-
-    /// Delivers a batch from `peer`'s shard to our halves.
-    pub(crate) fn deliver(&self, peer: &Peer, shard: &Shard, batch: Bytes) {
-        let mut st = shard.state.lock().expect("shard lock");
-        let r = super::pump::deliver(&mut st.session, batch, Instant::now(), |h, vnet, frame| {
-            h.io.send(vnet, frame)
-        });
-        drop(st);
-        let c = &peer.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.batch_frames.fetch_add(r.frames, Ordering::Relaxed);
-        if r.malformed {
-            c.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
 

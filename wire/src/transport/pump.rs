@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,9 @@ use crate::batching::{Batcher, FlushCause};
 use crate::session::{Event, Message, Session};
 use crate::table::{DropReason, WireCounters};
 use crate::vnet::VnetBytes;
+
+use super::Legacy;
+use super::node::{Half, Peer, Shard};
 
 /// What one [`fill_batch`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -166,6 +170,66 @@ pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node:
             half.counters.add_tx(r.frames, r.bytes);
         } else {
             half.counters.add_drops(DropReason::PeerDown, r.frames);
+        }
+    }
+}
+
+/// The frame-carrying part of the node: where a half's batches go, and delivery of a stream's
+/// batches (kept here so that a frame's path stays in this file, `grpc.rs` and `session.rs`).
+impl super::WireNode {
+    /// Where a half's frames go now: its shard and its id there, if the peer's half is bound.
+    pub(crate) fn target(&self, half: &Arc<Half>) -> Option<(Arc<Shard>, WireId)> {
+        if !half.carrier.load(Ordering::Acquire) {
+            return None;
+        }
+        let peer = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .get(&half.peer()?)?
+            .clone();
+        let shard = Arc::clone(peer.shard_of(&half.key));
+        let id = shard
+            .state
+            .lock()
+            .expect("shard lock")
+            .session
+            .data_id(&half.key)?;
+        Some((shard, id))
+    }
+
+    /// Queues a batch toward the shard (waiting while its queue is full: the back-pressure), or
+    /// in the legacy unary design sends it in its own call. Whether the peer may get it.
+    pub(crate) async fn send_batch(
+        &self,
+        half: &Arc<Half>,
+        shard: &Arc<Shard>,
+        body: Bytes,
+    ) -> bool {
+        if self.opts.legacy == Legacy::Unary {
+            return match half.peer() {
+                Some(p) => self.unary_send(p, shard.index, body).await,
+                None => false,
+            };
+        }
+        let Ok(permit) = Arc::clone(&half.queued).acquire_owned().await else {
+            return false;
+        };
+        shard.tx.send((body, permit)).await.is_ok()
+    }
+
+    /// Delivers a batch from `peer`'s shard to our halves.
+    pub(crate) fn deliver(&self, peer: &Peer, shard: &Shard, batch: Bytes) {
+        let mut st = shard.state.lock().expect("shard lock");
+        let r = super::pump::deliver(&mut st.session, batch, Instant::now(), |h, vnet, frame| {
+            h.io.send(vnet, frame)
+        });
+        drop(st);
+        let c = &peer.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.batch_frames.fetch_add(r.frames, Ordering::Relaxed);
+        if r.malformed {
+            c.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
