@@ -132,6 +132,7 @@ bench: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	cd wire && cargo +nightly fuzz run batch_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd wire && cargo +nightly fuzz run session_ops -- -max_total_time=$(FUZZ_SECONDS)
 	cd cni && cargo +nightly fuzz run cni_request -- -max_total_time=$(FUZZ_SECONDS)
 
 ## soak: 10 minutes of TCP + small-frame UDP across a 3-node gRPC lab while r5 restarts every 30 s,

@@ -136,11 +136,7 @@ pub fn scale_lab(namespace: &str, n: u32) -> String {
 /// The VNI the daemon gives link `(namespace, uid)` (FNV-1a-64 over the namespace, `0xff` and
 /// the uid little-endian, folded to 24 bits, 0 → 1; README "VNI scheme").
 pub fn vni(namespace: &str, uid: i64) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = meshnet_wire::table::link_hash(namespace, uid);
     (((h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff) as u32).max(1)
 }
 

@@ -61,11 +61,13 @@ async fn send(target: &str, msgs: Vec<WireMessage>, wait: Duration) -> String {
         Err(_) => "no answer (stream held open)".into(),
         Ok(Err(s)) => format!("refused: {:?} {}", s.code(), s.message()),
         Ok(Ok(resp)) => {
-            // Read what the server sends until it ends the stream or goes quiet.
+            // Read what the server sends until it ends the stream or `wait` has passed (a
+            // server re-announces its unbound halves now and then, so it never goes quiet).
             let mut inbound = resp.into_inner();
             let mut got = 0;
+            let deadline = tokio::time::Instant::now() + wait;
             loop {
-                match tokio::time::timeout(wait, inbound.message()).await {
+                match tokio::time::timeout_at(deadline, inbound.message()).await {
                     Ok(Ok(Some(_))) => got += 1,
                     Ok(Ok(None)) => return format!("accepted ({got} messages back), then closed"),
                     Ok(Err(s)) => {
@@ -115,6 +117,7 @@ async fn main() {
                     wire_id: 7,
                     namespace: "not-ours".into(),
                     uid: 4242,
+                    reply: false,
                 })),
             };
             let frames = (0..100).map(|i| record(1000 + i, 60, 60)).collect();

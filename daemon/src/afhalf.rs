@@ -6,7 +6,7 @@
 //! wire (batches, streams) is the same as with a TAP.
 //!
 //! * **Carrier**: a veth has carrier only while its peer is administratively up, so the carrier
-//!   the pod sees is the host end's up/down state, set by netlink. [`HalfIo::set_carrier`] is
+//!   the pod sees is the host end's up/down state, set by netlink. `HalfIo::set_carrier` is
 //!   synchronous and called from the wire's tasks; it records the wanted state in a `watch`
 //!   channel and one task per half applies the latest one (so a quick down/up ends up).
 //! * **Receiving**: [`RxMode::Read`] (one `recvmsg` per frame), not the `TPACKET_V3` ring: the
@@ -19,21 +19,18 @@
 //!   and no IPv4 address; the socket does not see what leaves it (`PACKET_IGNORE_OUTGOING`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
-use bytes::BytesMut;
-use meshnet_wire::endpoint::FrameEndpoint;
 use meshnet_wire::sys::afpacket::{PacketOptions, PacketSocket, RxMode};
-use meshnet_wire::vnet::VnetBytes;
+use meshnet_wire::transport::{HalfIo, PacketHalf};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use tokio::sync::watch;
 
 use crate::gwire::WireKey;
-use crate::links::{self, ALIAS_PREFIX, Kernel, LinkError};
+use crate::links::{self, ALIAS_PREFIX, EndSpec, Kernel, LinkError};
 use crate::netns;
-use crate::tapio::{HalfIo, WireSpec};
 
 /// Receive buffer of a half's socket (forced past `rmem_max`; the daemon has `CAP_NET_ADMIN`):
 /// what arrives from the pod while the reader is busy waits here.
@@ -43,69 +40,8 @@ pub const RCVBUF: usize = 4 << 20;
 /// the link identity (namespace, `0xff`, uid little-endian), folded to 48 bits — 14 bytes, within
 /// the kernel's 15. Both a daemon restart and a rebuilt pod find the same name.
 pub fn host_name(key: &WireKey) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key
-        .0
-        .as_bytes()
-        .iter()
-        .chain(&[0xff])
-        .chain(&key.1.to_le_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = meshnet_wire::table::link_hash(&key.0, key.1);
     format!("mw{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
-}
-
-/// The host end's socket: reads through the [`PacketSocket`] (only the reader task takes its
-/// lock), writes through a duplicate of its fd (`writev` of `[vnet][frame]`, as the socket's own
-/// `send` does), carrier through the applier task.
-struct PacketHalf {
-    socket: Mutex<PacketSocket>,
-    writer: OwnedFd,
-    carrier: watch::Sender<bool>,
-}
-
-impl HalfIo for PacketHalf {
-    fn dup_fd(&self) -> io::Result<OwnedFd> {
-        self.writer.try_clone()
-    }
-
-    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        let mut s = self
-            .socket
-            .lock()
-            .map_err(|_| io::Error::other("packet socket lock poisoned"))?;
-        match s.recv(buf) {
-            Ok(n) => Ok(n),
-            // The host end went down (the carrier): the socket reports it once, as an error of
-            // the next read. No frame was lost; nothing is ready.
-            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => Ok(None),
-            Err(e) => {
-                // Take any other pending error too, or the socket polls ready forever.
-                let _ = s.take_error();
-                Err(e)
-            }
-        }
-    }
-
-    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
-        let iov = [io::IoSlice::new(vnet), io::IoSlice::new(frame)];
-        // The kernel returns the frame's length, without the header.
-        let n = nix::sys::uio::writev(&self.writer, &iov).map_err(io::Error::from)?;
-        if n < frame.len() {
-            return Err(io::Error::other(format!(
-                "short AF_PACKET write: {n} of {} bytes",
-                frame.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn set_carrier(&self, up: bool) -> io::Result<()> {
-        self.carrier.send_replace(up);
-        Ok(())
-    }
 }
 
 fn io_mismatch(what: &str, e: impl std::fmt::Display) -> LinkError {
@@ -132,7 +68,13 @@ async fn set_host_state(index: u32, up: bool) -> Result<(), LinkError> {
 /// the pod's namespace under its final name. A leftover host end of the same name (a pod end
 /// deleted while the daemon was down cannot leave one; a crash between steps can) is replaced if
 /// it is meshnet's.
-async fn create_pair(h: &Handle, spec: &WireSpec, host: &str) -> Result<(), LinkError> {
+async fn create_pair(
+    h: &Handle,
+    end: &EndSpec,
+    alias: &str,
+    mtu: u32,
+    host: &str,
+) -> Result<(), LinkError> {
     let node_ns = std::path::Path::new("/proc/self/ns/net");
     match links::get_iface(h, host).await {
         Ok(None) => {}
@@ -161,20 +103,19 @@ async fn create_pair(h: &Handle, spec: &WireSpec, host: &str) -> Result<(), Link
         }
         Err(e) => return Err(io_mismatch(&format!("looking up {host} in the node"), e)),
     }
-    let end = &spec.end;
     let pod_ns = netns::open(&end.netns)?;
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(end.ifname.clone())
-        .alias(spec.alias.clone())
-        .mtu(spec.mtu)
+        .alias(alias.to_string())
+        .mtu(mtu)
         .setns_by_fd(pod_ns.as_raw_fd());
     if let Some(mac) = end.mac {
         peer = peer.address(mac.0.to_vec());
     }
     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(host.to_string())
-        .alias(spec.alias.clone())
-        .mtu(spec.mtu)
+        .alias(alias.to_string())
+        .mtu(mtu)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
     let r = h.link().add(msg.build()).execute().await;
     // The namespace fd must outlive the request.
@@ -200,12 +141,18 @@ async fn create_pair(h: &Handle, spec: &WireSpec, host: &str) -> Result<(), Link
 /// # Errors
 /// The host end's name is taken by something meshnet did not make, a netlink call failed, the
 /// pair is not whole, or the socket cannot be opened.
-pub async fn open(spec: &WireSpec, create: bool) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
-    let host = host_name(&spec.key);
+pub async fn open(
+    key: &WireKey,
+    end: &EndSpec,
+    alias: &str,
+    mtu: u32,
+    create: bool,
+) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
+    let host = host_name(key);
     let (h, conn) = node_netlink().map_err(|e| io_mismatch("netlink socket in the node", e))?;
     let r = async {
         if create {
-            create_pair(&h, spec, &host).await?;
+            create_pair(&h, end, alias, mtu, &host).await?;
         }
         links::get_iface(&h, &host)
             .await
@@ -213,26 +160,26 @@ pub async fn open(spec: &WireSpec, create: bool) -> Result<(Arc<dyn HalfIo>, u32
             .ok_or_else(|| {
                 LinkError::Mismatch(format!(
                     "host end {host} of {} is missing from the node",
-                    spec.end.ifname
+                    end.ifname
                 ))
             })
     }
     .await;
     conn.abort();
     let host_st = r?;
-    let pod_st = Kernel::lookup(&spec.end.netns, &spec.end.ifname)
+    let pod_st = Kernel::lookup(&end.netns, &end.ifname)
         .await?
         .ok_or_else(|| {
             LinkError::Mismatch(format!(
                 "{} vanished from {}",
-                spec.end.ifname,
-                spec.end.netns.display()
+                end.ifname,
+                end.netns.display()
             ))
         })?;
     if pod_st.link != Some(host_st.index) {
         return Err(LinkError::Mismatch(format!(
             "{} is not paired with host end {host}",
-            spec.end.ifname
+            end.ifname
         )));
     }
     // This thread is in the node's namespace (the daemon never moves its own threads), where the
@@ -243,12 +190,6 @@ pub async fn open(spec: &WireSpec, create: bool) -> Result<(Arc<dyn HalfIo>, u32
     };
     let socket = PacketSocket::open(host_st.index, &opts)
         .map_err(|e| io_mismatch(&format!("AF_PACKET on {host}"), e))?;
-    let writer = socket
-        .readiness_fd()
-        .ok_or_else(|| LinkError::Mismatch("AF_PACKET socket without an fd".into()))?
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| io_mismatch(&format!("dup of the socket on {host}"), e))?;
     let (carrier, mut wanted) = watch::channel(host_st.up);
     let index = host_st.index;
     tokio::spawn(async move {
@@ -260,14 +201,14 @@ pub async fn open(spec: &WireSpec, create: bool) -> Result<(Arc<dyn HalfIo>, u32
             }
         }
     });
-    Ok((
-        Arc::new(PacketHalf {
-            socket: Mutex::new(socket),
-            writer,
-            carrier,
+    let io = PacketHalf::new(
+        socket,
+        Box::new(move |up| {
+            carrier.send_replace(up);
         }),
-        pod_st.index,
-    ))
+    )
+    .map_err(|e| io_mismatch(&format!("the socket on {host}"), e))?;
+    Ok((Arc::new(io), pod_st.index))
 }
 
 #[cfg(test)]

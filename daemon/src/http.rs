@@ -24,11 +24,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::linkstats;
 use crate::reconcile::Reconciler;
 
+/// Brings values kept outside the metrics registry (the wire's counters) into it.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
     reconciler: Option<Arc<Reconciler>>,
+    refresh: Option<Refresh>,
 }
 
 /// `/topology`: this node's links, as [`crate::view::node_view`] builds them.
@@ -55,6 +59,9 @@ async fn topology(State(s): State<AppState>) -> axum::response::Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some(f) = &s.refresh {
+        f();
+    }
     match &s.metrics {
         Some(h) => {
             let mut text = h.render();
@@ -88,11 +95,13 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// The router; serve it with `axum::serve` on an already-bound listener. `reconciler` (when
-/// given) supplies the live kernel links whose counters `/metrics` adds, and `/topology`.
+/// given) supplies the live kernel links whose counters `/metrics` adds, and `/topology`;
+/// `refresh` runs before each `/metrics` render.
 pub fn router(
     metrics_handle: Option<PrometheusHandle>,
     ready: Arc<AtomicBool>,
     reconciler: Option<Arc<Reconciler>>,
+    refresh: Option<Refresh>,
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -103,6 +112,7 @@ pub fn router(
             metrics: metrics_handle,
             ready,
             reconciler,
+            refresh,
         })
 }
 

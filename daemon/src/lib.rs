@@ -31,7 +31,6 @@ pub mod metrics_desc;
 pub mod netns;
 pub mod pcapng;
 pub mod plan;
-mod pollfd;
 pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;
@@ -100,8 +99,13 @@ pub struct Config {
     pub default_mtu: Option<u32>,
     /// Port peers' wire servers listen on (all nodes use the same).
     pub wire_port: u16,
-    /// Streams (each its own HTTP/2 connection) per peer node; must be equal on all nodes.
+    /// Streams (each its own HTTP/2 connection) per peer node at most; two nodes use the
+    /// smaller of their counts.
     pub wire_shards: u32,
+    /// The pod's interface of a gRPC wire.
+    pub wire_endpoint: gwire::EndpointKind,
+    /// Benchmarks only: a legacy wire design.
+    pub wire_legacy: gwire::WireLegacy,
     /// Chain meshnet into the node's CNI config and copy the plugin (the DaemonSet does).
     pub install: Option<install::InstallConfig>,
     /// Leave the CNI config and binary in place on shutdown (meshnetd's default: a restart is
@@ -151,15 +155,16 @@ pub async fn run(
     let store = open_store(&config.store).await?;
     let wire = match config.inter_node_link {
         InterNodeLink::Grpc => Some(gwire::WireNode::new(
-            config.host_ip,
-            config.wire_port,
-            config.wire_shards,
+            meshnet_wire::transport::WireOptions {
+                shards: config.wire_shards,
+                legacy: config.wire_legacy,
+                tls: config.wire_tls.clone(),
+                ..meshnet_wire::transport::WireOptions::new(config.host_ip, config.wire_port)
+            },
+            config.wire_endpoint,
         )),
         InterNodeLink::Vxlan => None,
     };
-    if let Some(w) = &wire {
-        tokio::spawn(Arc::clone(w).account_loop());
-    }
     let ops = Arc::new(
         links::Kernel::new()
             .context("netlink socket in the node namespace")?
@@ -231,10 +236,16 @@ pub async fn run(
     let watch = tokio::spawn(Arc::clone(&reconciler).watch_loop(config.resync, stopped()));
 
     let http = listeners.http.map(|l| {
+        // The wire's counters are copied into the registry right before each scrape.
+        let refresh: Option<http::Refresh> = wire.clone().map(|w| {
+            let f: http::Refresh = Arc::new(move || w.export_metrics());
+            f
+        });
         let app = http::router(
             metrics_handle,
             Arc::clone(&ready),
             Some(Arc::clone(&reconciler)),
+            refresh,
         );
         let s = stopped();
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(s).await })
@@ -242,35 +253,15 @@ pub async fn run(
 
     let wire_server = match (&wire, listeners.wire) {
         (Some(node), Some(l)) => {
-            let svc = meshnet_proto::v1::wire_server::WireServer::new(gwire::WireService(
-                Arc::clone(node),
-            ))
-            .max_decoding_message_size(gwire::MAX_MESSAGE)
-            .max_encoding_message_size(gwire::MAX_MESSAGE);
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(tls) = &config.wire_tls {
-                node.use_tls(tls);
-                builder = builder
-                    .tls_config(tls.server())
-                    .context("wire TLS configuration")?;
+            if config.wire_tls.is_some() {
                 tracing::info!("node-to-node API: mutual TLS");
             } else {
                 tracing::warn!(
                     "node-to-node API without TLS: peers are checked by address only (set MESHNET_WIRE_TLS_DIR)"
                 );
             }
-            let server = builder
-                .tcp_nodelay(true)
-                .initial_stream_window_size(gwire::STREAM_WINDOW)
-                .initial_connection_window_size(gwire::CONNECTION_WINDOW)
-                .max_frame_size(gwire::MAX_FRAME)
-                .http2_keepalive_interval(Some(gwire::KEEPALIVE))
-                .http2_keepalive_timeout(Some(gwire::KEEPALIVE_TIMEOUT))
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(l),
-                    stopped(),
-                );
+            let server =
+                meshnet_wire::transport::grpc::serve(Arc::clone(node.transport()), l, stopped());
             Some(tokio::spawn(server))
         }
         (Some(_), None) => {

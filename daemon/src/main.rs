@@ -53,8 +53,8 @@ struct Args {
     /// `[::]` also accepts IPv4.
     #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "[::]:51111")]
     wire_addr: SocketAddr,
-    /// Streams per peer node (each its own HTTP/2 connection); default: one per core, at most 4.
-    /// Must be the same on every node.
+    /// Streams per peer node (each its own HTTP/2 connection) at most; default: one per core, at
+    /// most 4. Two nodes use the smaller of their counts.
     #[arg(long, env = "MESHNET_WIRE_SHARDS")]
     wire_shards: Option<u32>,
     /// The pod's interface of a gRPC wire: `tap` (a TAP), or `afpacket` (a veth whose host end
@@ -198,13 +198,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let shutdown = shutdown_signal()?;
-    let design = meshnet_daemon::gwire::WireDesign {
-        endpoint: args.wire_endpoint,
-        legacy: args.wire_legacy,
-    };
-    if meshnet_daemon::gwire::set_design(design).is_err() {
-        anyhow::bail!("the wire design was set twice");
-    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
@@ -215,8 +208,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         fmt.init();
     }
-    if design != meshnet_daemon::gwire::WireDesign::default() {
-        tracing::info!(?design, "wire design");
+    if args.wire_legacy != meshnet_daemon::gwire::WireLegacy::None
+        || args.wire_endpoint != meshnet_daemon::gwire::EndpointKind::Tap
+    {
+        tracing::info!(legacy = ?args.wire_legacy, endpoint = ?args.wire_endpoint, "wire design");
     }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0])
@@ -287,7 +282,9 @@ async fn main() -> anyhow::Result<()> {
         },
         wire_shards: args
             .wire_shards
-            .unwrap_or_else(meshnet_daemon::gwire::WireNode::default_shards),
+            .unwrap_or_else(meshnet_wire::transport::default_shards),
+        wire_endpoint: args.wire_endpoint,
+        wire_legacy: args.wire_legacy,
     };
     let r = meshnet_daemon::run(
         config,

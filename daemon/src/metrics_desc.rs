@@ -45,9 +45,13 @@ pub fn describe() {
         "meshnet_wire_connected",
         "1 while the stream of a shard toward a peer node is connected"
     );
-    describe_histogram!(
-        "meshnet_wire_batch_frames",
-        "Frames per batch received from a peer node"
+    describe_counter!(
+        "meshnet_wire_batches_total",
+        "Batches received from a peer node"
+    );
+    describe_counter!(
+        "meshnet_wire_batch_frames_total",
+        "Frames in the batches received from a peer node (divided by batches: the mean batch size)"
     );
     describe_counter!(
         "meshnet_wire_unknown_wire_frames_total",

@@ -211,11 +211,7 @@ fn plan_peer(
 /// as 8 little-endian bytes, folded to 24 bits; 0 becomes 1 (VNI 0 is avoided). Two links of one
 /// node that still land on the same VNI are refused by the reconciler, never silently merged.
 pub fn vni(namespace: &str, uid: i64) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = meshnet_wire::table::link_hash(namespace, uid);
     let folded = (h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff;
     u32::try_from(folded).expect("masked to 24 bits").max(1)
 }

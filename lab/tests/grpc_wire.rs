@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{LabGuard, topo};
 
-fn pod_netns(lab: &LabGuard, pod: &str) -> String {
-    let st = lab.status();
-    st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pod)
-        .unwrap()["netns"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn link_flags(netns: &str, ifname: &str) -> (u32, Vec<String>) {
     let out = Command::new("ip")
         .args(["-n", netns, "-j", "link", "show", "dev", ifname])
@@ -66,7 +53,7 @@ fn subset(file: &str, pods: &[&str]) -> std::path::PathBuf {
 
 #[test]
 fn halves_exist_before_their_peers_and_come_up_with_them() {
-    let lab = LabGuard::new("early");
+    let lab = LabGuard::new("wire-early");
     let only_r1 = subset("3node.yml", &["r1"]);
     lab.ok(&[
         "up",
@@ -76,7 +63,7 @@ fn halves_exist_before_their_peers_and_come_up_with_them() {
         "--link",
         "grpc",
     ]);
-    let r1 = pod_netns(&lab, "r1");
+    let r1 = lab.pod_netns("r1");
     // Right after ADD, both of r1's wire interfaces are there, carrier down.
     let (idx1, _) = link_flags(&r1, "eth1");
     let (idx2, _) = link_flags(&r1, "eth2");
@@ -98,7 +85,7 @@ fn grpc_across_three_nodes_verifies_every_example_with_vxlan_blocked() {
         ("5node.yml", 8, 16),
         ("3node-mlink.yml", 12, 24),
     ] {
-        let lab = LabGuard::new("gr3");
+        let lab = LabGuard::new("wire-gr3");
         lab.ok(&["up", &topo(file), "--nodes", "3", "--link", "grpc"]);
         lab.assert_links_up(links);
         let st = lab.status();
@@ -193,9 +180,9 @@ else:
 
 #[test]
 fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
-    let lab = jumbo_lab("gjumbo");
+    let lab = jumbo_lab("wire-jumbo");
     lab.assert_links_up(2);
-    let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
+    let (j1, j2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
     lab.ok(&[
         "exec",
         "j1",
@@ -269,7 +256,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn counters_agree_with_traffic() {
-    let lab = jumbo_lab("gcount");
+    let lab = jumbo_lab("wire-count");
     lab.assert_links_up(2);
     lab.ok(&[
         "exec",
@@ -287,22 +274,36 @@ fn counters_agree_with_traffic() {
     let m1 = lab.ok(&["metrics", "node1"]);
     let m2 = lab.ok(&["metrics", "node2"]);
     let link = |pod| [("uid", "1"), ("pod", pod), ("kind", "grpc")];
+    // A link's drops of frames coming from the peer, by every reason but `peer_down`: that one
+    // counts what the link's own pod sent while the peer was away (the other direction), e.g.
+    // IPv6 chatter before the wire came up.
+    let from_peer_drops = |m: &str, pod| {
+        metric(m, "meshnet_link_drops_total", &link(pod))
+            - metric(
+                m,
+                "meshnet_link_drops_total",
+                &[("uid", "1"), ("pod", pod), ("reason", "peer_down")],
+            )
+    };
     let tx1 = metric(&m1, "meshnet_link_tx_frames_total", &link("j1"));
     let rx2 = metric(&m2, "meshnet_link_rx_frames_total", &link("j2"));
-    let drops2 = metric(&m2, "meshnet_link_drops_total", &link("j2"));
+    let drops2 = from_peer_drops(&m2, "j2");
     let unknown2 = metric(&m2, "meshnet_wire_unknown_wire_frames_total", &[]);
     assert!(
         tx1 >= 300.0,
         "j1 sent at least the 300 echo requests: {tx1}"
     );
-    assert_eq!(
-        tx1,
-        rx2 + drops2 + unknown2,
-        "tx on node1 = rx on node2 + counted drops"
+    // Every frame j1's half sent is received by j2's, dropped with a reason, or counted as for an
+    // unknown wire id by node2 — a per-peer counter, which may also hold the other link's (uid 2)
+    // frames from before node2 bound it: so it bounds the remainder instead of equalling it.
+    assert!(
+        rx2 + drops2 <= tx1 && tx1 <= rx2 + drops2 + unknown2,
+        "tx on node1 = rx on node2 + counted drops: tx {tx1}, rx {rx2}, drops {drops2}, \
+         unknown wire {unknown2}"
     );
     let tx2 = metric(&m2, "meshnet_link_tx_frames_total", &link("j2"));
     let rx1 = metric(&m1, "meshnet_link_rx_frames_total", &link("j1"));
-    let drops1 = metric(&m1, "meshnet_link_drops_total", &link("j1"));
+    let drops1 = from_peer_drops(&m1, "j1");
     assert!(tx2 >= 300.0);
     assert_eq!(tx2, rx1 + drops1, "and the other way");
     assert_eq!(metric(&m1, "meshnet_link_carrier", &link("j1")), 1.0);
@@ -310,9 +311,9 @@ fn counters_agree_with_traffic() {
 
 #[test]
 fn killed_peer_daemon_drops_carrier_within_2s_and_the_link_comes_back() {
-    let lab = jumbo_lab("gkill");
+    let lab = jumbo_lab("wire-kill");
     lab.assert_links_up(2);
-    let (j1, j2) = (pod_netns(&lab, "j1"), pod_netns(&lab, "j2"));
+    let (j1, j2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
     let before_j2 = link_flags(&j2, "eth1").0;
     lab.ok(&["daemon", "node2", "kill"]);
     let t = Instant::now();

@@ -29,7 +29,7 @@
 //! only when the caller passes `now` to [`FaultInjector::poll`].
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -95,6 +95,40 @@ impl<E: FrameEndpoint + ?Sized> FrameEndpoint for Box<E> {
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
         (**self).readiness_fd()
+    }
+}
+
+/// The shared form of a [`FrameEndpoint`], as the stream transport uses a half's endpoint: one
+/// reader task and many writers (the streams delivering to it) at once, so it takes `&self` and
+/// is `Sync`. The kernel endpoints provide it ([`crate::sys::tap::TapHalf`],
+/// [`crate::sys::afpacket::PacketHalf`]): reads go through the endpoint under a lock only the
+/// reader takes, writes through a duplicate of its fd (the kernel serialises TAP and packet
+/// socket I/O itself), so delivering never waits for a read.
+pub trait HalfIo: Send + Sync + 'static {
+    /// A duplicate of the fd, to poll for readability.
+    ///
+    /// # Errors
+    /// `dup` failed.
+    fn dup_fd(&self) -> io::Result<OwnedFd>;
+    /// Appends one `[virtio-net header][frame]` to `buf`; `None` when nothing is ready.
+    ///
+    /// # Errors
+    /// Read failures other than "would block".
+    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
+    /// Writes one frame with its virtio-net header.
+    ///
+    /// # Errors
+    /// `WouldBlock` when the interface cannot take it now; other write failures.
+    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()>;
+    /// Sets the interface's carrier.
+    ///
+    /// # Errors
+    /// The ioctl failed.
+    fn set_carrier(&self, up: bool) -> io::Result<()>;
+    /// Frames the kernel dropped on their way from the pod into this interface (its `tx_dropped`:
+    /// what the pod sent while the carrier was down). Blocking; `None` when unknown.
+    fn kernel_tx_dropped(&self) -> Option<u64> {
+        None
     }
 }
 

@@ -4,19 +4,24 @@
 //! daemons. Frames of many wires are multiplexed over bidirectional gRPC streams, tagged by a
 //! compact [`WireId`] agreed per stream, several frames per message.
 //!
-//! This crate is, so far, its **pure core**: it never touches a socket, a file descriptor or a
-//! clock. The caller hands it bytes (and `now`) and it answers with what to do next, so all of it
-//! is unit-tested, fuzzed and benchmarked without root:
+//! Its **pure core** never touches a socket, a file descriptor or a clock: the caller hands it
+//! bytes (and `now`) and it answers with what to do next, so all of it is unit-tested, fuzzed
+//! and benchmarked without root:
 //!
 //! - [`vnet`] — zero-copy views of the 10-byte virtio-net header and of an Ethernet header.
 //! - [`batch`] — the batch codec: many `(wire, vnet header, frame)` records in one message body,
 //!   decoded into `bytes::Bytes` slices without copying.
 //! - [`batching`] — the batching policy: when to flush (nothing more ready, size or count bound).
 //! - [`table`] — the wire table (`WireId` ⇄ link identity) and the per-wire counters.
+//! - [`session`] — the session protocol of one stream (Bind/Unbind, delivery), a pure engine.
 //! - [`endpoint`] — the one frame-I/O trait every endpoint implements ([`endpoint::FrameEndpoint`]),
 //!   an in-memory pair and a fault-injecting wrapper for tests.
 //! - [`fault`] — the seeded loss/duplication/reordering/delay queue behind that wrapper and the
 //!   deterministic simulations.
+//!
+//! Around it:
+//! - [`transport`] — the stream transport the daemon runs: halves, peers, sharded tonic
+//!   streams, the pump (endpoint → batch → stream → session → endpoint), TLS, options.
 //! - [`sys`] — the kernel endpoints: TAP (`/dev/net/tun`, `IFF_VNET_HDR`, `TUNSETOFFLOAD`) and
 //!   AF_PACKET (`PACKET_VNET_HDR`, `TPACKET_V3` mmap ring), and namespace-bound threads.
 //!
@@ -28,7 +33,7 @@
 //! (`clippy::undocumented_unsafe_blocks` is denied workspace-wide), and raw fds are wrapped in
 //! `OwnedFd`/`File` as soon as a syscall returns them. The flag words it applies (offload bits,
 //! ring geometry) are computed by pure, unit-tested functions. The tokio/tonic stream transport
-//! wraps the pure core from outside.
+//! ([`transport`]) wraps the pure core from outside.
 #![deny(unsafe_code)]
 
 use std::fmt;
@@ -38,9 +43,11 @@ pub mod batching;
 pub mod endpoint;
 pub mod fault;
 pub mod impair;
+pub mod session;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
+pub mod transport;
 pub mod vnet;
 
 /// The compact id of a wire within one stream between two node daemons.

@@ -32,7 +32,9 @@ use std::time::Duration;
 pub mod afpacket;
 pub mod capture;
 pub mod netns;
+pub mod poll;
 pub mod tap;
+pub mod tcp;
 
 /// Blocks until one of `fds` polls readable (or in error), or `timeout` passes. Returns whether
 /// one did. For endpoints driven by a plain thread; async code uses tokio's `AsyncFd` on
@@ -147,6 +149,12 @@ fn if_name(sock: BorrowedFd<'_>, ifindex: u32) -> io::Result<String> {
         return Err(io::Error::last_os_error());
     }
     Ok(ifreq_name(&ifr))
+}
+
+/// A duplicate of an endpoint's fd, for writing beside its reader.
+pub(crate) fn dup_fd(fd: Option<BorrowedFd<'_>>, what: &str) -> io::Result<std::os::fd::OwnedFd> {
+    fd.ok_or_else(|| io::Error::other(format!("{what} without an fd")))?
+        .try_clone_to_owned()
 }
 
 #[cfg(test)]

@@ -42,6 +42,26 @@ impl WireKey {
     }
 }
 
+/// FNV-1a (64 bit) of a link identity: over the namespace, a `0xff` separator (never in a
+/// Kubernetes name) and the uid as 8 little-endian bytes. The same on every node without any
+/// coordination (unlike std's `DefaultHasher`, which promises no stability), so both ends of a
+/// link derive the same VNI, host-end name and stream shard from it. The one copy of this hash.
+pub fn link_hash(namespace: &str, uid: i64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl WireKey {
+    /// [`link_hash`] of this key.
+    pub fn hash64(&self) -> u64 {
+        link_hash(&self.namespace, self.uid)
+    }
+}
+
 impl fmt::Display for WireKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.uid)

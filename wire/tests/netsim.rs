@@ -1,11 +1,17 @@
 //! Deterministic simulation of the wire's pure core end to end (smoltcp `tests/netsim.rs`).
 //!
-//! Two node daemons, A and B, share `WIRES` links. On each link a pod on A sends frames into
-//! its endpoint; daemon A reads every ready frame straight into a batch (`push_with`), flushes
-//! as the [`Batcher`] says, and puts the batch on a lossy/reordering/duplicating "network" of
-//! whole batches (a seeded [`FaultQueue`]); daemon B decodes each batch that arrives, looks the
-//! wire up in its [`WireTable`] and writes the frame to its endpoint (wrapped in a
+//! Two node daemons, A and B, share `WIRES` links. Both run the code the daemon runs: a
+//! [`Session`] per side (bound to each other by exchanging their control messages), the pump's
+//! [`pump::fill_batch`] on A and [`pump::deliver`] on B. On each link a pod on A sends frames
+//! into its endpoint; daemon A reads every ready frame straight into a batch (`push_with`),
+//! flushes as the [`Batcher`] says, and puts the batch on a lossy/reordering/duplicating
+//! "network" of whole batches (a seeded [`FaultQueue`]); daemon B hands each batch that arrives
+//! to its session, which looks the wire up and has it written to its endpoint (wrapped in a
 //! [`FaultInjector`]); the pod on B reads it. Time is a fake clock advanced 10 µs a step.
+//!
+//! A second simulation (`restarts_of_one_end_under_saturation_rebind_every_wire`) runs two
+//! sessions over a reliable in-order stream with a bounded data queue that A's pods keep full,
+//! and restarts B twenty times: every wire must be bound on both ends again within a bound.
 //!
 //! The run injects every drop reason the receiving side can see — a slow pod (`queue_full`),
 //! a link whose carrier goes down for a while (`peer_down`), a wire B forgets mid-run
@@ -27,11 +33,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use meshnet_wire::WireId;
-use meshnet_wire::batch::{BatchEncoder, Filled, MAX_FRAME, decode, record_len};
+use meshnet_wire::batch::{BatchEncoder, MAX_FRAME, decode};
 use meshnet_wire::batching::{BatchLimits, Batcher, FlushCause};
 use meshnet_wire::endpoint::{FaultInjector, FrameEndpoint, MemoryEndpoint, MemoryPair};
 use meshnet_wire::fault::{FaultQueue, Faults, Offer};
-use meshnet_wire::table::{DropReason, WireCounters, WireKey, WireTable};
+use meshnet_wire::session::{Message, Session};
+use meshnet_wire::table::{DropReason, WireCounters, WireKey};
+use meshnet_wire::transport::pump;
 use meshnet_wire::vnet::{
     EthernetFrame, MacAddr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
     VNET_HDR_NONE, VnetBytes, VnetHdr,
@@ -178,7 +186,8 @@ struct Sim {
     rng: StdRng,
     t0: Instant,
     wires: Vec<Wire>,
-    table_b: WireTable,
+    /// B's session; its handles are wire indices.
+    session_b: Session<usize>,
     encoder: BatchEncoder,
     batcher: Batcher,
     network: FaultQueue<(u64, Bytes)>,
@@ -190,16 +199,27 @@ struct Sim {
 impl Sim {
     fn new(sc: Scenario) -> Self {
         let t0 = Instant::now();
-        let mut table_a = WireTable::new(64);
-        let mut table_b = WireTable::new(64);
+        let mut session_a = Session::<usize>::new(64);
+        let mut session_b = Session::<usize>::new(64);
+        let mut counters = Vec::new();
+        for w in 0..WIRES {
+            let key = WireKey::new("sim", 100 + w as i64);
+            let (ca, cb) = (
+                Arc::new(WireCounters::default()),
+                Arc::new(WireCounters::default()),
+            );
+            session_a
+                .attach(key.clone(), w, ca.clone(), |_| {})
+                .unwrap();
+            session_b.attach(key, w, cb.clone(), |_| {}).unwrap();
+            counters.push((ca, cb));
+        }
+        bind_back_to_back(&mut session_a, &mut session_b, t0);
         let wires = (0..WIRES)
             .map(|w| {
                 let key = WireKey::new("sim", 100 + w as i64);
-                let counters_a = Arc::new(WireCounters::default());
-                let counters_b = Arc::new(WireCounters::default());
-                // A assigns, B records the announced id.
-                let id = table_a.assign(key.clone(), counters_a.clone()).unwrap();
-                table_b.insert(id, key, counters_b.clone()).unwrap();
+                let (counters_a, counters_b) = counters[w].clone();
+                let id = session_a.data_id(&key).expect("bound");
                 let MemoryPair {
                     a: pod_a,
                     b: daemon_a,
@@ -232,7 +252,7 @@ impl Sim {
             rng: StdRng::seed_from_u64(sc.seed),
             t0,
             wires,
-            table_b,
+            session_b,
             encoder: BatchEncoder::new(LIMITS.max_bytes),
             batcher: Batcher::new(LIMITS),
             network: FaultQueue::new(sc.network, sc.seed.wrapping_mul(31), 100_000),
@@ -307,8 +327,10 @@ impl Sim {
             self.wires[FLAPPING].daemon_b.set_carrier(true).unwrap();
         }
         if step == steps / 2 {
-            let id = self.wires[FORGOTTEN].id;
-            assert!(self.table_b.remove(id).is_some());
+            // B's half goes away; its Unbind is not delivered to A in this simulation, so A
+            // keeps sending and B counts the frames as stray.
+            let key = WireKey::new("sim", 100 + FORGOTTEN as i64);
+            assert!(self.session_b.detach(&key, |_| {}).is_some());
         }
     }
 
@@ -345,14 +367,28 @@ impl Sim {
         }
     }
 
-    /// Daemon A: round-robin over the wires, one frame per wire per pass, straight into the
-    /// batch; flush at a bound, and when a whole pass found nothing ready.
+    /// Daemon A: over the wires in turn, each read with the pump's `fill_batch` (until nothing
+    /// is ready or the batch is full) into the shared batch; flush at a bound, and when a whole
+    /// pass found nothing ready.
     fn daemon_a(&mut self, now: Instant) {
         loop {
             let mut read = 0;
             for w in 0..WIRES {
-                if self.read_one(w, now) {
-                    read += 1;
+                loop {
+                    let wire = &mut self.wires[w];
+                    let r = pump::fill_batch(
+                        &mut self.encoder,
+                        &mut self.batcher,
+                        wire.id,
+                        &wire.counters_a,
+                        |buf| wire.daemon_a.recv(buf),
+                    );
+                    wire.counters_a.add_tx(r.frames, r.bytes);
+                    read += r.frames;
+                    match r.full {
+                        Some(cause) => self.flush(now, cause),
+                        None => break,
+                    }
                 }
             }
             if read == 0 {
@@ -361,30 +397,6 @@ impl Sim {
         }
         if let Some(cause) = self.batcher.idle() {
             self.flush(now, cause);
-        }
-    }
-
-    /// Reads one frame of wire `w` into the batch, if one is ready.
-    fn read_one(&mut self, w: usize, now: Instant) -> bool {
-        loop {
-            let wire = &mut self.wires[w];
-            let filled = self
-                .encoder
-                .push_with(wire.id, |buf| wire.daemon_a.recv(buf))
-                .expect("in-memory recv");
-            match filled {
-                Filled::Frame(len) => {
-                    wire.counters_a.add_tx(1, len as u64);
-                    if let Some(cause) = self.batcher.append(record_len(len)) {
-                        self.flush(now, cause);
-                    }
-                    return true;
-                }
-                Filled::NotReady => return false,
-                // An empty batch takes any record, so the retry cannot be `Full` again.
-                Filled::Full => self.flush(now, FlushCause::Bytes),
-                Filled::BadLength(_) => panic!("pods send only valid frames"),
-            }
         }
     }
 
@@ -409,33 +421,39 @@ impl Sim {
         }
     }
 
-    /// Daemon B: decode what the network delivers and write each frame to its wire's endpoint,
-    /// counting every frame it cannot deliver by reason.
+    /// Daemon B: hand what the network delivers to the session (the pump's `deliver`), which
+    /// writes each frame to its wire's endpoint and counts every frame it cannot deliver.
     fn daemon_b(&mut self, now: Instant) {
         while let Some((batch_id, batch)) = self.network.pop(now) {
             let duplicate = !self.seen_batches.insert(batch_id);
-            for f in decode(batch) {
+            // The oracle's view of the batch (who sent what), before B sees it.
+            let mut arrived = Vec::new();
+            for f in decode(batch.clone()) {
                 let f = f.expect("the network corrupts nothing");
                 let (w, _) = tag_of(&f.data);
+                arrived.push(w);
                 let ledger = &mut self.wires[w].ledger;
                 ledger.arrived += 1;
                 if duplicate {
                     ledger.duplicated_by_network += 1;
                 }
-                let Some(counters) = self.table_b.counters(f.wire) else {
-                    self.table_b.stray().count_drop(DropReason::UnknownWire);
-                    ledger.stray += 1;
-                    continue;
-                };
-                let idx = (self.table_b.key_of(f.wire).unwrap().uid - 100) as usize;
+            }
+            let wires = &mut self.wires;
+            let mut delivered = Vec::new();
+            let r = pump::deliver(&mut self.session_b, batch, now, |&idx, vnet, frame| {
+                let (w, _) = tag_of(frame);
                 assert_eq!(idx, w, "B mapped a frame to the wrong wire");
-                match self.wires[idx].daemon_b.send(&f.vnet, &f.data) {
-                    Ok(()) => counters.add_rx(1, f.data.len() as u64),
-                    Err(e) => counters.count_drop(match e.kind() {
-                        io::ErrorKind::WouldBlock => DropReason::QueueFull,
-                        io::ErrorKind::NotConnected => DropReason::PeerDown,
-                        _ => DropReason::IoError,
-                    }),
+                delivered.push(w);
+                wires[idx].daemon_b.send(vnet, frame)
+            });
+            assert!(!r.malformed);
+            // What B did not deliver to a wire is stray; the order of records is kept.
+            let mut d = delivered.into_iter().peekable();
+            for w in arrived {
+                if d.peek() == Some(&w) {
+                    d.next();
+                } else {
+                    self.wires[w].ledger.stray += 1;
                 }
             }
         }
@@ -508,7 +526,7 @@ impl Sim {
             stray += l.stray;
         }
         assert_eq!(
-            self.table_b
+            self.session_b
                 .stray()
                 .snapshot()
                 .drops(DropReason::UnknownWire),
@@ -647,4 +665,234 @@ fn the_same_seed_replays_the_same_run() {
         assert_eq!(x.counters_b.snapshot(), y.counters_b.snapshot());
     }
     assert_eq!(a.flushes, b.flushes);
+}
+
+/// Exchanges the two sessions' control until both are quiet (a reliable, in-order stream).
+fn bind_back_to_back(a: &mut Session<usize>, b: &mut Session<usize>, now: Instant) {
+    a.connected(now);
+    b.connected(now);
+    for _ in 0..10 {
+        let (mut moved, mut sent) = (false, Vec::new());
+        while let Some(c) = a.poll_transmit() {
+            sent.push(c);
+        }
+        for c in sent.drain(..) {
+            moved = true;
+            b.handle(Message::Control(c), now, |_| Ok(()));
+        }
+        while let Some(c) = b.poll_transmit() {
+            sent.push(c);
+        }
+        for c in sent.drain(..) {
+            moved = true;
+            a.handle(Message::Control(c), now, |_| Ok(()));
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("control did not settle");
+}
+
+/// One direction of a stream: the order the transport sends in (the session's control first,
+/// then data from a bounded queue), carried reliably and in order, `per_step` messages a step.
+struct Direction {
+    data: VecDeque<Bytes>,
+    capacity: usize,
+    in_flight: VecDeque<Message>,
+}
+
+impl Direction {
+    fn new(capacity: usize) -> Self {
+        Self {
+            data: VecDeque::new(),
+            capacity,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// What the outbound stream would send now: control first (`poll_transmit`), then data.
+    fn transmit(&mut self, from: &mut Session<usize>, per_step: usize) {
+        for _ in 0..per_step {
+            if let Some(c) = from.poll_transmit() {
+                self.in_flight.push_back(Message::Control(c));
+            } else if let Some(b) = self.data.pop_front() {
+                self.in_flight.push_back(Message::Batch(b));
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// One side of the restart simulation: a session and the bound state of its halves.
+struct End {
+    session: Session<usize>,
+    bound: Vec<bool>,
+    received: Vec<u64>,
+}
+
+impl End {
+    fn new(wires: usize, now: Instant) -> Self {
+        let mut e = End {
+            session: Session::new(64),
+            bound: vec![false; wires],
+            received: vec![0; wires],
+        };
+        for w in 0..wires {
+            e.session
+                .attach(WireKey::new("sim", w as i64), w, Arc::default(), |_| {})
+                .unwrap();
+        }
+        let _ = now;
+        e
+    }
+
+    fn receive(&mut self, m: Message, now: Instant) {
+        let (bound, received) = (&mut self.bound, &mut self.received);
+        match m {
+            Message::Batch(b) => {
+                pump::deliver(&mut self.session, b, now, |&w, _, _| {
+                    received[w] += 1;
+                    Ok(())
+                });
+            }
+            control => self.session.handle(control, now, |e| {
+                match e {
+                    meshnet_wire::session::Event::Bound(&w) => bound[w] = true,
+                    meshnet_wire::session::Event::Unbound(&w) => bound[w] = false,
+                    _ => {}
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    fn disconnected(&mut self) {
+        let bound = &mut self.bound;
+        self.session.disconnected(|e| {
+            if let meshnet_wire::session::Event::Unbound(&w) = e {
+                bound[w] = false;
+            }
+        });
+    }
+}
+
+/// A's pods saturate every wire: each step, A's pump fills batches for the bound wires in turn
+/// (as its readers contend for the queue) until the data queue is full (the back-pressure).
+/// Returns frames read.
+fn saturate(
+    a: &End,
+    toward_b: &mut Direction,
+    endpoints: &mut [MemoryPair],
+    enc: &mut BatchEncoder,
+    turn: &mut usize,
+) -> u64 {
+    let mut read = 0;
+    for (w, pair) in endpoints.iter_mut().enumerate() {
+        // The pod keeps its endpoint full.
+        let (vnet, frame) = make_frame(w, 0, 60);
+        while pair.a.send(&vnet, &frame).is_ok() {}
+    }
+    let n = endpoints.len();
+    let mut idle = 0;
+    while toward_b.data.len() < toward_b.capacity && idle < n {
+        let w = *turn % n;
+        *turn += 1;
+        let Some(id) = a.session.data_id(&WireKey::new("sim", w as i64)) else {
+            idle += 1;
+            continue;
+        };
+        let mut batcher = Batcher::new(LIMITS);
+        let counters = WireCounters::default();
+        let pair = &mut endpoints[w];
+        let r = pump::fill_batch(enc, &mut batcher, id, &counters, |buf| pair.b.recv(buf));
+        read += r.frames;
+        if r.frames == 0 {
+            idle += 1;
+            continue;
+        }
+        idle = 0;
+        toward_b.data.push_back(enc.finish());
+    }
+    read
+}
+
+#[test]
+fn restarts_of_one_end_under_saturation_rebind_every_wire() {
+    const N: usize = 8;
+    /// Messages each direction carries per step: far fewer than A's pods offer.
+    const PER_STEP: usize = 3;
+    /// Steps allowed from a reconnect until every wire is bound on both ends and carries data.
+    const BOUND: usize = 20;
+    let step = Duration::from_millis(1);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut endpoints: Vec<MemoryPair> = (0..N).map(|_| MemoryPair::new(64, 1500)).collect();
+    let mut enc = BatchEncoder::new(LIMITS.max_bytes);
+    let mut a = End::new(N, now);
+    let mut b = End::new(N, now);
+    let (mut ab, mut ba) = (Direction::new(4), Direction::new(4));
+    a.session.connected(now);
+    b.session.connected(now);
+    let mut worst = 0;
+    let mut turn = 0;
+    for restart in 0..=20 {
+        // Run until all is bound and every wire carried data since the (re)connect.
+        let received_before = b.received.clone();
+        let mut steps = 0;
+        loop {
+            saturate(&a, &mut ab, &mut endpoints, &mut enc, &mut turn);
+            ab.transmit(&mut a.session, PER_STEP);
+            ba.transmit(&mut b.session, PER_STEP);
+            while let Some(m) = ab.in_flight.pop_front() {
+                b.receive(m, now);
+            }
+            while let Some(m) = ba.in_flight.pop_front() {
+                a.receive(m, now);
+            }
+            a.session.tick(now);
+            b.session.tick(now);
+            now += step;
+            steps += 1;
+            let all_up = a.bound.iter().all(|&x| x) && b.bound.iter().all(|&x| x);
+            let all_flow = (0..N).all(|w| b.received[w] > received_before[w]);
+            if all_up && all_flow {
+                break;
+            }
+            assert!(
+                steps <= BOUND,
+                "restart {restart}: after {steps} steps A bound {:?}, B bound {:?}, data queue {}",
+                a.bound,
+                b.bound,
+                ab.data.len()
+            );
+        }
+        worst = worst.max(steps);
+        saturate(&a, &mut ab, &mut endpoints, &mut enc, &mut turn);
+        assert_eq!(ab.data.len(), ab.capacity, "the data queue stays saturated");
+        // Keep it saturated for a while, then B restarts: its stream ends (A unbinds), a new B
+        // with new ids attaches its halves and the stream comes back. What was in flight or
+        // queued toward the old B is lost with the connection.
+        for _ in 0..5 {
+            saturate(&a, &mut ab, &mut endpoints, &mut enc, &mut turn);
+            ab.transmit(&mut a.session, PER_STEP);
+            while let Some(m) = ab.in_flight.pop_front() {
+                b.receive(m, now);
+            }
+            now += step;
+        }
+        a.disconnected();
+        assert!(a.bound.iter().all(|&x| !x), "the stream's end unbinds");
+        ab = Direction::new(4);
+        ba = Direction::new(4);
+        b = End::new(N, now);
+        a.session.connected(now);
+        b.session.connected(now);
+        // The data A read before the restart still waits in A's queue after it (a real
+        // reader awaiting the bounded queue): fill it now so the Binds compete with it.
+        let stale = saturate(&a, &mut ab, &mut endpoints, &mut enc, &mut turn);
+        assert_eq!(stale, 0, "no data for unbound wires");
+    }
+    assert!(worst <= BOUND);
 }

@@ -141,6 +141,25 @@ impl Drop for LabGuard {
     }
 }
 
+/// Whether `ifname` in `netns` has carrier (`LOWER_UP`, no `NO-CARRIER`); false if it is missing.
+pub fn carrier(netns: &str, ifname: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return false;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flags: Vec<&str> = v[0]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    flags.contains(&"LOWER_UP") && !flags.contains(&"NO-CARRIER")
+}
+
 pub fn list_netns() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)

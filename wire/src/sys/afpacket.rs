@@ -106,6 +106,7 @@ use std::io::{self, IoSlice};
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{BufMut, BytesMut};
@@ -114,7 +115,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 
 use super::{if_mtu, if_name, retry_eintr};
 use crate::batch::MAX_FRAME;
-use crate::endpoint::FrameEndpoint;
+use crate::endpoint::{FrameEndpoint, HalfIo};
 use crate::vnet::{VNET_HDR_LEN, VnetBytes, VnetHdr};
 
 /// Bytes of a block that are never packet data, bounded from above: the block descriptor
@@ -1089,6 +1090,75 @@ const _: () = {
     assert!(size_of::<libc::tpacket3_hdr>() == 48);
     assert!(offset_of!(libc::tpacket3_hdr, tp_next_offset) == 0);
 };
+
+/// An AF_PACKET socket on a veth's host end as a half. Its carrier is the host end's
+/// administrative state, which the creator applies (netlink): `carrier` is told the wanted
+/// state and must not block.
+pub struct PacketHalf {
+    socket: Mutex<PacketSocket>,
+    writer: OwnedFd,
+    carrier: Box<dyn Fn(bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for PacketHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketHalf").finish_non_exhaustive()
+    }
+}
+
+impl PacketHalf {
+    /// # Errors
+    /// The socket has no fd or it cannot be duplicated.
+    pub fn new(socket: PacketSocket, carrier: Box<dyn Fn(bool) + Send + Sync>) -> io::Result<Self> {
+        let writer = super::dup_fd(socket.readiness_fd(), "AF_PACKET socket")?;
+        Ok(Self {
+            socket: Mutex::new(socket),
+            writer,
+            carrier,
+        })
+    }
+}
+
+impl HalfIo for PacketHalf {
+    fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.writer.try_clone()
+    }
+
+    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let mut s = self
+            .socket
+            .lock()
+            .map_err(|_| io::Error::other("packet socket lock poisoned"))?;
+        match s.recv(buf) {
+            Ok(n) => Ok(n),
+            // The host end went down (the carrier): the socket reports it once, as an error of
+            // the next read. No frame was lost; nothing is ready.
+            Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => Ok(None),
+            Err(e) => {
+                // Take any other pending error too, or the socket polls ready forever.
+                let _ = s.take_error();
+                Err(e)
+            }
+        }
+    }
+
+    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+        // The kernel returns the frame's length, without the header.
+        let iov = [IoSlice::new(vnet), IoSlice::new(frame)];
+        let n = nix::sys::uio::writev(&self.writer, &iov).map_err(io::Error::from)?;
+        if n < frame.len() {
+            return Err(io::Error::other(format!(
+                "short AF_PACKET write: {n} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_carrier(&self, up: bool) -> io::Result<()> {
+        (self.carrier)(up);
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

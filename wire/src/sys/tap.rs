@@ -47,13 +47,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Mutex;
 
 use bytes::{BufMut, BytesMut};
 use libc::{c_int, c_short, c_ulong};
 
 use super::{check_ifname, if_mtu, ifreq_name, ifreq_with_name, retry_eintr};
 use crate::batch::MAX_FRAME;
-use crate::endpoint::FrameEndpoint;
+use crate::endpoint::{FrameEndpoint, HalfIo};
 use crate::vnet::{VNET_HDR_LEN, VnetBytes};
 
 /// The clone device.
@@ -639,9 +640,94 @@ impl FrameEndpoint for Tap {
     }
 }
 
+/// The `tx_dropped` column of `ifname` in a `/proc/net/dev` text.
+pub fn tx_dropped_of(net_dev: &str, ifname: &str) -> Option<u64> {
+    net_dev.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != ifname {
+            return None;
+        }
+        // 8 receive columns, then tx bytes, packets, errs, drop.
+        rest.split_whitespace().nth(11)?.parse().ok()
+    })
+}
+
+/// A TAP as a half.
+pub struct TapHalf {
+    tap: Mutex<Tap>,
+    writer: OwnedFd,
+}
+
+impl std::fmt::Debug for TapHalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TapHalf").finish_non_exhaustive()
+    }
+}
+
+impl TapHalf {
+    /// # Errors
+    /// The TAP has no fd or it cannot be duplicated.
+    pub fn new(tap: Tap) -> io::Result<Self> {
+        let writer = super::dup_fd(tap.readiness_fd(), "TAP")?;
+        Ok(Self {
+            tap: Mutex::new(tap),
+            writer,
+        })
+    }
+}
+
+impl HalfIo for TapHalf {
+    fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.writer.try_clone()
+    }
+
+    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        self.tap
+            .lock()
+            .map_err(|_| io::Error::other("tap lock poisoned"))?
+            .recv(buf)
+    }
+
+    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+        // A TAP reports the header and the frame written.
+        let iov = [IoSlice::new(vnet), IoSlice::new(frame)];
+        let n = nix::sys::uio::writev(&self.writer, &iov).map_err(io::Error::from)?;
+        if n < vnet.len() + frame.len() {
+            return Err(io::Error::other(format!("short TAP write: {n} bytes")));
+        }
+        Ok(())
+    }
+
+    fn set_carrier(&self, up: bool) -> io::Result<()> {
+        self.tap
+            .lock()
+            .map_err(|_| io::Error::other("tap lock poisoned"))?
+            .set_carrier(up)
+    }
+
+    fn kernel_tx_dropped(&self) -> Option<u64> {
+        let (ns, name) = {
+            let tap = self.tap.lock().ok()?;
+            (tap.netns().ok()?, tap.name().to_string())
+        };
+        let text =
+            super::netns::in_netns(&ns, || std::fs::read_to_string("/proc/thread-self/net/dev"))
+                .ok()?
+                .ok()?;
+        tx_dropped_of(&text, &name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_dropped_column() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n  eth1: 100 2 0 0 0 0 0 0 200 3 0 17 0 0 0 0\n";
+        assert_eq!(tx_dropped_of(text, "eth1"), Some(17));
+        assert_eq!(tx_dropped_of(text, "eth2"), None);
+    }
 
     const CSUM: c_ulong = libc::TUN_F_CSUM as c_ulong;
     const TSO4: c_ulong = libc::TUN_F_TSO4 as c_ulong;

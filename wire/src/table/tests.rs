@@ -154,3 +154,14 @@ fn drop_reason_labels_match_the_metrics_contract() {
     }
     assert_eq!(key(5).to_string(), "lab/5");
 }
+
+#[test]
+fn link_hash_is_fnv1a_and_stable() {
+    // Pinned values (computed independently): every node must agree on VNIs, host-end names
+    // and shards derived from this hash, across versions.
+    assert_eq!(link_hash("ab", 7), 0x0830_32b8_f5e0_7a28);
+    assert_eq!(link_hash("default", 1), 0x515e_a67e_7d68_4af2);
+    assert_eq!(WireKey::new("default", 1).hash64(), link_hash("default", 1));
+    assert_ne!(link_hash("ab", 7), link_hash("ab", 8));
+    assert_ne!(link_hash("a", 7), link_hash("b", 7));
+}

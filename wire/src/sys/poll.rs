@@ -1,9 +1,8 @@
-//! Registering an fd with tokio's reactor: the one place in the daemon that needs `unsafe`.
+//! Registering an fd with tokio's reactor.
 //!
 //! tokio 1.54 made `AsyncFd` registration `unsafe` (the caller promises the fd stays open and
 //! is not replaced while registered). Taking an [`OwnedFd`] by value and keeping it inside the
 //! `AsyncFd` makes that promise hold by construction.
-#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -1,0 +1,640 @@
+//! The wire of one node: its halves, its peers and their shards.
+//!
+//! * A **half** exists as soon as its pod is alive, whether or not the peer exists, with its
+//!   carrier down until the peer's half is bound on a live stream ([`Event::Bound`]).
+//! * A half whose peer node is known is *attached* to the session of its shard toward that peer;
+//!   the session announces it, answers the peer, and re-announces it on [`WireNode::tick_loop`]
+//!   while it stays unbound.
+//! * A **peer** has up to [`WireOptions::shards`] shards; the first `active` are used, `active`
+//!   being the smaller of the two nodes' counts once a Hello told it (until then, ours). When it
+//!   changes every attached half moves to its new shard.
+//!
+//! Locks: `halves`, `peers`, a peer's `attached`, a shard's `state` are std mutexes, never held
+//! across an await; a shard's `state` may be taken while holding nothing else but the `down` set
+//! (carrier changes inside session events).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::{MAX_SHARDS, MAX_WIRES_PER_STREAM, WireOptions};
+use crate::endpoint::HalfIo;
+use crate::session::{Event, Session};
+use crate::table::{CounterSnapshot, DropReason, WireCounters, WireKey};
+
+/// Labels of a link's metrics (the daemon's export names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub interface: String,
+    pub peer_pod: String,
+    pub uid: i64,
+}
+
+/// One node's half of one wire.
+pub struct Half {
+    pub(crate) key: WireKey,
+    pub(crate) io: Arc<dyn HalfIo>,
+    peer: Mutex<Option<IpAddr>>,
+    pub(crate) carrier: AtomicBool,
+    pub(crate) counters: Arc<WireCounters>,
+    /// [`HALF_QUEUED`] permits: this half's share of its shard's data queue.
+    pub(crate) queued: Arc<tokio::sync::Semaphore>,
+    /// Removed from the node: its interface may be gone, carrier changes are not applied.
+    removed: AtomicBool,
+    labels: LinkLabels,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    ifindex: u32,
+    /// The interface's `tx_dropped` when its carrier last went down (or was last accounted):
+    /// what the pod sends while the peer is away is dropped by the kernel at the interface, and
+    /// counted here as `peer_down`.
+    dropped_base: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for Half {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Half")
+            .field("key", &self.key)
+            .field("ifindex", &self.ifindex)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Half {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.reader.lock()
+            && let Some(h) = r.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+impl Half {
+    pub(crate) fn peer(&self) -> Option<IpAddr> {
+        *self.peer.lock().expect("peer lock")
+    }
+
+    /// Adds the frames the kernel dropped at the interface since the last look to `peer_down`,
+    /// and remembers the new baseline (`keep`) or forgets it.
+    fn account_peer_down(self: &Arc<Self>, keep: bool) {
+        let half = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(now) = half.io.kernel_tx_dropped() else {
+                return;
+            };
+            let mut base = half.dropped_base.lock().expect("dropped_base lock");
+            if let Some(b) = *base
+                && now > b
+            {
+                half.counters.add_drops(DropReason::PeerDown, now - b);
+            }
+            *base = keep.then_some(now);
+        });
+    }
+}
+
+/// Per-peer counters (exported by the daemon).
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounters {
+    pub connects: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub malformed: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_frames: AtomicU64,
+}
+
+/// A batch in a shard's data queue, with its half's queue permit (released when the stream
+/// takes the batch).
+pub(crate) type Queued = (Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Batches one half may have in its shard's data queue at once. The queue is FIFO: without this
+/// bound, one saturated wire fills it and every other wire of the shard waits behind all of it;
+/// with it, a wire's frames wait behind at most this many batches of each other busy wire.
+pub const HALF_QUEUED: usize = 4;
+
+/// The mutable state of one shard's stream.
+#[derive(Debug)]
+pub(crate) struct ShardState {
+    pub session: Session<Arc<Half>>,
+    /// The generation of the stream that owns the session now (see [`Shard::generation`]).
+    pub owner: u64,
+}
+
+/// One stream's worth of state toward one peer node.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub index: u32,
+    pub tx: mpsc::Sender<Queued>,
+    pub rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
+    pub state: Mutex<ShardState>,
+    /// Wakes the live outbound stream when control was queued.
+    pub wake: AtomicWaker,
+    /// A stream is live (the server refuses a second one for the same shard).
+    pub connected: AtomicBool,
+    /// Bumped when a new stream takes over: the previous stream's sender stops.
+    pub generation: watch::Sender<u64>,
+}
+
+impl Shard {
+    fn new(index: u32, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Shard {
+            index,
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            state: Mutex::new(ShardState {
+                session: Session::new(MAX_WIRES_PER_STREAM),
+                owner: 0,
+            }),
+            wake: AtomicWaker::new(),
+            connected: AtomicBool::new(false),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+/// A peer node and its shards.
+pub struct Peer {
+    pub(crate) ip: IpAddr,
+    pub(crate) shards: Vec<Arc<Shard>>,
+    /// Shards in use: the smaller of the two nodes' counts once known.
+    pub(crate) active: AtomicU32,
+    /// Our halves whose peer is this node.
+    attached: Mutex<HashMap<WireKey, Arc<Half>>>,
+    pub(crate) dialer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) counters: PeerCounters,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("ip", &self.ip)
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.dialer.lock()
+            && let Some(h) = d.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+impl Peer {
+    pub(crate) fn shard_of(&self, key: &WireKey) -> &Arc<Shard> {
+        let n = u64::from(self.active.load(Ordering::Acquire).max(1));
+        &self.shards[(key.hash64() % n) as usize]
+    }
+}
+
+/// What the daemon exports per link.
+#[derive(Debug, Clone)]
+pub struct LinkStats {
+    pub labels: LinkLabels,
+    pub carrier: bool,
+    pub counters: CounterSnapshot,
+}
+
+/// What the daemon exports per peer node.
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    pub peer: IpAddr,
+    pub connects: u64,
+    pub reconnects: u64,
+    pub unknown_wire: u64,
+    pub malformed: u64,
+    pub batches: u64,
+    pub batch_frames: u64,
+    /// Shards in use, and which of them have a live stream.
+    pub connected: Vec<bool>,
+}
+
+/// The gRPC wire of one node: its halves, its peers, the server side and the diallers.
+pub struct WireNode {
+    pub(crate) opts: WireOptions,
+    halves: Mutex<HashMap<WireKey, Arc<Half>>>,
+    /// Halves whose carrier is down, for [`WireNode::account_loop`] (so that an idle node with
+    /// every wire up does not look at each half every second).
+    down: Mutex<HashMap<WireKey, Weak<Half>>>,
+    pub(crate) peers: Mutex<HashMap<IpAddr, Arc<Peer>>>,
+    pub(crate) allowed: Mutex<HashSet<IpAddr>>,
+    /// Signalled when a carrier changes, so the reconciler updates link status.
+    pub changed: Arc<Notify>,
+    /// Legacy unary design only: one client per peer node.
+    pub(crate) unary: Mutex<HashMap<IpAddr, super::grpc::Client>>,
+}
+
+impl std::fmt::Debug for WireNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireNode")
+            .field("me", &self.opts.me)
+            .field("port", &self.opts.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireNode {
+    /// A wire node; peers are dialled on `opts.port`. Start [`Self::account_loop`] and
+    /// [`Self::tick_loop`] beside it, and serve [`super::WireService`].
+    pub fn new(mut opts: WireOptions) -> Arc<Self> {
+        opts.shards = opts.shards.clamp(1, MAX_SHARDS);
+        Arc::new(WireNode {
+            opts,
+            halves: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            allowed: Mutex::new(HashSet::new()),
+            changed: Arc::new(Notify::new()),
+            unary: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn options(&self) -> &WireOptions {
+        &self.opts
+    }
+
+    /// Every second, counts what the pods of down wires sent meanwhile (see `dropped_base`), so
+    /// `peer_down` grows during an outage, not only after it.
+    pub async fn account_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let down: Vec<Arc<Half>> = {
+                let mut down = self.down.lock().expect("down lock");
+                down.retain(|_, h| h.strong_count() > 0);
+                down.values()
+                    .filter_map(Weak::upgrade)
+                    .filter(|h| !h.carrier.load(Ordering::Acquire))
+                    .collect()
+            };
+            for h in down {
+                h.account_peer_down(true);
+            }
+        }
+    }
+
+    /// Re-announces, on every live stream, the halves that are still not bound (see
+    /// [`crate::session::REBIND_INTERVAL`]): a wire whose two halves exist comes up within an
+    /// interval of its stream, whatever happened to earlier Binds.
+    pub async fn tick_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(crate::session::REBIND_INTERVAL / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let shards: Vec<Arc<Shard>> = self
+                .peers
+                .lock()
+                .expect("peers lock")
+                .values()
+                .flat_map(|p| p.shards.iter().cloned())
+                .collect();
+            let now = Instant::now();
+            for s in shards {
+                let queued = s.state.lock().expect("shard lock").session.tick(now);
+                if queued {
+                    s.wake.wake();
+                }
+            }
+        }
+    }
+
+    /// Sets a half's carrier (and the set of down halves, under its lock, so that two concurrent
+    /// changes leave the set matching the last one).
+    pub(crate) fn set_carrier(&self, half: &Arc<Half>, up: bool) {
+        let mut down = self.down.lock().expect("down lock");
+        if half.carrier.swap(up, Ordering::AcqRel) == up {
+            return;
+        }
+        if !half.removed.load(Ordering::Acquire) {
+            // Down: take the baseline; up: count what was dropped meanwhile.
+            half.account_peer_down(!up);
+            if let Err(e) = half.io.set_carrier(up) {
+                tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
+            }
+        }
+        tracing::info!(namespace = %half.key.namespace, link_uid = half.key.uid, up, "wire carrier");
+        self.changed.notify_one();
+        if up {
+            if down
+                .get(&half.key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(half)))
+            {
+                down.remove(&half.key);
+            }
+        } else {
+            down.insert(half.key.clone(), Arc::downgrade(half));
+        }
+    }
+
+    /// What a session event means for carriers.
+    pub(crate) fn apply(&self, e: &Event<'_, Arc<Half>>) {
+        match e {
+            Event::Bound(h) => self.set_carrier(h, true),
+            Event::Unbound(h) => self.set_carrier(h, false),
+            _ => {}
+        }
+    }
+
+    /// Nodes allowed to connect: the peer nodes of every planned wire.
+    pub fn set_allowed(&self, peers: HashSet<IpAddr>) {
+        *self.allowed.lock().expect("allowed lock") = peers;
+    }
+
+    /// Whether the half of `key` is present and its carrier up.
+    pub fn carrier(&self, key: &WireKey) -> Option<bool> {
+        self.halves
+            .lock()
+            .expect("halves lock")
+            .get(key)
+            .map(|h| h.carrier.load(Ordering::Acquire))
+    }
+
+    /// The ifindex of the half's interface, if the half is registered.
+    pub fn ifindex(&self, key: &WireKey) -> Option<u32> {
+        self.halves
+            .lock()
+            .expect("halves lock")
+            .get(key)
+            .map(|h| h.ifindex)
+    }
+
+    /// Registers (or updates) a half: starts its reader, attaches it toward `peer`. A half
+    /// registered again with the same ifindex only has its peer updated.
+    pub fn register(
+        self: &Arc<Self>,
+        key: WireKey,
+        io: Arc<dyn HalfIo>,
+        ifindex: u32,
+        labels: LinkLabels,
+        peer: Option<IpAddr>,
+    ) {
+        let existing = self.halves.lock().expect("halves lock").get(&key).cloned();
+        if let Some(h) = existing
+            && h.ifindex == ifindex
+        {
+            self.set_peer(&h, peer);
+            return;
+        }
+        let half = Arc::new(Half {
+            key: key.clone(),
+            io,
+            peer: Mutex::new(None),
+            carrier: AtomicBool::new(true),
+            counters: Arc::default(),
+            queued: Arc::new(tokio::sync::Semaphore::new(HALF_QUEUED)),
+            removed: AtomicBool::new(false),
+            labels,
+            reader: Mutex::new(None),
+            ifindex,
+            dropped_base: Mutex::new(None),
+        });
+        self.set_carrier(&half, false);
+        let reader = tokio::spawn(super::pump::read_loop(Arc::clone(self), Arc::clone(&half)));
+        *half.reader.lock().expect("reader lock") = Some(reader);
+        let old = self
+            .halves
+            .lock()
+            .expect("halves lock")
+            .insert(key, Arc::clone(&half));
+        if let Some(old) = old {
+            old.removed.store(true, Ordering::Release);
+            self.detach(&old);
+        }
+        self.set_peer(&half, peer);
+    }
+
+    /// Points a registered half at `peer` (its peer pod moved, came or went).
+    pub fn update_peer(self: &Arc<Self>, key: &WireKey, peer: Option<IpAddr>) {
+        let half = self.halves.lock().expect("halves lock").get(key).cloned();
+        if let Some(h) = half {
+            self.set_peer(&h, peer);
+        }
+    }
+
+    fn set_peer(self: &Arc<Self>, half: &Arc<Half>, peer: Option<IpAddr>) {
+        let old = std::mem::replace(&mut *half.peer.lock().expect("peer lock"), peer);
+        if old == peer {
+            // Nothing to re-send here: an attached half that is not bound is re-announced by the
+            // session's tick.
+            return;
+        }
+        if old.is_some() {
+            self.detach_from(half, old);
+        }
+        self.set_carrier(half, false);
+        if let Some(p) = peer {
+            let peer = self.peer(p);
+            peer.attached
+                .lock()
+                .expect("attached lock")
+                .insert(half.key.clone(), Arc::clone(half));
+            self.attach_on(&peer, half);
+        }
+    }
+
+    fn attach_on(&self, peer: &Peer, half: &Arc<Half>) {
+        let shard = peer.shard_of(&half.key);
+        let r = shard.state.lock().expect("shard lock").session.attach(
+            half.key.clone(),
+            Arc::clone(half),
+            Arc::clone(&half.counters),
+            |e| self.apply(&e),
+        );
+        match r {
+            Ok(_) => shard.wake.wake(),
+            Err(e) => tracing::error!(wire = %half.key, error = %e, "cannot attach the wire"),
+        }
+    }
+
+    /// Removes every half whose key is not in `keep`.
+    pub fn retain(&self, keep: &HashSet<WireKey>) {
+        let gone: Vec<Arc<Half>> = {
+            let mut halves = self.halves.lock().expect("halves lock");
+            let gone = halves
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .cloned()
+                .collect::<Vec<_>>();
+            gone.iter().filter_map(|k| halves.remove(k)).collect()
+        };
+        for h in gone {
+            h.removed.store(true, Ordering::Release);
+            self.detach(&h);
+            tracing::info!(namespace = %h.key.namespace, link_uid = h.key.uid, "wire half removed");
+        }
+    }
+
+    fn detach(&self, half: &Arc<Half>) {
+        self.detach_from(half, half.peer());
+    }
+
+    /// Detaches `half` (this very half, not a successor under the same key) from `peer`.
+    fn detach_from(&self, half: &Arc<Half>, peer: Option<IpAddr>) {
+        let Some(peer) = peer.and_then(|p| self.peers.lock().expect("peers lock").get(&p).cloned())
+        else {
+            return;
+        };
+        {
+            let mut attached = peer.attached.lock().expect("attached lock");
+            if !attached
+                .get(&half.key)
+                .is_some_and(|h| Arc::ptr_eq(h, half))
+            {
+                return;
+            }
+            attached.remove(&half.key);
+        }
+        for shard in &peer.shards {
+            let mut st = shard.state.lock().expect("shard lock");
+            let mine = st
+                .session
+                .out_id(&half.key)
+                .is_some()
+                .then(|| st.session.detach(&half.key, |e| self.apply(&e)));
+            drop(st);
+            if mine.is_some() {
+                shard.wake.wake();
+            }
+        }
+    }
+
+    /// The peer record for `ip`, created (and, if we dial, its dialler started) on first use.
+    pub(crate) fn peer(self: &Arc<Self>, ip: IpAddr) -> Arc<Peer> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(p) = peers.get(&ip) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(Peer {
+            ip,
+            shards: (0..self.opts.shards)
+                .map(|i| Arc::new(Shard::new(i, self.opts.queue)))
+                .collect(),
+            active: AtomicU32::new(self.opts.shards),
+            attached: Mutex::new(HashMap::new()),
+            dialer: Mutex::new(None),
+            counters: PeerCounters::default(),
+        });
+        peers.insert(ip, Arc::clone(&p));
+        drop(peers);
+        if self.opts.me < ip {
+            let node = Arc::clone(self);
+            let peer = Arc::clone(&p);
+            let h = tokio::spawn(async move { node.dial(peer).await });
+            *p.dialer.lock().expect("dialer lock") = Some(h);
+        }
+        p
+    }
+
+    /// Uses `n` shards toward `peer` from now on (the smaller of the two counts): every attached
+    /// half moves to its shard under the new count.
+    pub(crate) fn set_active(&self, peer: &Peer, n: u32) {
+        let n = n.clamp(1, peer.shards.len() as u32);
+        if peer.active.swap(n, Ordering::AcqRel) == n {
+            return;
+        }
+        tracing::info!(peer = %peer.ip, shards = n, "wire shard count agreed");
+        let halves: Vec<Arc<Half>> = peer
+            .attached
+            .lock()
+            .expect("attached lock")
+            .values()
+            .cloned()
+            .collect();
+        for h in halves {
+            let target = peer.shard_of(&h.key).index;
+            for s in &peer.shards {
+                if s.index == target {
+                    continue;
+                }
+                let mut st = s.state.lock().expect("shard lock");
+                if st.session.out_id(&h.key).is_some() {
+                    st.session.detach(&h.key, |e| self.apply(&e));
+                    drop(st);
+                    s.wake.wake();
+                }
+            }
+            let attached = peer
+                .shard_of(&h.key)
+                .state
+                .lock()
+                .expect("shard lock")
+                .session
+                .out_id(&h.key)
+                .is_some();
+            if !attached {
+                self.attach_on(peer, &h);
+            }
+        }
+    }
+
+    /// Every link's labels, carrier and counters (for the daemon's metrics).
+    pub fn link_stats(&self) -> Vec<LinkStats> {
+        self.halves
+            .lock()
+            .expect("halves lock")
+            .values()
+            .map(|h| LinkStats {
+                labels: h.labels.clone(),
+                carrier: h.carrier.load(Ordering::Acquire),
+                counters: h.counters.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Every peer node's stream counters (for the daemon's metrics).
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let peers: Vec<Arc<Peer>> = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .values()
+            .cloned()
+            .collect();
+        peers
+            .iter()
+            .map(|p| {
+                let active = p.active.load(Ordering::Acquire) as usize;
+                let unknown_wire = p
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        s.state
+                            .lock()
+                            .expect("shard lock")
+                            .session
+                            .stray()
+                            .snapshot()
+                            .drops(DropReason::UnknownWire)
+                    })
+                    .sum();
+                let c = &p.counters;
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                PeerStats {
+                    peer: p.ip,
+                    connects: load(&c.connects),
+                    reconnects: load(&c.reconnects),
+                    unknown_wire,
+                    malformed: load(&c.malformed),
+                    batches: load(&c.batches),
+                    batch_frames: load(&c.batch_frames),
+                    connected: p.shards[..active]
+                        .iter()
+                        .map(|s| s.connected.load(Ordering::Acquire))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,245 @@
+//! The session oracle shared by the property test (`tests/session_props.rs`) and the fuzz
+//! target (`fuzz/fuzz_targets/session_ops.rs`): any byte string is read as a sequence of
+//! operations on two sessions joined back to back — halves attached and detached on either
+//! side, streams up and down, control delivered, lost or delayed, clocks advanced, forged
+//! messages (any Bind/Unbind, any batch bytes) injected — and after every operation the
+//! invariants are checked; at the end, liveness: once the stream is up and nothing is lost,
+//! every link whose two halves are attached is bound on both ends within two re-announce
+//! intervals, and no other link is.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshnet_wire::WireId;
+use meshnet_wire::batch::BatchEncoder;
+use meshnet_wire::session::{Control, Event, Message, REBIND_INTERVAL, Session};
+use meshnet_wire::table::WireKey;
+use meshnet_wire::transport::pump;
+
+/// Links 0..KEYS; handles are `side * 100 + link`.
+const KEYS: usize = 4;
+
+struct Side {
+    s: Session<usize>,
+    /// Bound state per link as the events said.
+    bound: [bool; KEYS],
+    /// Control sent by this side, not yet handled by the other.
+    wire: VecDeque<Control>,
+    base: usize,
+}
+
+impl Side {
+    fn new(base: usize) -> Self {
+        Self {
+            s: Session::new(KEYS),
+            bound: [false; KEYS],
+            wire: VecDeque::new(),
+            base,
+        }
+    }
+
+    fn key(k: usize) -> WireKey {
+        WireKey::new("fz", k as i64)
+    }
+
+    fn apply(bound: &mut [bool; KEYS], base: usize, e: &Event<'_, usize>) {
+        match e {
+            Event::Bound(h) => {
+                assert!(!bound[**h - base], "Bound twice without Unbound");
+                bound[**h - base] = true;
+            }
+            Event::Unbound(h) => bound[**h - base] = false,
+            _ => {}
+        }
+    }
+
+    fn check(&self) {
+        for k in 0..KEYS {
+            let key = Self::key(k);
+            assert_eq!(
+                self.bound[k],
+                self.s.is_bound(&key),
+                "link {k}: events vs state"
+            );
+            if self.bound[k] {
+                assert!(self.s.is_connected(), "bound only while connected");
+                assert!(self.s.out_id(&key).is_some(), "bound only while attached");
+            }
+            assert_eq!(self.s.data_id(&key).is_some(), self.bound[k]);
+        }
+        assert!(
+            self.s.pending_control() <= 4 * KEYS + 64,
+            "control stays bounded"
+        );
+    }
+
+    fn attach(&mut self, k: usize) {
+        let (b, base) = (&mut self.bound, self.base);
+        let _ = self.s.attach(Self::key(k), base + k, Arc::default(), |e| {
+            Self::apply(b, base, &e)
+        });
+    }
+
+    fn detach(&mut self, k: usize) {
+        let (b, base) = (&mut self.bound, self.base);
+        self.s.detach(&Self::key(k), |e| Self::apply(b, base, &e));
+    }
+
+    fn disconnect(&mut self) {
+        let (b, base) = (&mut self.bound, self.base);
+        self.s.disconnected(|e| Self::apply(b, base, &e));
+        self.wire.clear();
+    }
+
+    /// Handles `m`; every frame it delivers must go to a bound link.
+    fn handle(&mut self, m: Message, now: Instant) {
+        let (b, base) = (&mut self.bound, self.base);
+        if let Message::Batch(batch) = m {
+            let bound = *b;
+            pump::deliver(&mut self.s, batch, now, |&h, _, _| {
+                assert!(bound[h - base], "frame delivered to an unbound half");
+                Ok(())
+            });
+            return;
+        }
+        self.s.handle(m, now, |e| {
+            Self::apply(b, base, &e);
+            Ok(())
+        });
+    }
+
+    fn transmit(&mut self) {
+        while let Some(c) = self.s.poll_transmit() {
+            self.wire.push_back(c);
+        }
+    }
+}
+
+/// Carries `from`'s oldest control message to `to` (or loses it).
+fn carry(from: &mut Side, to: &mut Side, now: Instant, lose: bool) {
+    from.transmit();
+    if let Some(c) = from.wire.pop_front()
+        && !lose
+        && to.s.is_connected()
+    {
+        to.handle(Message::Control(c), now);
+    }
+}
+
+fn forged_batch(bytes: &[u8], ids: &[u32]) -> Bytes {
+    if bytes.first().is_some_and(|b| b % 2 == 0) {
+        return Bytes::copy_from_slice(bytes);
+    }
+    let mut enc = BatchEncoder::new(1 << 20);
+    for (i, id) in ids.iter().enumerate() {
+        let mut frame = vec![i as u8; 60];
+        frame[12] = 0x88;
+        let _ = enc.push(WireId(*id), &[0; 10], &frame);
+    }
+    enc.finish()
+}
+
+/// Runs `data` as operations and checks every invariant (panics on a violation).
+pub fn check_session_ops(data: &[u8]) {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut a = Side::new(0);
+    let mut b = Side::new(100);
+    let mut ops = data.chunks(3);
+    while let Some(op) = ops.next() {
+        let (code, x, y) = (op[0], *op.get(1).unwrap_or(&0), *op.get(2).unwrap_or(&0));
+        let k = x as usize % KEYS;
+        let (me, other) = if y & 1 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        match code % 12 {
+            0 | 1 => me.attach(k),
+            2 => me.detach(k),
+            3 => {
+                // The stream goes down on both ends (a TCP connection ends for both).
+                me.disconnect();
+                other.disconnect();
+            }
+            4 => {
+                if !me.s.is_connected() {
+                    me.s.connected(now);
+                }
+                if !other.s.is_connected() {
+                    other.s.connected(now);
+                }
+            }
+            5 | 6 => carry(me, other, now, false),
+            7 => carry(me, other, now, true),
+            8 => {
+                now += Duration::from_millis(u64::from(x) * 8);
+                me.s.tick(now);
+            }
+            9 => {
+                let forged = if y & 2 == 0 {
+                    Control::Bind {
+                        id: WireId(u32::from(x % 8)),
+                        key: Side::key(y as usize % (KEYS + 1)),
+                        reply: y & 4 != 0,
+                    }
+                } else {
+                    Control::Unbind {
+                        id: WireId(u32::from(x % 8)),
+                    }
+                };
+                me.handle(Message::Control(forged), now);
+            }
+            10 => {
+                let ids: Vec<u32> = (0..(y % 5))
+                    .map(|i| u32::from(x.wrapping_add(i) % 8))
+                    .collect();
+                let rest: Vec<u8> = ops.by_ref().take(4).flatten().copied().collect();
+                me.handle(Message::Batch(forged_batch(&rest, &ids)), now);
+            }
+            _ => {
+                // The frames the other side would send now reach this side.
+                let ids: Vec<u32> = (0..KEYS)
+                    .filter_map(|k| other.s.data_id(&Side::key(k)).map(|i| i.0))
+                    .collect();
+                if me.s.is_connected() && other.s.is_connected() {
+                    me.handle(Message::Batch(forged_batch(&[1], &ids)), now);
+                }
+            }
+        }
+        a.check();
+        b.check();
+    }
+    // Liveness: one fresh stream (what a reconnect is), nothing lost, two intervals of ticks.
+    // Forged Binds may have left stale state; a reconnect clears it.
+    a.disconnect();
+    b.disconnect();
+    a.s.connected(now);
+    b.s.connected(now);
+    for round in 0..4 {
+        for _ in 0..(4 * KEYS + 8) {
+            carry(&mut a, &mut b, now, false);
+            carry(&mut b, &mut a, now, false);
+        }
+        now += REBIND_INTERVAL;
+        if round < 3 {
+            a.s.tick(now);
+            b.s.tick(now);
+        }
+    }
+    a.check();
+    b.check();
+    for k in 0..KEYS {
+        let both = a.s.out_id(&Side::key(k)).is_some() && b.s.out_id(&Side::key(k)).is_some();
+        assert_eq!(
+            a.bound[k], both,
+            "link {k} on A: bound iff both halves are attached"
+        );
+        assert_eq!(
+            b.bound[k], both,
+            "link {k} on B: bound iff both halves are attached"
+        );
+    }
+}
