@@ -665,7 +665,22 @@ async fn concurrent_updates_from_two_stores_lose_nothing() {
         usize::try_from(total).unwrap(),
         "every update kept once"
     );
-    assert_eq!(must_get(&b, &k).await, end);
+    // The other store reads from its watch cache: it sees a's last write once the watch
+    // delivers it (reads are read-your-own-writes, others' writes eventually).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = must_get(&b, &k).await;
+        if seen == end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store b never caught up: at resourceVersion {} of {}",
+            seen.metadata.resource_version,
+            end.metadata.resource_version
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// A burst far above the in-flight bound queues instead of failing, and `list` pages through it.
