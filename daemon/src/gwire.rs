@@ -15,6 +15,7 @@ use meshnet_wire::transport::{self, HalfIo, WireOptions};
 use tokio::sync::Notify;
 
 use crate::links::EndSpec;
+use meshnet_topology::impairment::ImpairSpec;
 
 pub use meshnet_wire::transport::{Legacy as WireLegacy, LinkLabels, WireTls};
 
@@ -124,6 +125,26 @@ impl WireNode {
     /// Points a registered half at `peer`.
     pub fn update_peer(&self, key: &WireKey, peer: Option<IpAddr>) {
         self.inner.update_peer(&link_key(key), peer);
+    }
+
+    /// Puts the declared impairment of what the peer sends on the half of `key` (the wire
+    /// applies it before our endpoint), or takes it off.
+    pub fn set_impairment(&self, key: &WireKey, spec: Option<ImpairSpec>) {
+        let spec = spec.map(|s| meshnet_wire::impair::Impairment {
+            delay: s.delay,
+            jitter: s.jitter,
+            loss: s.loss,
+            duplicate: s.duplicate,
+            corrupt: s.corrupt,
+            reorder: s.reorder,
+            rate_bps: s.rate_bps,
+        });
+        self.inner.set_impairment(&link_key(key), spec);
+    }
+
+    /// Pulls (or plugs back) the cable of the half of `key`: its carrier goes off.
+    pub fn set_pulled(&self, key: &WireKey, pulled: bool) {
+        self.inner.set_pulled(&link_key(key), pulled);
     }
 
     /// Removes every half whose key is not in `keep`.

@@ -362,6 +362,10 @@ pub trait LinkOps: Send + Sync + 'static {
     ) -> Result<Outcome, LinkError>;
     /// Whether the wire half of `key` is registered and its carrier up (`None`: no such half).
     fn half_carrier(&self, key: &WireKey) -> Option<bool>;
+    /// Puts the impairment of what the peer sends on the wire half of `key` (`None`: off).
+    fn impair_half(&self, key: &WireKey, spec: Option<ImpairSpec>);
+    /// Pulls (or plugs back) the cable of the wire half of `key`: its carrier goes off.
+    fn pull_half(&self, key: &WireKey, pulled: bool);
     /// Drops every wire half not in `keep`, and allows streams only from `peers`.
     fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>);
     /// Signalled when a wire half's carrier changes (`None` without the gRPC wire).
@@ -859,6 +863,18 @@ impl LinkOps for Kernel {
 
     fn half_carrier(&self, key: &WireKey) -> Option<bool> {
         self.wire.as_ref()?.carrier(key)
+    }
+
+    fn impair_half(&self, key: &WireKey, spec: Option<ImpairSpec>) {
+        if let Some(w) = &self.wire {
+            w.set_impairment(key, spec);
+        }
+    }
+
+    fn pull_half(&self, key: &WireKey, pulled: bool) {
+        if let Some(w) = &self.wire {
+            w.set_pulled(key, pulled);
+        }
     }
 
     fn retain_halves(&self, keep: &HashSet<WireKey>, peers: HashSet<IpAddr>) {

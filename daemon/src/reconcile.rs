@@ -506,6 +506,17 @@ impl Reconciler {
                         report.overrides.insert(l.uid, o);
                     }
                     impaired_seen.insert(end);
+                } else if let LinkResult::Up { kind: "grpc" } = r {
+                    let end = (PathBuf::from(&p.net_ns), l.local_intf.clone());
+                    let key = (p.key.namespace.clone(), l.uid);
+                    let (note, over) = self.drive_half(memo, &end, &key, &topos, &p.key, l);
+                    if !note.is_empty() {
+                        report.impairments.insert(l.uid, note);
+                    }
+                    if let Some(o) = over {
+                        report.overrides.insert(l.uid, o);
+                    }
+                    impaired_seen.insert(end);
                 }
             }
             self.write_status(p, &report).await;
@@ -604,6 +615,79 @@ impl Reconciler {
             memo.impaired.remove(end);
         }
         note
+    }
+
+    /// The two declarations of a link, as (own, peer's) `(impairment, state)`.
+    fn declarations<'t>(
+        topos: &'t [Topology],
+        pod: &PodKey,
+        l: &plan::LinkPlan,
+    ) -> [(Option<&'t impairment::Impairment>, &'t str); 2] {
+        let declared = |key: &PodKey| {
+            topos
+                .iter()
+                .find(|t| t.key() == *key)
+                .and_then(|t| t.spec.links.iter().find(|x| x.uid == l.uid))
+                .map_or((None, ""), |x| (x.impairment.as_ref(), x.state.as_str()))
+        };
+        let peer = if l.peer_pod == LOCALHOST {
+            (None, "")
+        } else {
+            declared(&PodKey::new(&pod.namespace, &l.peer_pod))
+        };
+        [declared(pod), peer]
+    }
+
+    /// A gRPC wire end: the wire applies, in this node, the impairment of what the *peer*
+    /// sends (before our endpoint) — the peer's node does the same for what we send, from the
+    /// same two declarations — and pulls this half's cable on a declared `state: down`. Returns
+    /// the status note (this end's egress, as for kernel links) and the state override.
+    fn drive_half(
+        &self,
+        memo: &mut Memo,
+        end: &(PathBuf, String),
+        key: &crate::gwire::WireKey,
+        topos: &[Topology],
+        pod: &PodKey,
+        l: &plan::LinkPlan,
+    ) -> (String, Option<(LinkState, String)>) {
+        let [(own_i, own_s), (peer_i, peer_s)] = Self::declarations(topos, pod, l);
+        let incoming = impairment::egress(peer_i, own_i).ok().flatten();
+        let note = match impairment::egress(own_i, peer_i) {
+            Ok(Some(out)) => format!("{out} (wire)"),
+            Ok(None) => String::new(),
+            Err(e) => format!("not applied: {e}"),
+        };
+        if memo.impaired.get(end).map(|(s, _)| *s) != Some(incoming) {
+            if incoming.is_some() || memo.impaired.contains_key(end) {
+                self.ops.impair_half(key, incoming);
+            }
+            memo.impaired.insert(end.clone(), (incoming, note.clone()));
+        }
+        for s in [own_s, peer_s] {
+            if !matches!(s, "" | "up" | "down") {
+                return (
+                    note,
+                    Some((LinkState::Error, format!("state {s:?}: want up or down"))),
+                );
+            }
+        }
+        let down = own_s == "down" || peer_s == "down";
+        if memo.pulled.get(end) != Some(&down) {
+            if down || memo.pulled.contains_key(end) {
+                self.ops.pull_half(key, down);
+            }
+            memo.pulled.insert(end.clone(), down);
+        }
+        let who = if own_s == "down" {
+            pod.name.as_str()
+        } else {
+            l.peer_pod.as_str()
+        };
+        (
+            note,
+            down.then(|| (LinkState::Down, format!("state: down (declared by {who})"))),
+        )
     }
 
     /// A declared `state: down` (on either end's declaration) pulls the cable: the end's

@@ -8,8 +8,13 @@
 //!
 //! 1. the seeded [`FaultQueue`] (loss, duplication, delay, jitter, reordering), the same one the
 //!    deterministic simulation uses;
-//! 2. a token bucket for the rate, with a bounded backlog (50 ms at the rate, as `tc … tbf
-//!    latency 50ms`): a frame that does not fit is dropped, so TCP sees a bottleneck, not a wall.
+//! 2. a rate limit as a virtual queue in front of the fault stage: each frame leaves when the
+//!    frames before it have been sent at the rate, and a frame that would wait more than
+//!    [`RATE_BACKLOG`] (as `tc … tbf latency 50ms`) is dropped, so TCP sees a bottleneck, not a
+//!    wall.
+//!
+//! Every drop is decided when the frame is pushed, so a caller that counts frames as received
+//! when they enter can count the dropped ones instead, and `sent = received + dropped` holds.
 //!
 //! Semantics (documented for users in the README): `delay D, jitter J` delays each frame by a
 //! uniform draw from `D−J ..= D+J`; `reorder P` holds P % of the frames back by an extra `D`, so
@@ -18,10 +23,9 @@
 //! GSO super-frame) cannot carry a detectable error, so it is dropped instead, which is what a
 //! receiver's checksum check would have done, and counted as corrupted.
 //!
-//! Bounded: at most [`MAX_HELD`] frames in the fault stage and the rate backlog's bytes. Every
-//! frame pushed is released, or dropped with a reason ([`ImpairStats`] add up).
+//! Bounded: at most [`MAX_HELD`] frames held, and at most [`RATE_BACKLOG`] of waiting for the
+//! rate. Every frame pushed is released, or dropped with a reason ([`ImpairStats`] add up).
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -75,76 +79,39 @@ pub struct ImpairStats {
     pub full_dropped: u64,
 }
 
-/// Token bucket: bytes per second, burst in bytes.
+/// Longest a frame may wait for the rate before it is dropped.
+pub const RATE_BACKLOG: Duration = Duration::from_millis(50);
+
+/// The rate limit: when the link is free again, as a virtual queue.
 #[derive(Debug)]
-struct Bucket {
+struct Pacer {
     bytes_per_s: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-    backlog: VecDeque<Bytes>,
-    backlog_bytes: usize,
-    backlog_limit: usize,
+    free_at: Instant,
 }
 
-impl Bucket {
+impl Pacer {
     fn new(rate_bps: u64, now: Instant) -> Self {
         #[allow(clippy::cast_precision_loss)] // rates far below 2^52
         let bytes_per_s = rate_bps as f64 / 8.0;
-        // As the kernel engine (daemon::qdisc::tbf_sizes): 4 ms of burst, at least two jumbo
-        // frames' worth (a GSO super-frame can be 64 KiB: it is let through once the bucket
-        // has that much, so the average holds); 50 ms of backlog.
-        let burst = (bytes_per_s / 250.0).max(2.0 * 9018.0);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let backlog_limit = ((bytes_per_s / 20.0) as usize).max(65_536 + 2 * 9018);
-        Self {
+        Pacer {
             bytes_per_s,
-            burst,
-            tokens: burst,
-            at: now,
-            backlog: VecDeque::new(),
-            backlog_bytes: 0,
-            backlog_limit,
+            free_at: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now.max(self.at);
-        // A frame larger than the burst may borrow up to its own size: tokens may go negative
-        // after it, and the bucket pays back before the next one.
-        self.tokens = (self.tokens + dt * self.bytes_per_s).min(self.burst);
-    }
-
-    fn offer(&mut self, frame: Bytes) -> Result<(), Bytes> {
-        if self.backlog_bytes + frame.len() > self.backlog_limit && !self.backlog.is_empty() {
-            return Err(frame);
-        }
-        self.backlog_bytes += frame.len();
-        self.backlog.push_back(frame);
-        Ok(())
-    }
-
-    fn pop(&mut self, now: Instant) -> Option<Bytes> {
-        self.refill(now);
-        if self.tokens < 0.0 || self.backlog.is_empty() {
+    /// How long a frame of `len` bytes pushed at `now` waits for the rate, or `None` if that is
+    /// more than the backlog allows (the frame is dropped and takes no time).
+    fn admit(&mut self, now: Instant, len: usize) -> Option<Duration> {
+        let depart = self.free_at.max(now);
+        let wait = depart - now;
+        if wait > RATE_BACKLOG {
             return None;
         }
-        let f = self.backlog.pop_front()?;
-        self.backlog_bytes -= f.len();
         #[allow(clippy::cast_precision_loss)]
-        let cost = f.len().saturating_sub(VNET_HDR_LEN) as f64;
-        self.tokens -= cost;
-        Some(f)
-    }
-
-    /// When the head of the backlog may leave.
-    fn next_due(&self) -> Option<Instant> {
-        self.backlog.front()?;
-        if self.tokens >= 0.0 {
-            return Some(self.at);
-        }
-        Some(self.at + Duration::from_secs_f64(-self.tokens / self.bytes_per_s))
+        let cost =
+            Duration::from_secs_f64(len.saturating_sub(VNET_HDR_LEN) as f64 / self.bytes_per_s);
+        self.free_at = depart + cost;
+        Some(wait)
     }
 }
 
@@ -153,7 +120,7 @@ impl Bucket {
 pub struct Impairer {
     spec: Impairment,
     faults: FaultQueue<Bytes>,
-    bucket: Option<Bucket>,
+    pacer: Option<Pacer>,
     rng: StdRng,
     stats: ImpairStats,
 }
@@ -177,7 +144,7 @@ impl Impairer {
         Self {
             spec,
             faults: FaultQueue::new(faults_of(&spec), seed, MAX_HELD),
-            bucket: spec.rate_bps.map(|r| Bucket::new(r, now)),
+            pacer: spec.rate_bps.map(|r| Pacer::new(r, now)),
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             stats: ImpairStats::default(),
         }
@@ -192,14 +159,7 @@ impl Impairer {
     pub fn set_spec(&mut self, spec: Impairment, now: Instant) {
         self.faults.set_faults(faults_of(&spec));
         if spec.rate_bps != self.spec.rate_bps {
-            let old = self.bucket.take();
-            self.bucket = spec.rate_bps.map(|r| {
-                let mut b = Bucket::new(r, now);
-                for f in old.into_iter().flat_map(|o| o.backlog) {
-                    let _ = b.offer(f);
-                }
-                b
-            });
+            self.pacer = spec.rate_bps.map(|r| Pacer::new(r, now));
         }
         self.spec = spec;
     }
@@ -209,10 +169,10 @@ impl Impairer {
         self.stats
     }
 
-    /// Frames held (both stages).
+    /// Frames held.
     #[must_use]
     pub fn held(&self) -> usize {
-        self.faults.len() + self.bucket.as_ref().map_or(0, |b| b.backlog.len())
+        self.faults.len()
     }
 
     /// Takes a frame the pod sent at `now`. `Err` says why it is dropped at once.
@@ -230,8 +190,20 @@ impl Impairer {
         } else {
             frame
         };
+        // The rate first: the frame enters the fault stage when the link has carried the
+        // frames before it (a later start of its delay).
+        let start = match self.pacer.as_mut() {
+            None => now,
+            Some(p) => match p.admit(now, frame.len()) {
+                Some(wait) => now + wait,
+                None => {
+                    self.stats.rate_dropped += 1;
+                    return Err(ImpairDrop::Rate);
+                }
+            },
+        };
         let before = self.faults.stats();
-        match self.faults.push(now, frame) {
+        match self.faults.push(start, frame) {
             Offer::Queued => {
                 self.stats.duplicated += self.faults.stats().duplicated - before.duplicated;
                 Ok(())
@@ -263,21 +235,9 @@ impl Impairer {
         Some(m.freeze())
     }
 
-    /// The next frame to send at `now`, if any is due. Frames over the rate's backlog are
-    /// dropped here (counted; the caller counts them as its own drop reason too).
+    /// The next frame to send at `now`, if any is due.
     pub fn pop(&mut self, now: Instant) -> Option<Bytes> {
-        let Some(bucket) = self.bucket.as_mut() else {
-            let f = self.faults.pop(now)?;
-            self.stats.released += 1;
-            return Some(f);
-        };
-        // Move everything due into the rate stage, then release what the bucket allows.
-        while let Some(f) = self.faults.pop(now) {
-            if bucket.offer(f).is_err() {
-                self.stats.rate_dropped += 1;
-            }
-        }
-        let f = bucket.pop(now)?;
+        let f = self.faults.pop(now)?;
         self.stats.released += 1;
         Some(f)
     }
@@ -285,11 +245,7 @@ impl Impairer {
     /// When something is due next (sleep until then); `None`: nothing held.
     #[must_use]
     pub fn next_due(&self) -> Option<Instant> {
-        let bucket = self.bucket.as_ref().and_then(Bucket::next_due);
-        match (self.faults.next_due(), bucket) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.faults.next_due()
     }
 }
 

@@ -81,16 +81,20 @@ pub enum DropReason {
     UnknownWire,
     /// Reading or writing the endpoint failed.
     IoError,
+    /// Dropped by the link's declared impairment (loss, corruption that cannot be carried, the
+    /// rate's backlog): on purpose, counted apart from the faults.
+    Impairment,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::QueueFull,
         DropReason::PeerDown,
         DropReason::Oversize,
         DropReason::UnknownWire,
         DropReason::IoError,
+        DropReason::Impairment,
     ];
 
     pub const fn as_label(self) -> &'static str {
@@ -100,6 +104,7 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::UnknownWire => "unknown_wire",
             DropReason::IoError => "io_error",
+            DropReason::Impairment => "impairment",
         }
     }
 

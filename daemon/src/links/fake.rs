@@ -48,6 +48,16 @@ pub enum Call {
         ifname: String,
         down: bool,
     },
+    /// The impairment of what the peer sends, put on a wire half.
+    ImpairHalf {
+        key: WireKey,
+        spec: Option<String>,
+    },
+    /// A wire half's cable pulled or plugged back.
+    PullHalf {
+        key: WireKey,
+        pulled: bool,
+    },
     /// A declared impairment put on (`Some`, as text) or taken off (`None`) a port.
     Impair {
         netns: PathBuf,
@@ -208,6 +218,20 @@ impl LinkOps for FakeOps {
 
     fn half_carrier(&self, key: &WireKey) -> Option<bool> {
         Some(self.st().carrier.get(key).copied().unwrap_or(false))
+    }
+
+    fn impair_half(&self, key: &WireKey, spec: Option<ImpairSpec>) {
+        self.st().calls.push(Call::ImpairHalf {
+            key: key.clone(),
+            spec: spec.map(|s| s.to_string()),
+        });
+    }
+
+    fn pull_half(&self, key: &WireKey, pulled: bool) {
+        self.st().calls.push(Call::PullHalf {
+            key: key.clone(),
+            pulled,
+        });
     }
 
     fn retain_halves(&self, keep: &HashSet<WireKey>, _peers: HashSet<IpAddr>) {

@@ -513,3 +513,74 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     assert_eq!(st.links[0].state, LinkState::Up);
     assert!(st.links[0].message.contains("same-node veth"), "{st:?}");
 }
+
+/// On a gRPC wire this node applies the impairment of what the *peer* sends (the peer's node
+/// does the other direction), says what this end sends is impaired, and pulls the half on a
+/// declared `state: down` — each once per change.
+#[tokio::test]
+async fn a_wire_end_gets_the_incoming_impairment_and_its_cable_state() {
+    let e = env(InterNodeLink::Grpc);
+    let key = ("default".to_string(), 1);
+    e.ops.set_carrier(key.clone(), true);
+    e.pod(
+        "r1",
+        vec![impaired(1, "r2", "{delay: 10ms, side: local}")],
+        NODE,
+        "aaaa",
+    )
+    .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    let half_calls = |e: &Env| -> Vec<Call> {
+        e.ops
+            .take_calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::ImpairHalf { .. } | Call::PullHalf { .. }))
+            .collect()
+    };
+    e.rec.run(Depth::Full).await.unwrap();
+    // side: local of r1 is what r1 sends: the peer's node delays it, not this one.
+    assert_eq!(half_calls(&e), []);
+    assert_eq!(note(&e.status("r1").await, 1), "delay 10ms (wire)");
+
+    // side: peer — what r2 sends, which arrives here: this node delays it.
+    e.pod(
+        "r1",
+        vec![impaired(1, "r2", "{delay: 10ms, side: peer}")],
+        NODE,
+        "aaaa",
+    )
+    .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(
+        half_calls(&e),
+        [Call::ImpairHalf {
+            key: key.clone(),
+            spec: Some("delay 10ms".into())
+        }]
+    );
+    assert_eq!(note(&e.status("r1").await, 1), "");
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(half_calls(&e), [], "not again on a resync");
+
+    // The peer declares state: down: this half's cable is pulled, the status says down.
+    e.pod(
+        "r2",
+        vec![Link {
+            state: "down".into(),
+            ..link(1, "r1", "eth1", "eth1")
+        }],
+        OTHER,
+        "bbbb",
+    )
+    .await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(
+        half_calls(&e),
+        [Call::PullHalf {
+            key: key.clone(),
+            pulled: true
+        }]
+    );
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Down);
+}

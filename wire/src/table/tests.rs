@@ -145,7 +145,8 @@ fn drop_reason_labels_match_the_metrics_contract() {
             "peer_down",
             "oversize",
             "unknown_wire",
-            "io_error"
+            "io_error",
+            "impairment"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {

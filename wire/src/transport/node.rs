@@ -19,14 +19,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{MAX_SHARDS, MAX_WIRES_PER_STREAM, WireOptions};
 use crate::endpoint::HalfIo;
+use crate::impair::{ImpairDrop, Impairer, Impairment};
 use crate::session::{Event, Session};
 use crate::table::{CounterSnapshot, DropReason, WireCounters, WireKey};
+use crate::vnet::{VNET_HDR_LEN, VnetBytes};
 
 /// Labels of a link's metrics (the daemon's export names them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,24 @@ pub struct Half {
     /// what the pod sends while the peer is away is dropped by the kernel at the interface, and
     /// counted here as `peer_down`.
     dropped_base: Mutex<Option<u64>>,
+    /// The declared impairment of what the peer sends us (applied before our endpoint), with the
+    /// task that releases its frames when due.
+    impair: Mutex<Option<Impaired>>,
+    /// The cable is pulled (`state: down`): the carrier stays off whatever the session says.
+    pulled: AtomicBool,
+}
+
+/// A half's impairment: the pure engine, and the task that writes what it releases.
+struct Impaired {
+    engine: Arc<Mutex<Impairer>>,
+    wake: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Impaired {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for Half {
@@ -64,6 +86,85 @@ impl std::fmt::Debug for Half {
             .field("key", &self.key)
             .field("ifindex", &self.ifindex)
             .finish_non_exhaustive()
+    }
+}
+
+impl Half {
+    /// Writes a frame from the peer into our endpoint — through the declared impairment, if
+    /// any, which decides at once whether the frame is dropped (counted as `impairment`) and
+    /// otherwise releases it to the endpoint when due.
+    pub(crate) fn deliver_frame(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+        let imp = self.impair.lock().expect("impair lock");
+        let Some(imp) = imp.as_ref() else {
+            return self.io.send(vnet, frame);
+        };
+        let mut buf = BytesMut::with_capacity(vnet.len() + frame.len());
+        buf.extend_from_slice(vnet);
+        buf.extend_from_slice(frame);
+        let pushed = imp
+            .engine
+            .lock()
+            .expect("impairer lock")
+            .push(Instant::now(), buf.freeze());
+        match pushed {
+            Ok(()) => {
+                imp.wake.notify_one();
+                Ok(())
+            }
+            Err(why) => Err(io::Error::other(ImpairedDrop(why))),
+        }
+    }
+}
+
+/// The error by which [`super::pump::drop_reason`] tells a frame the declared impairment
+/// dropped from a failed write.
+#[derive(Debug)]
+pub(crate) struct ImpairedDrop(pub(crate) ImpairDrop);
+
+impl std::fmt::Display for ImpairedDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "dropped by the declared impairment ({:?})", self.0)
+    }
+}
+
+impl std::error::Error for ImpairedDrop {}
+
+/// How early a frame may leave: tokio's timer wakes on millisecond ticks, rounding up, so
+/// waking this much before a frame's due time and releasing what is due within it centres the
+/// release on the due time (±0.5 ms) instead of being late by up to a tick.
+const RELEASE_SLACK: Duration = Duration::from_micros(500);
+
+/// Writes what `engine` releases into `io` as it becomes due, until aborted.
+async fn release_loop(
+    engine: Arc<Mutex<Impairer>>,
+    wake: Arc<tokio::sync::Notify>,
+    io: Arc<dyn HalfIo>,
+    counters: Arc<WireCounters>,
+) {
+    loop {
+        let (due, next) = {
+            let mut e = engine.lock().expect("impairer lock");
+            let horizon = Instant::now() + RELEASE_SLACK;
+            let due: Vec<Bytes> = std::iter::from_fn(|| e.pop(horizon)).collect();
+            (due, e.next_due())
+        };
+        for f in due {
+            let (vnet, frame) = f.split_at(VNET_HDR_LEN);
+            let vnet: &VnetBytes = vnet.try_into().expect("pushed with a virtio-net header");
+            if let Err(e) = io.send(vnet, frame) {
+                counters.add_drops(super::pump::drop_reason(&e), 1);
+            }
+        }
+        match next {
+            Some(at) => {
+                let wake_at = at.checked_sub(RELEASE_SLACK).unwrap_or(at);
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake_at.into()) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
     }
 }
 
@@ -320,7 +421,8 @@ impl WireNode {
         if !half.removed.load(Ordering::Acquire) {
             // Down: take the baseline; up: count what was dropped meanwhile.
             half.account_peer_down(!up);
-            if let Err(e) = half.io.set_carrier(up) {
+            let light = up && !half.pulled.load(Ordering::Acquire);
+            if let Err(e) = half.io.set_carrier(light) {
                 tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
             }
         }
@@ -399,6 +501,8 @@ impl WireNode {
             reader: Mutex::new(None),
             ifindex,
             dropped_base: Mutex::new(None),
+            impair: Mutex::new(None),
+            pulled: AtomicBool::new(false),
         });
         self.set_carrier(&half, false);
         let reader = tokio::spawn(super::pump::read_loop(Arc::clone(self), Arc::clone(&half)));
@@ -421,6 +525,59 @@ impl WireNode {
         if let Some(h) = half {
             self.set_peer(&h, peer);
         }
+    }
+
+    /// Puts `spec` on what the peer sends into this half (`None`: takes it off). Frames held by
+    /// a previous impairment are released as due; a changed one keeps them.
+    pub fn set_impairment(&self, key: &WireKey, spec: Option<Impairment>) {
+        let Some(half) = self.halves.lock().expect("halves lock").get(key).cloned() else {
+            return;
+        };
+        let mut slot = half.impair.lock().expect("impair lock");
+        match (slot.as_ref(), spec) {
+            (None, None) => {}
+            (Some(_), None) => *slot = None,
+            (Some(imp), Some(s)) => {
+                imp.engine
+                    .lock()
+                    .expect("impairer lock")
+                    .set_spec(s, Instant::now());
+                imp.wake.notify_one();
+            }
+            (None, Some(s)) => {
+                let engine = Arc::new(Mutex::new(Impairer::new(
+                    s,
+                    crate::table::link_hash(&key.namespace, key.uid),
+                    Instant::now(),
+                )));
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let task = tokio::spawn(release_loop(
+                    Arc::clone(&engine),
+                    Arc::clone(&wake),
+                    Arc::clone(&half.io),
+                    Arc::clone(&half.counters),
+                ));
+                *slot = Some(Impaired { engine, wake, task });
+            }
+        }
+        tracing::info!(wire = %half.key, impairment = ?spec, "wire impairment");
+    }
+
+    /// Pulls (or plugs back) the half's cable: its carrier goes off whatever the session says,
+    /// and comes back with the session's state.
+    pub fn set_pulled(&self, key: &WireKey, pulled: bool) {
+        let Some(half) = self.halves.lock().expect("halves lock").get(key).cloned() else {
+            return;
+        };
+        if half.pulled.swap(pulled, Ordering::AcqRel) == pulled {
+            return;
+        }
+        let light = half.carrier.load(Ordering::Acquire) && !pulled;
+        if let Err(e) = half.io.set_carrier(light) {
+            tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
+        }
+        tracing::info!(wire = %half.key, pulled, "wire cable");
+        self.changed.notify_one();
     }
 
     fn set_peer(self: &Arc<Self>, half: &Arc<Half>, peer: Option<IpAddr>) {

@@ -77,7 +77,11 @@ pub fn fill_batch(
 
 /// What an endpoint write's error means for the frame.
 pub fn drop_reason(e: &io::Error) -> DropReason {
-    if e.kind() == io::ErrorKind::WouldBlock {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<super::node::ImpairedDrop>())
+    {
+        DropReason::Impairment
+    } else if e.kind() == io::ErrorKind::WouldBlock {
         DropReason::QueueFull
     } else if e.kind() == io::ErrorKind::NotConnected {
         // An endpoint whose carrier is down (the test endpoints say so).
@@ -222,7 +226,7 @@ impl super::WireNode {
     pub(crate) fn deliver(&self, peer: &Peer, shard: &Shard, batch: Bytes) {
         let mut st = shard.state.lock().expect("shard lock");
         let r = super::pump::deliver(&mut st.session, batch, Instant::now(), |h, vnet, frame| {
-            h.io.send(vnet, frame)
+            h.deliver_frame(vnet, frame)
         });
         drop(st);
         let c = &peer.counters;
