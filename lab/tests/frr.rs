@@ -221,3 +221,23 @@ fn frr_shutdown_on_vxlan_stays_shut_across_resyncs() {
         r1.full_neighbours() == 1 && r2.full_neighbours() == 1
     });
 }
+
+/// A declared `state: down` is a cable pull the routers see: over VXLAN and over the gRPC wire,
+/// both adjacencies drop by carrier (the dead interval is 40 s) and come back on `up`.
+#[test]
+fn frr_sees_a_pulled_cable_on_vxlan_and_grpc() {
+    for (tag, link) in [("cable-frrd", "vxlan"), ("cable-frrg", "grpc")] {
+        let (lab, r1, r2) = frr_lab(tag, &["--nodes", "2", "--link", link], "node2");
+        lab.ok(&["link", "f1:eth1", "down"]);
+        let took = wait_for(Duration::from_secs(2), "both adjacencies dropped", || {
+            r1.full_neighbours() == 0 && r2.full_neighbours() == 0
+        });
+        eprintln!("{link}: both adjacencies dropped {took:?} after state: down");
+        lab.ok(&["link", "f1:eth1", "up"]);
+        let took = wait_for(Duration::from_secs(20), "both adjacencies back", || {
+            r1.full_neighbours() == 1 && r2.full_neighbours() == 1
+        });
+        eprintln!("{link}: adjacency Full on both {took:?} after state: up");
+        drop((r1, r2));
+    }
+}
