@@ -19,8 +19,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use futures::{StreamExt, TryStreamExt};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use futures::StreamExt;
 
 /// Namespaces dumped at once during a scrape.
 pub const PARALLEL_DUMPS: usize = 4;
@@ -39,18 +38,8 @@ pub struct KernelLink {
     pub netns: PathBuf,
 }
 
-/// What the kernel says about one end.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EndStats {
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    pub tx_dropped: u64,
-    pub rx_dropped: u64,
-    pub carrier: bool,
-    pub admin_up: bool,
-}
+/// A link end's counters and flags, as the kernel reports them (the view's port).
+pub use crate::view::PortView as EndStats;
 
 /// One metric family to add to the exposition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,38 +196,7 @@ pub fn merge(exposition: &str, families: &[Family]) -> String {
 
 /// Every interface's statistics in one namespace: name → stats.
 async fn dump(netns: PathBuf) -> Option<HashMap<String, EndStats>> {
-    let r = crate::netns::in_netns(&netns, |h| async move {
-        let mut out = HashMap::new();
-        let mut links = h.link().get().execute();
-        while let Ok(Some(msg)) = links.try_next().await {
-            let mut name = None;
-            let mut st = EndStats {
-                carrier: msg.header.flags.contains(LinkFlags::LowerUp),
-                admin_up: msg.header.flags.contains(LinkFlags::Up),
-                ..EndStats::default()
-            };
-            for a in &msg.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::Stats64(s) => {
-                        st.tx_frames = s.tx_packets;
-                        st.tx_bytes = s.tx_bytes;
-                        st.rx_frames = s.rx_packets;
-                        st.rx_bytes = s.rx_bytes;
-                        st.tx_dropped = s.tx_dropped;
-                        st.rx_dropped = s.rx_dropped;
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(n) = name {
-                out.insert(n, st);
-            }
-        }
-        out
-    })
-    .await;
-    r.ok()
+    crate::view::port_dump(netns).await
 }
 
 /// Reads the statistics of `links`, one dump per namespace; ends that are gone are left out.
@@ -254,7 +212,7 @@ pub async fn collect(links: Vec<KernelLink>) -> Vec<(KernelLink, EndStats)> {
             };
             ls.into_iter()
                 .filter_map(|l| {
-                    let s = *stats.get(&l.interface)?;
+                    let s = stats.get(&l.interface)?.clone();
                     Some((l, s))
                 })
                 .collect::<Vec<_>>()

@@ -64,7 +64,7 @@ pub async fn node_view(
 }
 
 /// Every interface of the namespace at `path`, by name.
-async fn port_dump(path: PathBuf) -> Option<HashMap<String, PortView>> {
+pub(crate) async fn port_dump(path: PathBuf) -> Option<HashMap<String, PortView>> {
     let out = crate::netns::in_netns(&path, |handle| async move {
         let mut links = handle.link().get().execute();
         let mut out = HashMap::new();
