@@ -229,13 +229,25 @@ impl Server {
     fn install_crd(&self) {
         let crd = workspace().join("manifests/base/topology-crd.yaml");
         self.kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
-        self.kubectl(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            &format!("crd/{CRD_NAME}"),
-            "--timeout=60s",
-        ]);
+        // `kubectl wait` fails at once ("<nil> is of the type <nil>") when it reads the CRD
+        // before the server has written any condition: poll the condition instead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let established = self.kubectl(&[
+                "get",
+                &format!("crd/{CRD_NAME}"),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if established.trim() == "True" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRD {CRD_NAME} not Established after 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// A new store (and client) on this server, for the calling test's runtime.

@@ -335,7 +335,21 @@ pub struct WireNode {
     pub changed: Arc<Notify>,
     /// Legacy unary design only: one client per peer node.
     pub(crate) unary: Mutex<HashMap<IpAddr, super::grpc::Client>>,
+    /// Counters of halves that went away, by link, so that a half made again for the same link
+    /// (its pod restarted, its interface rebuilt) counts on from them: a link's counters stay
+    /// monotonic as Prometheus expects, and `sent = received + dropped` holds across restarts.
+    /// Bounded: the oldest [`RETIRED_COUNTERS`] are kept.
+    retired: Mutex<Retired>,
 }
+
+/// Retired counters by link, and the order they were retired in (oldest first).
+type Retired = (
+    HashMap<WireKey, Arc<WireCounters>>,
+    std::collections::VecDeque<WireKey>,
+);
+
+/// Links whose counters are kept after their half went away (see [`WireNode`]'s `retired`).
+pub const RETIRED_COUNTERS: usize = 4096;
 
 impl std::fmt::Debug for WireNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -359,7 +373,38 @@ impl WireNode {
             allowed: Mutex::new(HashSet::new()),
             changed: Arc::new(Notify::new()),
             unary: Mutex::new(HashMap::new()),
+            retired: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
         })
+    }
+
+    /// Keeps the counters of a half that went away (see `retired`).
+    fn retire(&self, half: &Half) {
+        let mut r = self.retired.lock().expect("retired lock");
+        let (map, order) = &mut *r;
+        if map
+            .insert(half.key.clone(), Arc::clone(&half.counters))
+            .is_none()
+        {
+            order.push_back(half.key.clone());
+        }
+        while order.len() > RETIRED_COUNTERS {
+            if let Some(k) = order.pop_front() {
+                map.remove(&k);
+            }
+        }
+    }
+
+    /// The counters a new half of `key` counts on from: its predecessor's, if any.
+    fn counters_for(&self, key: &WireKey) -> Arc<WireCounters> {
+        let mut r = self.retired.lock().expect("retired lock");
+        let (map, order) = &mut *r;
+        match map.remove(key) {
+            Some(c) => {
+                order.retain(|k| k != key);
+                c
+            }
+            None => Arc::default(),
+        }
     }
 
     pub fn options(&self) -> &WireOptions {
@@ -483,18 +528,22 @@ impl WireNode {
         peer: Option<IpAddr>,
     ) {
         let existing = self.halves.lock().expect("halves lock").get(&key).cloned();
-        if let Some(h) = existing
+        if let Some(h) = &existing
             && h.ifindex == ifindex
         {
-            self.set_peer(&h, peer);
+            self.set_peer(h, peer);
             return;
         }
+        let counters = match &existing {
+            Some(old) => Arc::clone(&old.counters),
+            None => self.counters_for(&key),
+        };
         let half = Arc::new(Half {
             key: key.clone(),
             io,
             peer: Mutex::new(None),
             carrier: AtomicBool::new(true),
-            counters: Arc::default(),
+            counters,
             queued: Arc::new(tokio::sync::Semaphore::new(HALF_QUEUED)),
             removed: AtomicBool::new(false),
             labels,
@@ -628,6 +677,7 @@ impl WireNode {
         };
         for h in gone {
             h.removed.store(true, Ordering::Release);
+            self.retire(&h);
             self.detach(&h);
             tracing::info!(namespace = %h.key.namespace, link_uid = h.key.uid, "wire half removed");
         }
