@@ -576,8 +576,11 @@ impl Reconciler {
             Ok(w) => (w, None),
             Err(e) => (None, Some(e)),
         };
+        let refused_note = refused.as_ref().map(|e| format!("not applied: {e}"));
         match memo.impaired.get(end) {
             Some((spec, note)) if *spec == want && refused.is_none() => return note.clone(),
+            // The same refusal as last run: already taken off and said.
+            Some((None, note)) if refused_note.as_ref() == Some(note) => return note.clone(),
             // First sight of an end with nothing declared: nothing to take off (a qdisc of ours
             // from before a daemon restart stays until the port is rebuilt or a declaration comes).
             None if want.is_none() && refused.is_none() => {
@@ -588,7 +591,7 @@ impl Reconciler {
         }
         let applied = self.ops.impair(&end.0, &end.1, want).await;
         let (note, settled) = match (applied, refused) {
-            (Ok(_), Some(e)) => (format!("not applied: {e}"), true),
+            (Ok(_), Some(_)) => (refused_note.unwrap_or_default(), true),
             (Ok(Applied::None), None) => (String::new(), true),
             (Ok(Applied::Full(kind)), None) => {
                 (format!("{} ({kind})", want.unwrap_or_default()), true)

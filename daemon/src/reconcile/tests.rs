@@ -461,6 +461,10 @@ async fn an_impairment_the_node_cannot_apply_is_named_in_the_status() {
     let reports = e.rec.run(Depth::Full).await.unwrap();
     assert!(matches!(result(&reports, "r1", 1), LinkResult::Up { .. }));
     assert!(note(&e.status("r1").await, 1).contains("loss 200"));
+    // Said once: the next resync does not touch the port again.
+    e.ops.take_calls();
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(e.impairs(), []);
 }
 
 /// `state: down` on either end pulls a VXLAN end's cable (protodown) once, and plugs it back
