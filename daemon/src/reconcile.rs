@@ -561,17 +561,7 @@ impl Reconciler {
         pod: &PodKey,
         l: &plan::LinkPlan,
     ) -> String {
-        let declared = |key: &PodKey| {
-            topos
-                .iter()
-                .find(|t| t.key() == *key)
-                .and_then(|t| t.spec.links.iter().find(|x| x.uid == l.uid))
-                .and_then(|x| x.impairment.as_ref())
-        };
-        let own = declared(pod);
-        let peer = (l.peer_pod != LOCALHOST)
-            .then(|| declared(&PodKey::new(&pod.namespace, &l.peer_pod)))
-            .flatten();
+        let [(own, _), (peer, _)] = Self::declarations(topos, pod, l);
         let (want, refused) = match impairment::egress(own, peer) {
             Ok(w) => (w, None),
             Err(e) => (None, Some(e)),
@@ -667,29 +657,20 @@ impl Reconciler {
             }
             memo.impaired.insert(end.clone(), (incoming, note.clone()));
         }
-        for s in [own_s, peer_s] {
-            if !matches!(s, "" | "up" | "down") {
-                return (
-                    note,
-                    Some((LinkState::Error, format!("state {s:?}: want up or down"))),
-                );
-            }
-        }
-        let down = own_s == "down" || peer_s == "down";
+        let who = match pulled_by(pod, l, own_s, peer_s) {
+            Ok(who) => who,
+            Err(e) => return (note, Some((LinkState::Error, e))),
+        };
+        let down = who.is_some();
         if memo.pulled.get(end) != Some(&down) {
             if down || memo.pulled.contains_key(end) {
                 self.ops.pull_half(key, down);
             }
             memo.pulled.insert(end.clone(), down);
         }
-        let who = if own_s == "down" {
-            pod.name.as_str()
-        } else {
-            l.peer_pod.as_str()
-        };
         (
             note,
-            down.then(|| (LinkState::Down, format!("state: down (declared by {who})"))),
+            who.map(|who| (LinkState::Down, format!("state: down (declared by {who})"))),
         )
     }
 
@@ -707,30 +688,13 @@ impl Reconciler {
         pod: &PodKey,
         l: &plan::LinkPlan,
     ) -> Option<(LinkState, String)> {
-        let declared = |key: &PodKey| {
-            topos
-                .iter()
-                .find(|t| t.key() == *key)
-                .and_then(|t| t.spec.links.iter().find(|x| x.uid == l.uid))
-                .map(|x| x.state.as_str())
+        let [(_, own), (_, peer)] = Self::declarations(topos, pod, l);
+        let who = match pulled_by(pod, l, own, peer) {
+            Ok(who) => who,
+            Err(e) => return Some((LinkState::Error, e)),
         };
-        let own = declared(pod).unwrap_or_default();
-        let peer = if l.peer_pod == LOCALHOST {
-            ""
-        } else {
-            declared(&PodKey::new(&pod.namespace, &l.peer_pod)).unwrap_or_default()
-        };
-        for s in [own, peer] {
-            if !matches!(s, "" | "up" | "down") {
-                return Some((LinkState::Error, format!("state {s:?}: want up or down")));
-            }
-        }
-        let down = own == "down" || peer == "down";
-        let who = if own == "down" {
-            pod.name.as_str()
-        } else {
-            l.peer_pod.as_str()
-        };
+        let down = who.is_some();
+        let who = who.unwrap_or_default();
         if kind == "veth" {
             return down.then(|| {
                 (
@@ -1197,6 +1161,28 @@ impl Work {
 }
 
 /// The pod's half of a gRPC wire (its TAP); `peer` is the peer pod's node once it is alive.
+/// Who declares `state: down` on a link (`own` is `pod`'s declaration, `peer` the peer's), if
+/// anyone; `Err` names a value that is neither `up` nor `down`.
+fn pulled_by<'a>(
+    pod: &'a PodKey,
+    l: &'a plan::LinkPlan,
+    own: &str,
+    peer: &str,
+) -> Result<Option<&'a str>, String> {
+    for s in [own, peer] {
+        if !matches!(s, "" | "up" | "down") {
+            return Err(format!("state {s:?}: want up or down"));
+        }
+    }
+    Ok(if own == "down" {
+        Some(pod.name.as_str())
+    } else if peer == "down" {
+        Some(l.peer_pod.as_str())
+    } else {
+        None
+    })
+}
+
 fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAddr>) -> Work {
     Work::Wire(WireSpec {
         key: (p.key.namespace.clone(), l.uid),
