@@ -99,6 +99,10 @@ struct Local<H> {
     bound: Option<WireId>,
     /// A Bind for it waits in the control queue.
     queued: bool,
+    /// A Bind for it went out on this stream: the peer may know its id, so detaching it owes
+    /// the peer an Unbind. (One never sent owes nothing — which also bounds the control queue:
+    /// between two polls each link can owe at most one Unbind.)
+    sent: bool,
     /// When it was last announced (for [`Session::tick`]).
     announced: Option<Instant>,
 }
@@ -201,6 +205,7 @@ impl<H> Session<H> {
                 out,
                 bound: None,
                 queued: false,
+                sent: false,
                 announced: None,
             },
         );
@@ -219,7 +224,7 @@ impl<H> Session<H> {
             self.inbound.remove(id);
             events(Event::Unbound(&l.handle));
         }
-        if self.connected {
+        if self.connected && l.sent {
             self.control.push_back(Pending::Unbind(l.out));
         }
         Some(l.handle)
@@ -232,6 +237,7 @@ impl<H> Session<H> {
         let keys: Vec<WireKey> = self.locals.keys().cloned().collect();
         for l in self.locals.values_mut() {
             l.queued = false;
+            l.sent = false;
             l.announced = Some(now);
         }
         for k in keys {
@@ -251,6 +257,7 @@ impl<H> Session<H> {
         }
         for l in self.locals.values_mut() {
             l.queued = false;
+            l.sent = false;
             if l.bound.take().is_some() {
                 events(Event::Unbound(&l.handle));
             }
@@ -294,6 +301,7 @@ impl<H> Session<H> {
                         continue;
                     };
                     l.queued = false;
+                    l.sent = true;
                     return Some(Control::Bind {
                         id: l.out,
                         key,

@@ -40,3 +40,13 @@ fn a_scripted_sequence_binds_after_losses() {
     ];
     session_oracle::check_session_ops(&ops);
 }
+
+/// Found by the `session_ops` fuzz target in a CI run: attaching and detaching a half again and
+/// again while connected, with nothing polled, queued one Unbind per detach without bound (for
+/// ids the peer had never been told). A detach owes an Unbind only for a Bind that went out.
+#[test]
+fn detaching_unannounced_halves_queues_no_unbinds() {
+    let mut ops = vec![0xdc, 0x06, 0x0b];
+    ops.extend(std::iter::repeat_n(0u8, 121));
+    session_oracle::check_session_ops(&ops);
+}
