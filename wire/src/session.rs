@@ -220,6 +220,13 @@ impl<H> Session<H> {
     pub fn detach(&mut self, key: &WireKey, mut events: impl FnMut(Event<'_, H>)) -> Option<H> {
         let l = self.locals.remove(key)?;
         self.out.remove(l.out);
+        if l.queued {
+            // Its Bind would announce whatever half holds the key when polled: drop it, so a
+            // half attached again queues its own after this one's Unbind (and the queue holds
+            // at most one Bind per link).
+            self.control
+                .retain(|p| !matches!(p, Pending::Bind { key: k, .. } if k == key));
+        }
         if let Some(id) = l.bound {
             self.inbound.remove(id);
             events(Event::Unbound(&l.handle));

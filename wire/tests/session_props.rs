@@ -50,3 +50,12 @@ fn detaching_unannounced_halves_queues_no_unbinds() {
     ops.extend(std::iter::repeat_n(0u8, 121));
     session_oracle::check_session_ops(&ops);
 }
+
+/// Found by the same fuzz target right after: attaching the same link again and again on a
+/// connected stream left one queued Bind per attach. A detached half's queued Bind goes with it.
+#[test]
+fn attaching_a_link_again_and_again_queues_one_bind() {
+    let mut ops = vec![0x4c, 0x01, 0x00, 0x00, 0x00, 0xed];
+    ops.extend(std::iter::repeat_n(0u8, 300));
+    session_oracle::check_session_ops(&ops);
+}
