@@ -660,6 +660,49 @@ enum Rx {
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 64]);
 
+/// One `recvmsg(2)` with `MSG_TRUNC` on an AF_PACKET socket: the frame into `iov`, control
+/// messages into `control` (aligned for `cmsghdr` by its owner) and, if given, the sender's
+/// link-layer address into `name`. `EINTR` is retried; `Ok(None)`: nothing is waiting (the
+/// socket is non-blocking). Returns the frame's real length (more than `iov.iov_len` when it
+/// was cut) and the length of control data written. Shared by the wire's read mode and the
+/// capture tap ([`super::capture`]).
+pub(super) fn recvmsg_trunc(
+    fd: BorrowedFd<'_>,
+    iov: &mut libc::iovec,
+    control: &mut [u8],
+    mut name: Option<&mut libc::sockaddr_ll>,
+) -> io::Result<Option<(usize, usize)>> {
+    loop {
+        // SAFETY: msghdr is a plain C struct of integers and pointers; all-zero (no name,
+        // no iovecs, no control buffer) is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        if let Some(sll) = name.as_deref_mut() {
+            msg.msg_name = (sll as *mut libc::sockaddr_ll).cast::<c_void>();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        }
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = control.len();
+        // SAFETY: the iovec points at `iov_len` writable bytes its caller owns, the control
+        // pointer at `control` and the name (if any) at a `sockaddr_ll`, all live, unaliased and
+        // writable for the whole call (the name through the exclusive borrow in `name`);
+        // the kernel writes no more than their lengths.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                // Retried: see `TapQueue::recv`.
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        // Non-negative by the check above.
+        return Ok(Some((n as usize, msg.msg_controllen.min(control.len()))));
+    }
+}
+
 /// The data of the first control message of `level`/`ty` in `control` (as `recvmsg` filled
 /// it), walked with the kernel's `CMSG_NXTHDR` rules; `None` if absent or malformed.
 pub(super) fn find_cmsg(control: &[u8], level: i32, ty: i32) -> Option<&[u8]> {
@@ -965,28 +1008,11 @@ impl PacketSocket {
                 iov_len: cap,
             };
             let mut control = CmsgBuf([0; 64]);
-            // SAFETY: msghdr is a plain C struct of integers and pointers; all-zero (no name,
-            // no iovecs, no control buffer) is a valid value.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
-            msg.msg_controllen = control.0.len();
-            // SAFETY: the one iovec points at `cap` bytes of `buf`'s spare capacity and the
-            // control pointer at `control`, both live, unaliased and writable for the whole
-            // call; the kernel writes no more than their lengths.
-            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    // Retried: see `TapQueue::recv`.
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(None),
-                    _ => return Err(e),
-                }
-            }
-            // Non-negative by the check above.
-            let n = n as usize;
+            let Some((n, controllen)) =
+                recvmsg_trunc(self.fd.as_fd(), &mut iov, &mut control.0, None)?
+            else {
+                return Ok(None);
+            };
             if n > cap {
                 // MSG_TRUNC reports the real length: the frame did not fit and was cut.
                 self.stats.truncated += 1;
@@ -998,7 +1024,6 @@ impl PacketSocket {
                     format!("AF_PACKET read of {n} bytes is shorter than the virtio-net header"),
                 ));
             }
-            let controllen = msg.msg_controllen.min(control.0.len());
             let tag = parse_auxdata(&control.0[..controllen]);
             // SAFETY: the kernel initialised the first `n` bytes of the spare capacity
             // (recvmsg returned `n <= cap <= spare.len()`).

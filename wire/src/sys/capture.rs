@@ -36,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use libc::{c_int, c_void};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 
-use super::afpacket::{PacketError, bind, find_cmsg, parse_auxdata, setsockopt_raw};
+use super::afpacket::{PacketError, bind, find_cmsg, parse_auxdata, recvmsg_trunc, setsockopt_raw};
 use super::if_name;
 
 /// Bytes of a frame kept (tcpdump's default).
@@ -163,53 +163,32 @@ impl CaptureSocket {
     /// # Errors
     /// `recvmsg` failed (e.g. `ENETDOWN` once the interface went down or away).
     pub fn recv(&mut self) -> io::Result<Option<Captured<'_>>> {
-        loop {
-            let mut iov = libc::iovec {
-                iov_base: self.buf.as_mut_ptr().cast::<c_void>(),
-                iov_len: SNAPLEN,
-            };
-            let mut control = Control([0; 128]);
-            // SAFETY: sockaddr_ll is a plain C struct of integers and a byte array; all-zero is
-            // a valid value.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            // SAFETY: msghdr is a plain C struct of integers and pointers; all-zero (no name,
-            // no iovecs, no control buffer) is a valid value.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_name = (&mut sll as *mut libc::sockaddr_ll).cast::<c_void>();
-            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
-            msg.msg_controllen = control.0.len();
-            // SAFETY: the iovec points at the first SNAPLEN bytes of `self.buf` (which is
-            // longer), the name at `sll` and the control pointer at `control`, all live,
-            // unaliased and writable for the whole call; the kernel writes no more than their
-            // lengths.
-            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(None),
-                    _ => return Err(e),
-                }
-            }
-            // Non-negative by the check above; with MSG_TRUNC, the frame's real length.
-            let orig = n as usize;
-            let mut len = orig.min(SNAPLEN);
-            let mut orig_len = orig;
-            let controllen = msg.msg_controllen.min(control.0.len());
-            if let Some(tag) = parse_auxdata(&control.0[..controllen]) {
-                len = restore_tag(&mut self.buf, len, tag).min(SNAPLEN);
-                orig_len += TAG_LEN;
-            }
-            return Ok(Some(Captured {
-                data: &self.buf[..len],
-                orig_len,
-                outgoing: sll.sll_pkttype == libc::PACKET_OUTGOING,
-                ts_us: parse_timestamp(&control.0[..controllen]),
-            }));
+        let mut iov = libc::iovec {
+            iov_base: self.buf.as_mut_ptr().cast::<c_void>(),
+            iov_len: SNAPLEN,
+        };
+        let mut control = Control([0; 128]);
+        // SAFETY: sockaddr_ll is a plain C struct of integers and a byte array; all-zero is
+        // a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let Some((orig, controllen)) =
+            recvmsg_trunc(self.fd.as_fd(), &mut iov, &mut control.0, Some(&mut sll))?
+        else {
+            return Ok(None);
+        };
+        // With MSG_TRUNC, `orig` is the frame's real length.
+        let mut len = orig.min(SNAPLEN);
+        let mut orig_len = orig;
+        if let Some(tag) = parse_auxdata(&control.0[..controllen]) {
+            len = restore_tag(&mut self.buf, len, tag).min(SNAPLEN);
+            orig_len += TAG_LEN;
         }
+        Ok(Some(Captured {
+            data: &self.buf[..len],
+            orig_len,
+            outgoing: sll.sll_pkttype == libc::PACKET_OUTGOING,
+            ts_us: parse_timestamp(&control.0[..controllen]),
+        }))
     }
 
     /// Frames the kernel dropped for this socket (buffer full) since the last call
