@@ -148,6 +148,11 @@ pub struct WireOptions {
     pub tls: Option<WireTls>,
     /// Connect timeout and the longest dial backoff.
     pub connect_timeout: Duration,
+    /// Low-latency mode (`--wire-poll-us`): after a batch was read or delivered, keep the
+    /// runtime polling (the TAPs and the streams) for this long before it may sleep. Zero: off.
+    /// Effective on a single-threaded runtime, where the spinning thread is the one that polls
+    /// every file descriptor (see [`WireNode::poll_loop`]).
+    pub poll: Duration,
 }
 
 impl WireOptions {
@@ -162,6 +167,7 @@ impl WireOptions {
             legacy: Legacy::None,
             tls: None,
             connect_timeout: Duration::from_secs(2),
+            poll: Duration::ZERO,
         }
     }
 }
