@@ -203,6 +203,11 @@ fn main() -> anyhow::Result<()> {
         return runtime(false)?.block_on(uninstall(UninstallArgs::parse_from(argv)));
     }
     let args = Args::parse();
+    // Before any thread allocates: the wire's large short-lived buffers stay mapped for reuse
+    // instead of being faulted in again page by page (see the function's doc).
+    if !meshnet_wire::sys::keep_freed_buffers() {
+        eprintln!("meshnetd: the allocator refused the buffer settings; running with its defaults");
+    }
     runtime(args.wire_poll_us > 0)?.block_on(daemon(args))
 }
 
