@@ -41,9 +41,9 @@ pub mod tcp;
 /// Largest allocation glibc serves from the heap rather than its own `mmap` (see
 /// [`keep_freed_buffers`]): above every buffer the wire allocates (a 4 MiB batch arena chunk,
 /// 1 MiB HTTP/2 frames).
-pub const MMAP_THRESHOLD: usize = 32 << 20;
+pub const MMAP_THRESHOLD: usize = 8 << 20;
 /// Free memory at the top of a heap that glibc keeps instead of giving it back to the kernel.
-pub const TRIM_THRESHOLD: usize = 128 << 20;
+pub const TRIM_THRESHOLD: usize = 16 << 20;
 
 /// Tells glibc's allocator to keep freed buffers mapped for reuse. Call once at start, before
 /// threads allocate.
