@@ -893,3 +893,51 @@ impl WireNode {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn node(poll: Duration) -> Arc<WireNode> {
+        WireNode::new(WireOptions {
+            poll,
+            ..WireOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1)
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_the_option_nothing_spins() {
+        let n = node(Duration::ZERO);
+        n.touch();
+        assert_eq!(n.hot_until.load(Ordering::Acquire), 0);
+        // Returns at once instead of waiting for frames.
+        tokio::time::timeout(Duration::from_secs(1), Arc::clone(&n).poll_loop())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_poll_loop_spins_after_frames_and_lets_the_runtime_work_meanwhile() {
+        let n = node(Duration::from_millis(300));
+        let spinner = tokio::spawn(Arc::clone(&n).poll_loop());
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        n.touch();
+        assert!(n.hot_until.load(Ordering::Acquire) > n.nanos_since_epoch());
+        // On this one thread the spinner yields: a timer and this task still run while it is hot.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            start.elapsed() < Duration::from_millis(300),
+            "the spinner starved the runtime"
+        );
+        // Once it has cooled down, touching again heats it up again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(n.hot_until.load(Ordering::Acquire) < n.nanos_since_epoch());
+        n.touch();
+        assert!(n.hot_until.load(Ordering::Acquire) > n.nanos_since_epoch());
+        assert!(!spinner.is_finished());
+        spinner.abort();
+    }
+}
