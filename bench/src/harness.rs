@@ -50,6 +50,7 @@ pub enum PathKind {
     Veth,
     Vxlan,
     Grpc,
+    GrpcPoll,
     GrpcAfpacket,
     TcpRelay,
     GrpcPerFrame,
@@ -57,10 +58,11 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 7] = [
+    pub const ALL: [PathKind; 8] = [
         PathKind::Veth,
         PathKind::Vxlan,
         PathKind::Grpc,
+        PathKind::GrpcPoll,
         PathKind::GrpcAfpacket,
         PathKind::TcpRelay,
         PathKind::GrpcPerFrame,
@@ -72,6 +74,7 @@ impl PathKind {
             PathKind::Veth => "veth",
             PathKind::Vxlan => "vxlan",
             PathKind::Grpc => "grpc",
+            PathKind::GrpcPoll => "grpc-poll",
             PathKind::GrpcAfpacket => "grpc-afpacket",
             PathKind::TcpRelay => "tcp-relay",
             PathKind::GrpcPerFrame => "grpc-per-frame",
@@ -86,6 +89,10 @@ impl PathKind {
             PathKind::Grpc => {
                 "meshnet's gRPC wire (`--link grpc`): TAP with the virtio-net header, batches, \
                  sharded HTTP/2 streams"
+            }
+            PathKind::GrpcPoll => {
+                "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
+                 thread per daemon, which keeps polling for 200 µs after frames moved)"
             }
             PathKind::GrpcAfpacket => {
                 "meshnet's gRPC wire with the AF_PACKET endpoint (`--wire-endpoint afpacket`: \
@@ -112,6 +119,7 @@ impl PathKind {
         match self {
             PathKind::Veth | PathKind::Vxlan | PathKind::TcpRelay => LabKind::Kernel,
             PathKind::Grpc => LabKind::Grpc,
+            PathKind::GrpcPoll => LabKind::Poll,
             PathKind::GrpcAfpacket => LabKind::AfPacket,
             PathKind::GrpcPerFrame => LabKind::PerFrame,
             PathKind::GrpcUnary => LabKind::Unary,
@@ -181,6 +189,7 @@ impl std::str::FromStr for Condition {
 enum LabKind {
     Kernel,
     Grpc,
+    Poll,
     AfPacket,
     PerFrame,
     Unary,
@@ -191,6 +200,7 @@ impl LabKind {
         match self {
             LabKind::Kernel => "vx",
             LabKind::Grpc => "gr",
+            LabKind::Poll => "po",
             LabKind::AfPacket => "afp",
             LabKind::PerFrame => "pf",
             LabKind::Unary => "un",
@@ -206,8 +216,15 @@ impl LabKind {
 
     /// The daemons' wire settings (inherited through `meshnet-lab up`), always explicit.
     fn env(self, default_shards: &str) -> Vec<(&'static str, String)> {
+        let poll = if self == LabKind::Poll {
+            GRPC_POLL_US
+        } else {
+            "0"
+        };
         let (endpoint, legacy, shards) = match self {
-            LabKind::Kernel | LabKind::Grpc => ("tap", "none", default_shards.to_string()),
+            LabKind::Kernel | LabKind::Grpc | LabKind::Poll => {
+                ("tap", "none", default_shards.to_string())
+            }
             LabKind::AfPacket => ("afpacket", "none", default_shards.to_string()),
             LabKind::PerFrame => ("tap", "per-frame", "1".into()),
             LabKind::Unary => ("tap", "unary", "1".into()),
@@ -216,9 +233,13 @@ impl LabKind {
             ("MESHNET_WIRE_ENDPOINT", endpoint.into()),
             ("MESHNET_WIRE_LEGACY", legacy.into()),
             ("MESHNET_WIRE_SHARDS", shards),
+            ("MESHNET_WIRE_POLL_US", poll.into()),
         ]
     }
 }
+
+/// The `grpc-poll` path's `--wire-poll-us`.
+const GRPC_POLL_US: &str = "200";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -1139,6 +1160,7 @@ impl Bench {
         }
         for (p, b) in [
             ("grpc", "grpc-per-frame"),
+            ("grpc-poll", "grpc"),
             ("grpc", "grpc-unary"),
             ("grpc-afpacket", "grpc"),
         ] {

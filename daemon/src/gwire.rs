@@ -71,11 +71,13 @@ pub struct WireNode {
 
 impl WireNode {
     /// The node's wire with these options, making halves of `endpoint` kind. Starts the wire's
-    /// background loops (peer-down accounting, re-announce tick); needs a runtime.
+    /// background loops (peer-down accounting, re-announce tick, the low-latency mode's poll
+    /// loop when it is on); needs a runtime.
     pub fn new(opts: WireOptions, endpoint: EndpointKind) -> Arc<Self> {
         let inner = transport::WireNode::new(opts);
         tokio::spawn(Arc::clone(&inner).account_loop());
         tokio::spawn(Arc::clone(&inner).tick_loop());
+        tokio::spawn(Arc::clone(&inner).poll_loop());
         Arc::new(WireNode {
             changed: Arc::clone(&inner.changed),
             inner,

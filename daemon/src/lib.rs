@@ -106,6 +106,9 @@ pub struct Config {
     pub wire_endpoint: gwire::EndpointKind,
     /// Benchmarks only: a legacy wire design.
     pub wire_legacy: gwire::WireLegacy,
+    /// The wire's low-latency mode: poll this long after frames moved (zero: off). See
+    /// `meshnet_wire::transport::WireOptions::poll`.
+    pub wire_poll: std::time::Duration,
     /// Chain meshnet into the node's CNI config and copy the plugin (the DaemonSet does).
     pub install: Option<install::InstallConfig>,
     /// Leave the CNI config and binary in place on shutdown (meshnetd's default: a restart is
@@ -159,6 +162,7 @@ pub async fn run(
                 shards: config.wire_shards,
                 legacy: config.wire_legacy,
                 tls: config.wire_tls.clone(),
+                poll: config.wire_poll,
                 ..meshnet_wire::transport::WireOptions::new(config.host_ip, config.wire_port)
             },
             config.wire_endpoint,

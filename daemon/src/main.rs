@@ -65,6 +65,13 @@ struct Args {
     /// per stream message, no offloads) or `unary` (one unary call per frame). Default: none.
     #[arg(long, env = "MESHNET_WIRE_LEGACY", default_value = "none")]
     wire_legacy: meshnet_daemon::gwire::WireLegacy,
+    /// Low-latency mode of the gRPC wire: after frames moved, keep polling the TAPs and the
+    /// streams for up to this many microseconds before sleeping (0: off). The daemon then runs
+    /// on one thread (the one that spins is the one that polls every fd): lower latency, a busy
+    /// core while frames flow, one core's throughput.
+    #[arg(long, env = "MESHNET_WIRE_POLL_US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    wire_poll_us: u32,
     /// Install meshnet into the node's CNI config found in this directory (and keep it there
     /// while the primary config changes). Unset: no installation (the lab).
     #[arg(long, env = "MESHNET_CNI_CONF_DIR")]
@@ -188,15 +195,34 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // A subcommand by hand rather than clap's: the daemon's required options come from the
     // DaemonSet's environment, which clap would also demand of `uninstall`.
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("uninstall")) {
         let argv = std::iter::once("meshnetd uninstall".into()).chain(std::env::args_os().skip(2));
-        return uninstall(UninstallArgs::parse_from(argv)).await;
+        return runtime(false)?.block_on(uninstall(UninstallArgs::parse_from(argv)));
     }
     let args = Args::parse();
+    // Before any thread allocates: the wire's large short-lived buffers stay mapped for reuse
+    // instead of being faulted in again page by page (see the function's doc).
+    if !meshnet_wire::sys::keep_freed_buffers() {
+        eprintln!("meshnetd: the allocator refused the buffer settings; running with its defaults");
+    }
+    runtime(args.wire_poll_us > 0)?.block_on(daemon(args))
+}
+
+/// The async runtime: one thread in the wire's low-latency mode (see `--wire-poll-us`), else
+/// one worker per core.
+fn runtime(single_thread: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if single_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all().build().context("starting the async runtime")
+}
+
+async fn daemon(args: Args) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -285,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(meshnet_wire::transport::default_shards),
         wire_endpoint: args.wire_endpoint,
         wire_legacy: args.wire_legacy,
+        wire_poll: Duration::from_micros(u64::from(args.wire_poll_us)),
     };
     let r = meshnet_daemon::run(
         config,

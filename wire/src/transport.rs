@@ -13,11 +13,14 @@
 //!   session → endpoint).
 //! * [`grpc`] — the tonic service (accepting streams), the dialler, the outbound message stream
 //!   (session control first, then data), TLS.
+//! * [`codec`] — the `Carry` stream's gRPC framing below tonic's codec: batches go out as their
+//!   own `Bytes` chunks and come back as slices of the HTTP/2 DATA frames (no userspace copy of a
+//!   payload byte), in the same wire format as the generated types.
 //! * A half's endpoint is a [`HalfIo`] (the shared form of the frame-I/O trait): a [`TapHalf`]
 //!   or a [`PacketHalf`] from `sys`.
 //!
 //! **A frame's path** (TAP read to TAP write): `sys/tap.rs` (read) → `transport/pump.rs`
-//! (batch) → `transport/grpc.rs` (stream out / in) → `session.rs` (decode, wire lookup) →
+//! (batch) → `transport/grpc.rs` + `transport/codec.rs` (stream out / in) → `session.rs` (decode, wire lookup) →
 //! `transport/pump.rs` → `sys/tap.rs` (write); the codec is `batch.rs`.
 //!
 //! **Flow**: no unbounded queue. The data queue of a shard holds [`WireOptions::queue`] batches;
@@ -36,6 +39,7 @@ use std::time::Duration;
 
 use crate::batching::BatchLimits;
 
+pub mod codec;
 pub mod grpc;
 pub mod node;
 pub mod pump;
@@ -144,6 +148,11 @@ pub struct WireOptions {
     pub tls: Option<WireTls>,
     /// Connect timeout and the longest dial backoff.
     pub connect_timeout: Duration,
+    /// Low-latency mode (`--wire-poll-us`): after a batch was read or delivered, keep the
+    /// runtime polling (the TAPs and the streams) for this long before it may sleep. Zero: off.
+    /// Effective on a single-threaded runtime, where the spinning thread is the one that polls
+    /// every file descriptor (see [`WireNode::poll_loop`]).
+    pub poll: Duration,
 }
 
 impl WireOptions {
@@ -158,6 +167,7 @@ impl WireOptions {
             legacy: Legacy::None,
             tls: None,
             connect_timeout: Duration::from_secs(2),
+            poll: Duration::ZERO,
         }
     }
 }

@@ -17,12 +17,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use meshnet_proto::v1::wire_client::WireClient;
 use meshnet_proto::v1::wire_server::{Wire, WireServer};
-use meshnet_proto::v1::{
-    Ack, Batches, Bind, Hello, UnaryFrame, Unbind, WireMessage, wire_message::Body,
-};
+use meshnet_proto::v1::{Ack, Bind, Hello, UnaryFrame, Unbind, WireMessage, wire_message::Body};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::codec::{Inbound, OutboundBody, Outgoing};
 use super::node::{Peer, Shard};
 use super::{Legacy, MAX_MESSAGE, MAX_SHARDS, MESSAGE_BYTES, WireNode};
 use crate::WireId;
@@ -118,9 +117,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = WireServer::new(WireService(Arc::clone(&node)))
+    let fallback = WireServer::new(WireService(Arc::clone(&node)))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let svc = CarryServer {
+        node: Arc::clone(&node),
+        fallback,
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &node.opts.tls {
         builder = builder.tls_config(tls.server())?;
@@ -316,20 +319,15 @@ impl WireNode {
         peer: &Arc<Peer>,
         shard: Arc<Shard>,
         hello: WireMessage,
-    ) -> Result<(Streaming<WireMessage>, u64), String> {
+    ) -> Result<(Inbound, u64), String> {
         let channel = endpoint
             .connect_with_connector(Dial(SocketAddr::new(peer.ip, self.opts.port)))
             .await
             .map_err(|e| e.to_string())?;
-        let mut client = WireClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
         let (out, generation) = self.outbound(Arc::clone(&shard), Some(hello)).await;
-        let mut inbound = client
-            .carry(Request::new(out))
+        let mut inbound = call_carry(channel, out)
             .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+            .map_err(|s| s.message().to_string())?;
         // The server's Hello: its shard count.
         let theirs = match inbound.message().await {
             Ok(Some(WireMessage {
@@ -385,7 +383,7 @@ impl WireNode {
         self: Arc<Self>,
         peer: Arc<Peer>,
         shard: Arc<Shard>,
-        mut inbound: Streaming<WireMessage>,
+        mut inbound: Inbound,
         generation: u64,
     ) {
         tracing::info!(peer = %peer.ip, shard = shard.index, "wire stream up");
@@ -504,7 +502,7 @@ impl WireNode {
 ///
 /// A named type rather than a combinator chain: tonic's client needs the request stream to be
 /// provably `Send`, which rustc cannot show for `async` closures inside `unfold`.
-struct OutboundStream {
+pub(crate) struct OutboundStream {
     pending: Option<WireMessage>,
     shard: Arc<Shard>,
     queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<super::node::Queued>>,
@@ -514,14 +512,14 @@ struct OutboundStream {
 }
 
 impl Stream for OutboundStream {
-    type Item = WireMessage;
+    type Item = Outgoing;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WireMessage>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
         if self.superseded.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
         if let Some(m) = self.pending.take() {
-            return Poll::Ready(Some(m));
+            return Poll::Ready(Some(Outgoing::Control(m)));
         }
         // Register before looking, so control queued after the look wakes us.
         self.shard.wake.register(cx.waker());
@@ -533,7 +531,7 @@ impl Stream for OutboundStream {
             .session
             .poll_transmit();
         if let Some(c) = control {
-            return Poll::Ready(Some(control_msg(c)));
+            return Poll::Ready(Some(Outgoing::Control(control_msg(c))));
         }
         let first = match self.queue.poll_recv(cx) {
             // The permit goes here: the half may queue another batch.
@@ -553,9 +551,7 @@ impl Stream for OutboundStream {
                 Err(_) => break,
             }
         }
-        Poll::Ready(Some(WireMessage {
-            body: Some(Body::Batches(Batches { batch })),
-        }))
+        Poll::Ready(Some(Outgoing::Batches(batch)))
     }
 }
 
@@ -572,6 +568,176 @@ async fn superseded(rx: &mut watch::Receiver<u64>, mine: u64) {
     }
 }
 
+/// The path of the `Carry` method, which [`CarryServer`] serves with the raw codec.
+pub const CARRY_PATH: &str = "/meshnet.v1.Wire/Carry";
+
+/// Starts a `Carry` call on `channel` whose request body is `source`'s messages (encoded by
+/// [`super::codec`], no copy of a batch); returns the response's messages.
+///
+/// # Errors
+/// The call failed or the server refused it (its status).
+pub async fn call_carry<S>(
+    mut channel: tonic::transport::Channel,
+    source: S,
+) -> Result<Inbound, Status>
+where
+    S: Stream<Item = Outgoing> + Send + Unpin + 'static,
+{
+    use tower::{Service, ServiceExt};
+    let req = http::Request::builder()
+        .method(http::Method::POST)
+        .version(http::Version::HTTP_2)
+        .uri(CARRY_PATH)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(tonic::body::Body::new(OutboundBody::new(source, false)))
+        .map_err(|e| Status::internal(format!("building the Carry request: {e}")))?;
+    let ready = channel
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let resp = ready
+        .call(req)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "Carry answered HTTP {}",
+            resp.status()
+        )));
+    }
+    // A trailers-only answer: the call was refused.
+    if let Some(s) = Status::from_header_map(resp.headers())
+        && s.code() != tonic::Code::Ok
+    {
+        return Err(s);
+    }
+    Ok(Inbound::new(resp.into_body(), MAX_MESSAGE))
+}
+
+/// The node's `Wire` service as tonic serves it: `Carry` with the raw codec (see
+/// [`super::codec`]), every other method by the generated server.
+#[derive(Clone)]
+struct CarryServer {
+    node: Arc<WireNode>,
+    fallback: WireServer<WireService>,
+}
+
+impl tonic::server::NamedService for CarryServer {
+    const NAME: &'static str = "meshnet.v1.Wire";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CarryServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != CARRY_PATH {
+            let mut fallback = self.fallback.clone();
+            return Box::pin(async move { fallback.call(req).await });
+        }
+        let node = Arc::clone(&self.node);
+        Box::pin(async move {
+            let req = Request::from_http(req);
+            let remote = req.remote_addr();
+            let inbound = Inbound::new(req.into_inner(), MAX_MESSAGE);
+            Ok(match accept(&node, remote, inbound).await {
+                Ok(out) => {
+                    let mut resp =
+                        http::Response::new(tonic::body::Body::new(OutboundBody::new(out, true)));
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc"),
+                    );
+                    resp
+                }
+                Err(s) => s.into_http(),
+            })
+        })
+    }
+}
+
+/// A `Carry` stream from a peer node: checks its Hello, takes over the shard, answers.
+async fn accept(
+    node: &Arc<WireNode>,
+    remote: Option<SocketAddr>,
+    mut inbound: Inbound,
+) -> Result<OutboundStream, Status> {
+    let hello = match inbound.message().await? {
+        Some(WireMessage {
+            body: Some(Body::Hello(h)),
+        }) => h,
+        _ => {
+            return Err(Status::invalid_argument(
+                "the first message must be a Hello",
+            ));
+        }
+    };
+    let claimed: IpAddr = hello
+        .node_ip
+        .parse()
+        .map_err(|_| Status::invalid_argument("Hello.node_ip is not an IP address"))?;
+    // As above: compare the canonical form (an IPv4 peer on a dual-stack listener).
+    if remote.map(|r| r.ip().to_canonical()) != Some(claimed) {
+        return Err(Status::permission_denied(format!(
+            "Hello says node {claimed}, but the connection comes from {remote:?}"
+        )));
+    }
+    if !node
+        .allowed
+        .lock()
+        .expect("allowed lock")
+        .contains(&claimed)
+    {
+        return Err(Status::permission_denied(format!(
+            "node {claimed} carries no wire with this node"
+        )));
+    }
+    if hello.shards == 0 || hello.shards > MAX_SHARDS || hello.shard >= hello.shards {
+        return Err(Status::invalid_argument("Hello.shard/shards out of range"));
+    }
+    let peer = node.peer(claimed);
+    let ours = peer.shards.len() as u32;
+    let agreed = hello.shards.min(ours);
+    node.set_active(&peer, agreed);
+    let Some(shard) = peer
+        .shards
+        .get(hello.shard as usize)
+        .filter(|s| s.index < agreed)
+        .cloned()
+    else {
+        return Err(Status::failed_precondition(format!(
+            "shard {} unknown: {agreed} shards agreed with {claimed} (it runs {}, this node {ours})",
+            hello.shard, hello.shards
+        )));
+    };
+    // A live stream is never displaced: a second connection for a busy shard is refused
+    // (a restarted peer's old stream ends at once with its TCP connection, or within the
+    // keepalive timeout, and the peer's dialler retries).
+    if shard
+        .connected
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(Status::already_exists(format!(
+            "shard {} of node {claimed} already has a live stream",
+            hello.shard
+        )));
+    }
+    peer.counters.connects.fetch_add(1, Ordering::Relaxed);
+    let answer = super::grpc::hello(node.opts.me, shard.index, ours);
+    let (out, generation) = node.outbound(Arc::clone(&shard), Some(answer)).await;
+    let (n2, p2, s2) = (Arc::clone(node), Arc::clone(&peer), Arc::clone(&shard));
+    tokio::spawn(n2.on_stream(p2, s2, inbound, generation));
+    Ok(out)
+}
+
 /// The server side: accepts streams from peer nodes.
 #[derive(Clone, Debug)]
 pub struct WireService(pub Arc<WireNode>);
@@ -582,78 +748,12 @@ impl Wire for WireService {
 
     async fn carry(
         &self,
-        request: Request<Streaming<WireMessage>>,
+        _: Request<Streaming<WireMessage>>,
     ) -> Result<Response<Self::CarryStream>, Status> {
-        let node = &self.0;
-        let remote: Option<SocketAddr> = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(WireMessage {
-                body: Some(Body::Hello(h)),
-            }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a Hello",
-                ));
-            }
-        };
-        let claimed: IpAddr = hello
-            .node_ip
-            .parse()
-            .map_err(|_| Status::invalid_argument("Hello.node_ip is not an IP address"))?;
-        // As above: compare the canonical form (an IPv4 peer on a dual-stack listener).
-        if remote.map(|r| r.ip().to_canonical()) != Some(claimed) {
-            return Err(Status::permission_denied(format!(
-                "Hello says node {claimed}, but the connection comes from {remote:?}"
-            )));
-        }
-        if !node
-            .allowed
-            .lock()
-            .expect("allowed lock")
-            .contains(&claimed)
-        {
-            return Err(Status::permission_denied(format!(
-                "node {claimed} carries no wire with this node"
-            )));
-        }
-        if hello.shards == 0 || hello.shards > MAX_SHARDS || hello.shard >= hello.shards {
-            return Err(Status::invalid_argument("Hello.shard/shards out of range"));
-        }
-        let peer = node.peer(claimed);
-        let ours = peer.shards.len() as u32;
-        let agreed = hello.shards.min(ours);
-        node.set_active(&peer, agreed);
-        let Some(shard) = peer
-            .shards
-            .get(hello.shard as usize)
-            .filter(|s| s.index < agreed)
-            .cloned()
-        else {
-            return Err(Status::failed_precondition(format!(
-                "shard {} unknown: {agreed} shards agreed with {claimed} (it runs {}, this node {ours})",
-                hello.shard, hello.shards
-            )));
-        };
-        // A live stream is never displaced: a second connection for a busy shard is refused
-        // (a restarted peer's old stream ends at once with its TCP connection, or within the
-        // keepalive timeout, and the peer's dialler retries).
-        if shard
-            .connected
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(Status::already_exists(format!(
-                "shard {} of node {claimed} already has a live stream",
-                hello.shard
-            )));
-        }
-        peer.counters.connects.fetch_add(1, Ordering::Relaxed);
-        let answer = super::grpc::hello(node.opts.me, shard.index, ours);
-        let (out, generation) = node.outbound(Arc::clone(&shard), Some(answer)).await;
-        let (n2, p2, s2) = (Arc::clone(node), Arc::clone(&peer), Arc::clone(&shard));
-        tokio::spawn(n2.on_stream(p2, s2, inbound, generation));
-        Ok(Response::new(Box::pin(out.map(Ok))))
+        // Never reached: `CarryServer` serves this path with the raw codec.
+        Err(Status::unimplemented(
+            "Carry is served by the wire's own codec",
+        ))
     }
 
     /// Legacy unary design only (see [`Legacy::Unary`]).

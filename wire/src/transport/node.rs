@@ -340,6 +340,11 @@ pub struct WireNode {
     /// monotonic as Prometheus expects, and `sent = received + dropped` holds across restarts.
     /// Bounded: the oldest [`RETIRED_COUNTERS`] are kept.
     retired: Mutex<Retired>,
+    /// Low-latency mode (see [`WireOptions::poll`]): keep polling until this many nanoseconds
+    /// past `epoch`; the poll loop sleeps on `poll_wake` once that has passed.
+    hot_until: AtomicU64,
+    epoch: Instant,
+    poll_wake: Notify,
 }
 
 /// Retired counters by link, and the order they were retired in (oldest first).
@@ -374,6 +379,9 @@ impl WireNode {
             changed: Arc::new(Notify::new()),
             unary: Mutex::new(HashMap::new()),
             retired: Mutex::new((HashMap::new(), std::collections::VecDeque::new())),
+            hot_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            poll_wake: Notify::new(),
         })
     }
 
@@ -409,6 +417,46 @@ impl WireNode {
 
     pub fn options(&self) -> &WireOptions {
         &self.opts
+    }
+
+    fn nanos_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Frames moved: in low-latency mode, keep polling for [`WireOptions::poll`] from now.
+    pub(crate) fn touch(&self) {
+        if self.opts.poll.is_zero() {
+            return;
+        }
+        let now = self.nanos_since_epoch();
+        let until =
+            now.saturating_add(u64::try_from(self.opts.poll.as_nanos()).unwrap_or(u64::MAX));
+        if self.hot_until.swap(until, Ordering::AcqRel) <= now {
+            // It had cooled down, so the loop sleeps (or is about to: the permit wakes it).
+            self.poll_wake.notify_one();
+        }
+    }
+
+    /// Low-latency mode's poll loop (returns at once when [`WireOptions::poll`] is zero): while
+    /// frames moved within the last `poll`, yield back to the runtime without sleeping. On a
+    /// current-thread runtime every yield polls the I/O driver with a zero timeout, so a frame
+    /// ready on a TAP or a stream is picked up at once instead of after a wake-up of a sleeping
+    /// thread (tens of µs in a VM). Costs a busy thread for `poll` after each burst of frames,
+    /// nothing when the wires are idle.
+    pub async fn poll_loop(self: Arc<Self>) {
+        if self.opts.poll.is_zero() {
+            return;
+        }
+        loop {
+            self.poll_wake.notified().await;
+            while self.nanos_since_epoch() < self.hot_until.load(Ordering::Acquire) {
+                // Let a runnable thread of this CPU go first (the pod that is to get the frame
+                // we just wrote, a daemon of another node on a shared machine): spinning must
+                // not delay the very work it waits for.
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     /// Every second, counts what the pods of down wires sent meanwhile (see `dropped_base`), so
@@ -843,5 +891,53 @@ impl WireNode {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn node(poll: Duration) -> Arc<WireNode> {
+        WireNode::new(WireOptions {
+            poll,
+            ..WireOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1)
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_the_option_nothing_spins() {
+        let n = node(Duration::ZERO);
+        n.touch();
+        assert_eq!(n.hot_until.load(Ordering::Acquire), 0);
+        // Returns at once instead of waiting for frames.
+        tokio::time::timeout(Duration::from_secs(1), Arc::clone(&n).poll_loop())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_poll_loop_spins_after_frames_and_lets_the_runtime_work_meanwhile() {
+        let n = node(Duration::from_millis(300));
+        let spinner = tokio::spawn(Arc::clone(&n).poll_loop());
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        n.touch();
+        assert!(n.hot_until.load(Ordering::Acquire) > n.nanos_since_epoch());
+        // On this one thread the spinner yields: a timer and this task still run while it is hot.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            start.elapsed() < Duration::from_millis(300),
+            "the spinner starved the runtime"
+        );
+        // Once it has cooled down, touching again heats it up again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(n.hot_until.load(Ordering::Acquire) < n.nanos_since_epoch());
+        n.touch();
+        assert!(n.hot_until.load(Ordering::Acquire) > n.nanos_since_epoch());
+        assert!(!spinner.is_finished());
+        spinner.abort();
     }
 }

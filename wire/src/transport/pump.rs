@@ -166,6 +166,7 @@ pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node:
         if r.frames == 0 {
             continue;
         }
+        node.touch();
         let sent = match target {
             Some((shard, _)) => node.send_batch(&half, &shard, body).await,
             None => false,
@@ -229,6 +230,7 @@ impl super::WireNode {
             h.deliver_frame(vnet, frame)
         });
         drop(st);
+        self.touch();
         let c = &peer.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.batch_frames.fetch_add(r.frames, Ordering::Relaxed);
