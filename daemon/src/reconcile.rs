@@ -28,6 +28,7 @@ use crate::links::{
     VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
+use crate::ports::{self, Cable, Far, PortSpec};
 use crate::qdisc::{Applied, QdiscError};
 use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
 use crate::topology::{LOCALHOST, LinkDecl};
@@ -168,7 +169,10 @@ impl Memo {
     fn forget_netns(&mut self, namespace: &str, net_ns: &str) {
         self.built.retain(|(ns, _), w| {
             let touches = match w {
-                Work::Veth(s) => s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns,
+                Work::Patch(s) => {
+                    s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns
+                }
+                Work::Port(s, _) => s.end.netns.as_os_str() == net_ns,
                 Work::Single(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Wire(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Done(_) => false,
@@ -303,14 +307,16 @@ impl Reconciler {
             let mut works = Vec::with_capacity(p.links.len());
             for l in &p.links {
                 let w = match &l.action {
-                    Action::Veth(spec) => Work::Veth(spec.clone()),
+                    Action::Veth(spec) => Work::Patch(spec.clone()),
                     // With the gRPC wire a half needs no peer: the pod gets its interface now,
                     // carrier down until the peer's half connects.
                     Action::Pending { decl, .. } if self.inter_node == InterNodeLink::Grpc => {
                         wire_work(p, l, decl, None)
                     }
-                    Action::Pending { reason, .. } => {
-                        Work::Done(LinkResult::Pending(reason.clone()))
+                    // The pod's port is there while the link is declared, carrier off until the
+                    // far end is (a survivor keeps its port while its peer is away).
+                    Action::Pending { reason, decl } => {
+                        Work::Port(port_work(p, l, decl), reason.clone())
                     }
                     Action::Invalid(m) => Work::Done(LinkResult::Invalid(m.clone())),
                     Action::Macvlan { parent, end, mtu } => {
@@ -477,10 +483,30 @@ impl Reconciler {
 
         let mut reports = Vec::new();
         let mut kernel_links = Vec::new();
+        let mut cables: Vec<Cable> = Vec::new();
         let mut impaired_seen = HashSet::new();
         for (p, ws) in plans.iter().zip(works) {
             self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
+            let first_cable = cables.len();
+            for w in &ws {
+                let (mine, far) = match w {
+                    Work::Patch(s) => {
+                        let i = usize::from(s.a.netns.as_os_str() != p.net_ns.as_str());
+                        let far = (!failed.contains_key(&s.alias))
+                            .then(|| Far::Port(s.ports[1 - i].1.clone()));
+                        (s.port(i), far)
+                    }
+                    Work::Port(s, _) => (s.clone(), None),
+                    _ => continue,
+                };
+                cables.push(Cable {
+                    node: mine.node,
+                    pod: (mine.end.netns, mine.end.ifname),
+                    far,
+                    pulled: false,
+                });
+            }
             let mut report = PodReport {
                 key: p.key.clone(),
                 links: p
@@ -519,6 +545,9 @@ impl Reconciler {
                     impaired_seen.insert(end);
                 }
             }
+            for c in &mut cables[first_cable..] {
+                c.pulled = memo.pulled.get(&c.pod) == Some(&true);
+            }
             self.write_status(p, &report).await;
             for (l, r) in &report.links {
                 if let LinkResult::Up {
@@ -540,6 +569,7 @@ impl Reconciler {
         }
         memo.impaired.retain(|k, _| impaired_seen.contains(k));
         memo.pulled.retain(|k, _| impaired_seen.contains(k));
+        self.ops.set_cables(cables);
         *self
             .kernel_links
             .lock()
@@ -675,10 +705,10 @@ impl Reconciler {
     }
 
     /// A declared `state: down` (on either end's declaration) pulls the cable: the end's
-    /// protocol-down flag takes its carrier off without touching its admin state, which stays
-    /// the pod's. Returns the state and message that replace `up`: `down` where the cable is
-    /// pulled; for a same-node veth, whose carrier the kernel cannot switch, the link stays up
-    /// and the message says so.
+    /// carrier goes off without touching its admin state, which stays the pod's — by the
+    /// protocol-down flag on a VXLAN or macvlan end, by the node ends' admin state on a
+    /// same-node link (recorded here, applied by [`ports::Patchbay`]). Returns the state and
+    /// message that replace `up`: `down` where the cable is pulled.
     async fn cable_state(
         &self,
         memo: &mut Memo,
@@ -696,15 +726,10 @@ impl Reconciler {
         let down = who.is_some();
         let who = who.unwrap_or_default();
         if kind == "veth" {
-            return down.then(|| {
-                (
-                    LinkState::Up,
-                    format!(
-                        "state: down (declared by {who}) is not applied: the kernel has no carrier \
-                         switch for a same-node veth; the link stays up"
-                    ),
-                )
-            });
+            // The patchbay takes both ports' node ends down (see `ports`), from the cable table
+            // this run hands it.
+            memo.pulled.insert(end.clone(), down);
+            return down.then(|| (LinkState::Down, format!("state: down (declared by {who})")));
         }
         match memo.pulled.get(end) {
             Some(&d) if d == down => {}
@@ -758,7 +783,21 @@ impl Reconciler {
     /// Builds (or checks) one link through [`LinkOps`].
     async fn ensure(&self, snap: &Snapshot, w: &Work, mode: Mode) -> Result<Outcome, LinkError> {
         match w {
-            Work::Veth(spec) => self.ops.ensure_veth(snap, spec, mode).await,
+            Work::Patch(spec) => {
+                let (a, b) = (spec.port(0), spec.port(1));
+                let oa = self.ops.ensure_port(snap, &a, mode).await?;
+                let ob = self.ops.ensure_port(snap, &b, mode).await?;
+                let op = self.ops.ensure_patch(&a, &b, mode).await?;
+                Ok([oa, ob, op]
+                    .into_iter()
+                    .max_by_key(|o| match o {
+                        Outcome::Unchanged => 0,
+                        Outcome::Repaired => 1,
+                        Outcome::Created => 2,
+                    })
+                    .unwrap_or(Outcome::Unchanged))
+            }
+            Work::Port(spec, _) => self.ops.ensure_port(snap, spec, mode).await,
             Work::Single(spec) => self.ops.ensure_single(snap, spec, mode).await,
             Work::Wire(spec) => self.ops.ensure_half(snap, spec, mode).await,
             Work::Done(_) => Ok(Outcome::Unchanged),
@@ -781,7 +820,10 @@ impl Reconciler {
             .links
             .iter()
             .zip(works)
-            .filter_map(|(l, w)| w.alias().map(|a| (l.local_intf.clone(), a.to_string())))
+            .filter_map(|(l, w)| {
+                w.iface_alias(Path::new(&p.net_ns))
+                    .map(|a| (l.local_intf.clone(), a.to_string()))
+            })
             .collect();
         keep.sort();
         let spec = topos
@@ -1108,7 +1150,10 @@ type LinkKey = (String, i64);
 /// What one link end needs after node facts are applied to the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Work {
-    Veth(VethSpec),
+    /// Two ports of this node, patched to each other.
+    Patch(VethSpec),
+    /// The pod's port alone (the far end is not there); the pending reason.
+    Port(PortSpec, String),
     Single(SingleSpec),
     Wire(WireSpec),
     /// Nothing to build: the result is already known.
@@ -1118,17 +1163,28 @@ enum Work {
 impl Work {
     fn alias(&self) -> Option<&str> {
         match self {
-            Work::Veth(s) => Some(&s.alias),
+            Work::Patch(s) => Some(&s.alias),
+            Work::Port(s, _) => Some(&s.alias),
             Work::Single(s) => Some(&s.alias),
             Work::Wire(s) => Some(&s.alias),
             Work::Done(_) => None,
         }
     }
 
+    /// The alias of the link's interface in the pod namespace `netns`.
+    fn iface_alias(&self, netns: &Path) -> Option<&str> {
+        match self {
+            Work::Patch(s) if s.a.netns == netns => Some(&s.ports[0].0),
+            Work::Patch(s) => Some(&s.ports[1].0),
+            w => w.alias(),
+        }
+    }
+
     /// The namespaces the link's ends live in.
     fn netns(&self) -> Vec<&PathBuf> {
         match self {
-            Work::Veth(s) => vec![&s.a.netns, &s.b.netns],
+            Work::Patch(s) => vec![&s.a.netns, &s.b.netns],
+            Work::Port(s, _) => vec![&s.end.netns],
             Work::Wire(s) => vec![&s.end.netns],
             Work::Single(s) => vec![&s.end.netns],
             Work::Done(_) => Vec::new(),
@@ -1137,7 +1193,7 @@ impl Work {
 
     fn kind(&self) -> &'static str {
         match self {
-            Work::Veth(_) => "veth",
+            Work::Patch(_) | Work::Port(..) => "veth",
             Work::Single(s) => s.kind.name(),
             Work::Wire(_) => "grpc",
             Work::Done(r) => r.kind(),
@@ -1148,6 +1204,7 @@ impl Work {
     fn result(self, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
         match self {
             Work::Done(r) => r,
+            Work::Port(s, reason) if !failed.contains_key(&s.alias) => LinkResult::Pending(reason),
             w => match w.alias().and_then(|a| failed.get(a)) {
                 Some((fault, m)) => LinkResult::Failed {
                     kind: w.kind(),
@@ -1208,6 +1265,21 @@ fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAd
             uid: l.uid,
         },
     })
+}
+
+/// The pod's port for link `l`, alone (nothing patched to it yet).
+fn port_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl) -> PortSpec {
+    PortSpec {
+        alias: ports::port_alias(&p.key.namespace, l.uid, &p.container_id),
+        end: EndSpec {
+            netns: p.net_ns.clone().into(),
+            ifname: decl.local_intf.clone(),
+            ip: decl.local_ip,
+            mac: decl.local_mac,
+        },
+        mtu: decl.mtu,
+        node: ports::node_end_name(&p.key.namespace, l.uid, &p.key.name),
+    }
 }
 
 /// Bytes VXLAN adds on the underlay: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) +

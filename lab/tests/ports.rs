@@ -1,0 +1,114 @@
+//! Stable ports (needs root): a pod's port is never replaced while the pod lives and the link
+//! stays declared; its carrier follows the far end (issue 12, `daemon/src/ports.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{LabGuard, carrier, port_identity as identity, two_pods, yaml_file};
+
+fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+/// A same-node peer restarted 20 times: the survivor's port keeps its ifindex and MAC, every
+/// restart is a link-down the survivor's kernel reports (seen by `ip monitor`), and the carrier
+/// and traffic come back each time.
+#[test]
+fn a_same_node_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    let lab = LabGuard::new("prt");
+    let f = yaml_file(
+        "prt",
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", "node1"),
+            &[(1, "eth1", "192.0.2.21/30", "192.0.2.22/30")],
+        ),
+    );
+    lab.ok(&["up", f.to_str().unwrap()]);
+    lab.assert_links_up(1);
+    let n1 = lab.pod_netns("r1");
+    let before = identity(&n1, "eth1");
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    for i in 0..20 {
+        let mut mon = Command::new("ip")
+            .args(["-n", &n1, "monitor", "link"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        lab.ok(&["restart", "r2"]);
+        until("carrier back", Duration::from_secs(5), || {
+            carrier(&n1, "eth1")
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        mon.kill().unwrap();
+        let out = mon.wait_with_output().unwrap();
+        let events = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            events
+                .lines()
+                .any(|l| l.contains("eth1") && l.contains("NO-CARRIER")),
+            "restart {i}: r1 saw no link-down:\n{events}"
+        );
+        assert_eq!(identity(&n1, "eth1"), before, "restart {i}: port replaced");
+    }
+    lab.assert_links_up(1);
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before);
+    let _ = std::fs::remove_file(f);
+}
+
+/// The far router shutting its port takes this port's carrier off within a second and keeps it
+/// off across a full resync; turning it back on restores both.
+#[test]
+fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
+    let lab = LabGuard::new("prs");
+    let f = yaml_file(
+        "prs",
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", "node1"),
+            &[(1, "eth1", "192.0.2.25/30", "192.0.2.26/30")],
+        ),
+    );
+    lab.ok_env(
+        &[("MESHNET_LAB_RESYNC_SECONDS", "1")],
+        &["up", f.to_str().unwrap()],
+    );
+    lab.assert_links_up(1);
+    let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    let before = identity(&n1, "eth1");
+    let ip = |ns: &str, state: &str| {
+        assert!(
+            Command::new("ip")
+                .args(["-n", ns, "link", "set", "eth1", state])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    ip(&n2, "down");
+    let took = until("carrier off", Duration::from_secs(1), || {
+        !carrier(&n1, "eth1")
+    });
+    eprintln!("r1 lost carrier {took:?} after r2 shut its port");
+    // Full resyncs come and go: the router's shut stays, and so does the far carrier loss.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!carrier(&n1, "eth1"), "carrier came back while r2 is shut");
+    ip(&n2, "up");
+    until("carrier back", Duration::from_secs(2), || {
+        carrier(&n1, "eth1") && carrier(&n2, "eth1")
+    });
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before);
+    let _ = std::fs::remove_file(f);
+}
