@@ -366,13 +366,9 @@ pub trait LinkOps: Send + Sync + 'static {
         spec: &PortSpec,
         mode: Mode,
     ) -> Result<Outcome, LinkError>;
-    /// Patches the node ends of two ports of this node to each other (or checks that they are).
-    async fn ensure_patch(
-        &self,
-        a: &PortSpec,
-        b: &PortSpec,
-        mode: Mode,
-    ) -> Result<Outcome, LinkError>;
+    /// Patches two interfaces of the node's namespace to each other (or checks that they are):
+    /// two ports' node ends, or a node end and the device that carries its link.
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError>;
     /// The carrier table of the node's ports ([`crate::ports::Patchbay`]), after every run.
     fn set_cables(&self, cables: Vec<Cable>);
     /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
@@ -912,12 +908,7 @@ impl LinkOps for Kernel {
         r
     }
 
-    async fn ensure_patch(
-        &self,
-        a: &PortSpec,
-        b: &PortSpec,
-        mode: Mode,
-    ) -> Result<Outcome, LinkError> {
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
         let (h, conn) = node_netlink().map_err(node_socket_err)?;
         let r = crate::ports::ensure_patch(&h, a, b, mode).await;
         conn.abort();

@@ -64,6 +64,16 @@ const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 /// Priority of meshnet's patch filter on a node end.
 const PATCH_PRIO: u16 = 1;
 
+/// The daemon's own namespace (the node's), as a path the namespace helpers open.
+pub const NODE_NETNS: &str = "/proc/self/ns/net";
+
+/// Name of the node-side device that carries link (namespace, uid) to another node (its vxlan
+/// device): `mx` and 12 hex digits of the link hash folded to 48 bits, as [`node_end_name`].
+pub fn device_name(namespace: &str, uid: i64) -> String {
+    let h = meshnet_wire::table::link_hash(namespace, uid);
+    format!("mx{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+}
+
 /// A pod's port: the pod end as declared, and the name of its node end.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSpec {
@@ -325,29 +335,30 @@ pub async fn patch(
     Ok(true)
 }
 
-/// Patches the node ends of two ports to each other (both must exist).
+/// Patches two node-side interfaces to each other (both must exist): two ports' node ends, or
+/// a port's node end and the device that carries its link.
 ///
 /// # Errors
-/// A node end is missing, or [`patch`] fails.
+/// An interface is missing, or [`patch`] fails.
 pub async fn ensure_patch(
     node: &Handle,
-    a: &PortSpec,
-    b: &PortSpec,
+    a: &str,
+    b: &str,
     mode: Mode,
 ) -> Result<Outcome, LinkError> {
     let mut ends = Vec::with_capacity(2);
-    for p in [a, b] {
-        let st = links::get_iface(node, &p.node)
+    for n in [a, b] {
+        let st = links::get_iface(node, n)
             .await
-            .map_err(|e| node_err("look up", &p.node, e))?
+            .map_err(|e| node_err("look up", n, e))?
             .ok_or_else(|| LinkError::Missing {
-                ifname: p.node.clone(),
+                ifname: n.to_string(),
                 netns: "the node".into(),
             })?;
         ends.push(st);
     }
-    let ab = patch(node, &ends[0], &a.node, ends[1].index, mode).await?;
-    let ba = patch(node, &ends[1], &b.node, ends[0].index, mode).await?;
+    let ab = patch(node, &ends[0], a, ends[1].index, mode).await?;
+    let ba = patch(node, &ends[1], b, ends[0].index, mode).await?;
     Ok(if ab || ba {
         Outcome::Repaired
     } else {
@@ -373,6 +384,9 @@ pub struct Cable {
 pub enum Far {
     /// Another port's node end on this node (its own [`Cable`] in the table).
     Port(String),
+    /// A device in the node's namespace that carries the link to another node (a vxlan
+    /// device): the far end is there while it exists and is up.
+    Device(String),
 }
 
 /// Keeps node ends' admin state (their pods' carrier) as the far ends are (module docs).
@@ -486,7 +500,11 @@ impl Bay {
         h: &Handle,
         cables: &[Cable],
     ) -> Result<Option<Instant>, rtnetlink::Error> {
-        let wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
+        let mut wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
+        wanted.extend(cables.iter().filter_map(|c| match &c.far {
+            Some(Far::Device(d)) => Some(d.as_str()),
+            _ => None,
+        }));
         let ends = dump_node_ends(h, &wanted).await?;
         let by_node: HashMap<&str, &Cable> = cables.iter().map(|c| (c.node.as_str(), c)).collect();
         let now = Instant::now();
@@ -531,6 +549,10 @@ impl Bay {
                         far_on && (x.up || patched_both(h, x.index, fe.index).await)
                     }
                     _ => false,
+                },
+                (Some(Far::Device(d)), false) => match ends.get(d) {
+                    Some(de) => de.up && (x.up || patched_both(h, x.index, de.index).await),
+                    None => false,
                 },
             };
             let held = self.down_since.get(&c.node).map(|t| now - *t);

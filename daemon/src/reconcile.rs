@@ -156,6 +156,8 @@ struct Memo {
     primary_if: HashMap<PodKey, String>,
     /// (container id, spec) per pod at its last stale-interface sweep.
     swept: HashMap<PodKey, (String, String)>,
+    /// The node-side devices planned at the last sweep of the node's namespace.
+    node_swept: Option<Vec<(String, String)>>,
     /// Per kernel link end (netns, ifname): the impairment last put on its egress and the
     /// status note it gave, so that a resync does not replace a qdisc (and lose its queue)
     /// whose declaration did not change. Forgotten when the end's link is rebuilt.
@@ -172,7 +174,7 @@ impl Memo {
                 Work::Patch(s) => {
                     s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns
                 }
-                Work::Port(s, _) => s.end.netns.as_os_str() == net_ns,
+                Work::Port(s, _) | Work::Carried(s, _) => s.end.netns.as_os_str() == net_ns,
                 Work::Single(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Wire(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Done(_) => false,
@@ -469,6 +471,7 @@ impl Reconciler {
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
+        self.sweep_node(&snapshot, memo, &works, depth).await;
         if self.inter_node == InterNodeLink::Grpc {
             let mut halves = HashSet::new();
             let mut peers = HashSet::new();
@@ -498,6 +501,11 @@ impl Reconciler {
                         (s.port(i), far)
                     }
                     Work::Port(s, _) => (s.clone(), None),
+                    Work::Carried(port, dev) => {
+                        let far = (!failed.contains_key(&dev.alias))
+                            .then(|| Far::Device(dev.end.ifname.clone()));
+                        (port.clone(), far)
+                    }
                     _ => continue,
                 };
                 cables.push(Cable {
@@ -706,8 +714,8 @@ impl Reconciler {
 
     /// A declared `state: down` (on either end's declaration) pulls the cable: the end's
     /// carrier goes off without touching its admin state, which stays the pod's — by the
-    /// protocol-down flag on a VXLAN or macvlan end, by the node ends' admin state on a
-    /// same-node link (recorded here, applied by [`ports::Patchbay`]). Returns the state and
+    /// protocol-down flag on a macvlan end, by the node end's admin state on a port (same-node
+    /// and VXLAN links: recorded here, applied by [`ports::Patchbay`]). Returns the state and
     /// message that replace `up`: `down` where the cable is pulled.
     async fn cable_state(
         &self,
@@ -725,7 +733,7 @@ impl Reconciler {
         };
         let down = who.is_some();
         let who = who.unwrap_or_default();
-        if kind == "veth" {
+        if kind == "veth" || kind == "vxlan" {
             // The patchbay takes both ports' node ends down (see `ports`), from the cable table
             // this run hands it.
             memo.pulled.insert(end.clone(), down);
@@ -787,17 +795,19 @@ impl Reconciler {
                 let (a, b) = (spec.port(0), spec.port(1));
                 let oa = self.ops.ensure_port(snap, &a, mode).await?;
                 let ob = self.ops.ensure_port(snap, &b, mode).await?;
-                let op = self.ops.ensure_patch(&a, &b, mode).await?;
-                Ok([oa, ob, op]
-                    .into_iter()
-                    .max_by_key(|o| match o {
-                        Outcome::Unchanged => 0,
-                        Outcome::Repaired => 1,
-                        Outcome::Created => 2,
-                    })
-                    .unwrap_or(Outcome::Unchanged))
+                let op = self.ops.ensure_patch(&a.node, &b.node, mode).await?;
+                Ok(most(&[oa, ob, op]))
             }
             Work::Port(spec, _) => self.ops.ensure_port(snap, spec, mode).await,
+            Work::Carried(port, dev) => {
+                let op = self.ops.ensure_port(snap, port, mode).await?;
+                let od = self.ops.ensure_single(snap, dev, mode).await?;
+                let pp = self
+                    .ops
+                    .ensure_patch(&port.node, &dev.end.ifname, mode)
+                    .await?;
+                Ok(most(&[op, od, pp]))
+            }
             Work::Single(spec) => self.ops.ensure_single(snap, spec, mode).await,
             Work::Wire(spec) => self.ops.ensure_half(snap, spec, mode).await,
             Work::Done(_) => Ok(Outcome::Unchanged),
@@ -851,6 +861,50 @@ impl Reconciler {
                 memo.swept.insert(p.key.clone(), fingerprint);
             }
             Err(e) => tracing::debug!(pod = %p.key, error = %e, "cannot list pod interfaces"),
+        }
+    }
+
+    /// Removes meshnet's link-carrying devices in the node's namespace (vxlan devices of
+    /// ports) that no link plans any more (peer gone, moved to this node, link removed). Done
+    /// when the set of planned devices changed, and on full runs.
+    async fn sweep_node(
+        &self,
+        snap: &Snapshot,
+        memo: &mut Memo,
+        works: &[Vec<Work>],
+        depth: Depth,
+    ) {
+        let mut keep: Vec<(String, String)> = works
+            .iter()
+            .flatten()
+            .filter_map(|w| match w {
+                Work::Carried(_, d) => Some((d.end.ifname.clone(), d.alias.clone())),
+                _ => None,
+            })
+            .collect();
+        keep.sort();
+        if depth == Depth::Changes && memo.node_swept.as_ref() == Some(&keep) {
+            return;
+        }
+        let node = Path::new(ports::NODE_NETNS);
+        match self.ops.owned(snap, node).await {
+            Ok(owned) => {
+                for (ifname, alias) in owned {
+                    if alias.kind != "vxlan" {
+                        continue;
+                    }
+                    let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
+                    if keep.iter().any(|(i, a)| *i == ifname && *a == full) {
+                        continue;
+                    }
+                    tracing::info!(ifname, alias = %full, "removing a node-side device no link plans");
+                    if let Err(e) = self.ops.delete_owned(node, &ifname).await {
+                        tracing::warn!(ifname, error = %e, "cannot remove a node-side device");
+                    }
+                }
+                memo.node_swept = Some(keep);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the node's interfaces"),
         }
     }
 
@@ -1154,6 +1208,9 @@ enum Work {
     Patch(VethSpec),
     /// The pod's port alone (the far end is not there); the pending reason.
     Port(PortSpec, String),
+    /// The pod's port patched to a device in the node's namespace that carries the link to
+    /// another node (a vxlan device).
+    Carried(PortSpec, SingleSpec),
     Single(SingleSpec),
     Wire(WireSpec),
     /// Nothing to build: the result is already known.
@@ -1165,7 +1222,7 @@ impl Work {
         match self {
             Work::Patch(s) => Some(&s.alias),
             Work::Port(s, _) => Some(&s.alias),
-            Work::Single(s) => Some(&s.alias),
+            Work::Single(s) | Work::Carried(_, s) => Some(&s.alias),
             Work::Wire(s) => Some(&s.alias),
             Work::Done(_) => None,
         }
@@ -1176,6 +1233,7 @@ impl Work {
         match self {
             Work::Patch(s) if s.a.netns == netns => Some(&s.ports[0].0),
             Work::Patch(s) => Some(&s.ports[1].0),
+            Work::Carried(p, _) => Some(&p.alias),
             w => w.alias(),
         }
     }
@@ -1185,6 +1243,7 @@ impl Work {
         match self {
             Work::Patch(s) => vec![&s.a.netns, &s.b.netns],
             Work::Port(s, _) => vec![&s.end.netns],
+            Work::Carried(p, d) => vec![&p.end.netns, &d.end.netns],
             Work::Wire(s) => vec![&s.end.netns],
             Work::Single(s) => vec![&s.end.netns],
             Work::Done(_) => Vec::new(),
@@ -1194,7 +1253,7 @@ impl Work {
     fn kind(&self) -> &'static str {
         match self {
             Work::Patch(_) | Work::Port(..) => "veth",
-            Work::Single(s) => s.kind.name(),
+            Work::Single(s) | Work::Carried(_, s) => s.kind.name(),
             Work::Wire(_) => "grpc",
             Work::Done(r) => r.kind(),
         }
@@ -1267,6 +1326,20 @@ fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAd
     })
 }
 
+/// The largest of several outcomes (created > repaired > unchanged).
+fn most(outcomes: &[Outcome]) -> Outcome {
+    let rank = |o: &Outcome| match o {
+        Outcome::Unchanged => 0,
+        Outcome::Repaired => 1,
+        Outcome::Created => 2,
+    };
+    outcomes
+        .iter()
+        .copied()
+        .max_by_key(rank)
+        .unwrap_or(Outcome::Unchanged)
+}
+
 /// The pod's port for link `l`, alone (nothing patched to it yet).
 fn port_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl) -> PortSpec {
     PortSpec {
@@ -1325,32 +1398,44 @@ fn vxlan_work(
         None => room,
     };
     let vni = plan::vni(&p.key.namespace, uid);
-    Work::Single(SingleSpec {
-        alias: links::alias(
-            &p.key.namespace,
-            uid,
-            "vxlan",
-            &format!(
-                "{vni}-{remote}-{}-{}",
-                u.index,
-                plan::short(&p.container_id)
-            ),
-        ),
-        kind: SingleKind::Vxlan {
-            vni,
-            local: *node_ip,
-            remote,
-            underlay: u.index,
-            port: VXLAN_PORT,
-        },
-        mtu: Some(mtu),
+    let port = PortSpec {
+        alias: ports::port_alias(&p.key.namespace, uid, &p.container_id),
         end: EndSpec {
             netns: p.net_ns.clone().into(),
             ifname: decl.local_intf.clone(),
             ip: decl.local_ip,
             mac: decl.local_mac,
         },
-    })
+        mtu: Some(mtu),
+        node: ports::node_end_name(&p.key.namespace, uid, &p.key.name),
+    };
+    // The vxlan device lives in the node's namespace, named from the link identity; the pod
+    // never sees it, so a peer that moves only rebuilds it (its alias names the remote).
+    Work::Carried(
+        port,
+        SingleSpec {
+            alias: links::alias(
+                &p.key.namespace,
+                uid,
+                "vxlan",
+                &format!("{vni}-{remote}-{}", u.index),
+            ),
+            kind: SingleKind::Vxlan {
+                vni,
+                local: *node_ip,
+                remote,
+                underlay: u.index,
+                port: VXLAN_PORT,
+            },
+            mtu: Some(mtu),
+            end: EndSpec {
+                netns: PathBuf::from(ports::NODE_NETNS),
+                ifname: ports::device_name(&p.key.namespace, uid),
+                ip: None,
+                mac: None,
+            },
+        },
+    )
 }
 
 /// Two links of this node must never share a VNI (the kernel would refuse the second device,
@@ -1360,10 +1445,13 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
     let mut owner: HashMap<u32, (String, i64)> = HashMap::new();
     for (p, ws) in plans.iter().zip(works.iter()) {
         for (l, w) in p.links.iter().zip(ws) {
-            if let Work::Single(SingleSpec {
-                kind: SingleKind::Vxlan { vni, .. },
-                ..
-            }) = w
+            if let Work::Carried(
+                _,
+                SingleSpec {
+                    kind: SingleKind::Vxlan { vni, .. },
+                    ..
+                },
+            ) = w
             {
                 let me = (p.key.namespace.clone(), l.uid);
                 owner
@@ -1379,10 +1467,13 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
     }
     for (p, ws) in plans.iter().zip(works.iter_mut()) {
         for (l, w) in p.links.iter().zip(ws.iter_mut()) {
-            if let Work::Single(SingleSpec {
-                kind: SingleKind::Vxlan { vni, .. },
-                ..
-            }) = w
+            if let Work::Carried(
+                _,
+                SingleSpec {
+                    kind: SingleKind::Vxlan { vni, .. },
+                    ..
+                },
+            ) = w
             {
                 let o = &owner[vni];
                 if *o != (p.key.namespace.clone(), l.uid) {

@@ -17,21 +17,22 @@ fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
     t.elapsed()
 }
 
-/// A same-node peer restarted 20 times: the survivor's port keeps its ifindex and MAC, every
-/// restart is a link-down the survivor's kernel reports (seen by `ip monitor`), and the carrier
-/// and traffic come back each time.
-#[test]
-fn a_same_node_peer_restarted_20_times_never_replaces_the_survivors_port() {
-    let lab = LabGuard::new("prt");
+/// A peer restarted 20 times: the survivor's port keeps its ifindex and MAC, every restart is
+/// a link-down the survivor's kernel reports (seen by `ip monitor`), and the carrier and
+/// traffic come back each time.
+fn peer_restarted_20_times(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::new(tag);
     let f = yaml_file(
-        "prt",
+        tag,
         &two_pods(
             ("r1", "node1"),
-            ("r2", "node1"),
-            &[(1, "eth1", "192.0.2.21/30", "192.0.2.22/30")],
+            ("r2", r2_node),
+            &[(1, "eth1", ips.0, ips.1)],
         ),
     );
-    lab.ok(&["up", f.to_str().unwrap()]);
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok(&args);
     lab.assert_links_up(1);
     let n1 = lab.pod_netns("r1");
     let before = identity(&n1, "eth1");
@@ -64,6 +65,21 @@ fn a_same_node_peer_restarted_20_times_never_replaces_the_survivors_port() {
     lab.ok(&["verify"]);
     assert_eq!(identity(&n1, "eth1"), before);
     let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn a_same_node_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times("prt", "node1", &[], ("192.0.2.21/30", "192.0.2.22/30"));
+}
+
+#[test]
+fn a_vxlan_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prx",
+        "node2",
+        &["--nodes", "2"],
+        ("192.0.2.29/30", "192.0.2.30/30"),
+    );
 }
 
 /// The far router shutting its port takes this port's carrier off within a second and keeps it

@@ -205,15 +205,10 @@ impl LinkOps for FakeOps {
         self.ensure(&spec.alias, &[&spec.end], mode)
     }
 
-    async fn ensure_patch(
-        &self,
-        a: &PortSpec,
-        b: &PortSpec,
-        mode: Mode,
-    ) -> Result<Outcome, LinkError> {
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
         self.st().calls.push(Call::EnsurePatch {
-            a: a.node.clone(),
-            b: b.node.clone(),
+            a: a.to_string(),
+            b: b.to_string(),
             mode,
         });
         Ok(Outcome::Unchanged)

@@ -129,11 +129,15 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
         }
         assert!(!carrier(&na, "eth1"), "no carrier before the patch");
         assert_eq!(
-            ensure_patch(&h, &a, &b, Mode::Repair).await.unwrap(),
+            ensure_patch(&h, &a.node, &b.node, Mode::Repair)
+                .await
+                .unwrap(),
             Outcome::Repaired
         );
         assert_eq!(
-            ensure_patch(&h, &a, &b, Mode::Verify).await.unwrap(),
+            ensure_patch(&h, &a.node, &b.node, Mode::Verify)
+                .await
+                .unwrap(),
             Outcome::Unchanged
         );
         assert_eq!(
@@ -154,8 +158,14 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
         wait_carrier(&na, "eth1", false).await;
         // It comes back in a new sandbox: a new port for it, patched again.
         ensure_port(&h, &snap, &b2, Mode::Repair).await.unwrap();
-        assert!(ensure_patch(&h, &a, &b2, Mode::Verify).await.is_err());
-        ensure_patch(&h, &a, &b2, Mode::Repair).await.unwrap();
+        assert!(
+            ensure_patch(&h, &a.node, &b2.node, Mode::Verify)
+                .await
+                .is_err()
+        );
+        ensure_patch(&h, &a.node, &b2.node, Mode::Repair)
+            .await
+            .unwrap();
         bay.set(cables(&a, Some(&b2), false));
         wait_carrier(&na, "eth1", true).await;
         wait_carrier(&nb2, "eth1", true).await;

@@ -291,9 +291,20 @@ async fn vni_clash_builds_one_link_and_refuses_the_other() {
         other => panic!("want the clash refused, got {other:?}"),
     }
     let calls = e.ensures();
-    assert_eq!(calls.len(), 1, "only the first link is built: {calls:?}");
-    assert!(matches!(&calls[0], Call::EnsureSingle { alias, .. }
+    assert_eq!(calls.len(), 3, "only the first link is built: {calls:?}");
+    assert!(matches!(&calls[0], Call::EnsurePort { alias, .. }
+        if *alias == format!("meshnet|default|{u1}|port|aaaa")));
+    assert!(matches!(&calls[1], Call::EnsureSingle { alias, .. }
         if alias.starts_with(&format!("meshnet|default|{u1}|vxlan|"))));
+    assert_eq!(
+        calls[2],
+        Call::EnsurePatch {
+            a: ports::node_end_name("default", u1, "a"),
+            b: ports::device_name("default", u1),
+            mode: Mode::Repair
+        },
+        "the port's node end is patched to the link's vxlan device in the node"
+    );
 }
 
 /// A pod whose namespace vanished is released: status cleared, nothing built toward it, its
@@ -491,8 +502,9 @@ async fn an_impairment_the_node_cannot_apply_is_named_in_the_status() {
     assert_eq!(e.impairs(), []);
 }
 
-/// `state: down` on either end pulls a VXLAN end's cable (protodown) once, and plugs it back
-/// once; on a same-node link both ports' node ends are pulled (the patchbay takes them down).
+/// `state: down` on either end pulls the cable: a VXLAN link's port is handed to the patchbay
+/// pulled (its node end goes down), and plugged back; on a same-node link both ports' node ends
+/// are pulled.
 #[tokio::test]
 async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     let e = env(InterNodeLink::Vxlan);
@@ -503,27 +515,36 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
         .await;
     e.pod("r2", vec![down], OTHER, "bbbb").await;
-    let pulls = |e: &Env| -> Vec<bool> {
+    let pulled = |e: &Env| -> Vec<(bool, Option<Far>)> {
+        assert!(
+            !e.ops
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::ProtoDown { .. })),
+            "a port's carrier is its node end's, not protodown"
+        );
         e.ops
-            .take_calls()
+            .cables()
             .into_iter()
-            .filter_map(|c| match c {
-                Call::ProtoDown { down, .. } => Some(down),
-                _ => None,
-            })
+            .map(|c| (c.pulled, c.far))
             .collect()
     };
+    let far = Some(Far::Device(ports::device_name("default", 1)));
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), [true], "the peer's declaration pulls this end");
+    assert_eq!(
+        pulled(&e),
+        [(true, far.clone())],
+        "the peer's declaration pulls this end"
+    );
     let st = e.status("r1").await;
     assert_eq!(st.links[0].state, LinkState::Down);
     assert_eq!(st.links[0].message, "state: down (declared by r2)");
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), Vec::<bool>::new(), "not again on a resync");
+    assert_eq!(pulled(&e), [(true, far.clone())], "still, on a resync");
     e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
         .await;
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), [false]);
+    assert_eq!(pulled(&e), [(false, far)]);
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
 
     // A same-node link: no protodown; both node ends pulled; down, declared by r1.
@@ -536,7 +557,7 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     v.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
         .await;
     v.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&v), Vec::<bool>::new());
+    assert!(pulled(&v).iter().all(|(p, f)| *p && f.is_some()));
     let st = v.status("r2").await;
     assert_eq!(st.links[0].state, LinkState::Down);
     assert_eq!(st.links[0].message, "state: down (declared by r1)");
@@ -619,4 +640,48 @@ async fn a_wire_end_gets_the_incoming_impairment_and_its_cable_state() {
         }]
     );
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Down);
+}
+
+/// Under VXLAN the pod's port stays whatever the peer does: the vxlan device in the node's
+/// namespace is rebuilt when the peer moves to another node, and removed when it goes (the
+/// port stays, nothing patched to it); the pod's interface is never deleted.
+#[tokio::test]
+async fn a_vxlan_port_stays_when_the_peer_moves_or_goes() {
+    const THIRD: &str = "198.51.100.3";
+    let e = env(InterNodeLink::Vxlan);
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    let r1 = netns("r1", "aaaa");
+    let dev = ports::device_name("default", 1);
+    let node_devs = |e: &Env| e.ops.ifaces(ports::NODE_NETNS);
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert!(node_devs(&e)[&dev].contains(&format!("-{OTHER}-")));
+    e.ops.take_calls();
+    // The peer moves to another node: a new device toward it, the same port.
+    e.sandbox("r2", THIRD, "cccc").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(node_devs(&e)[&dev].contains(&format!("-{THIRD}-")));
+    let calls = e.ops.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == r1.as_str())),
+        "{calls:?}"
+    );
+    // The peer goes: the device is removed from the node, the port stays, carrier off.
+    store::update_status(e.rec.store().as_ref(), &PodKey::new("default", "r2"), |s| {
+        s.net_ns.clear();
+        s.container_id.clear();
+        s.src_ip.clear();
+        true
+    })
+    .await
+    .unwrap();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(!node_devs(&e).contains_key(&dev), "{:?}", node_devs(&e));
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert_eq!(e.ops.cables()[0].far, None);
 }
