@@ -234,8 +234,8 @@ pub enum Mode {
     Verify,
 }
 
-/// What ensuring a link did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What ensuring a link did (ordered: unchanged < repaired < created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Already as declared.
     Unchanged,
@@ -864,7 +864,12 @@ impl LinkOps for Kernel {
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
         match &self.wire {
-            Some(node) => snap.with(crate::tapio::ensure_half(node, spec, mode)).await,
+            Some(node) => {
+                let (h, conn) = node_netlink().map_err(node_socket_err)?;
+                let r = crate::tapio::ensure_half(node, &self.bay, &h, snap, spec, mode).await;
+                conn.abort();
+                r
+            }
             None => Err(LinkError::NoWire),
         }
     }

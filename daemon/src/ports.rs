@@ -74,6 +74,13 @@ pub fn device_name(namespace: &str, uid: i64) -> String {
     format!("mx{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
 }
 
+/// Name of the node-side TAP that the gRPC wire reads and writes for link (namespace, uid):
+/// `mt` and the same 12 hex digits as [`device_name`].
+pub fn wire_tap_name(namespace: &str, uid: i64) -> String {
+    let h = meshnet_wire::table::link_hash(namespace, uid);
+    format!("mt{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+}
+
 /// A pod's port: the pod end as declared, and the name of its node end.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortSpec {
@@ -387,12 +394,25 @@ pub enum Far {
     /// A device in the node's namespace that carries the link to another node (a vxlan
     /// device): the far end is there while it exists and is up.
     Device(String),
+    /// The gRPC wire: the far end is there while the wire's half is bound (what the wire
+    /// reports through [`Patchbay::wire_carrier`]), and its node-side TAP, if it has one, is
+    /// patched to the node end.
+    Wire,
+}
+
+/// What the wire said about a half whose port is the node end it is keyed by.
+#[derive(Debug, Clone, Default)]
+struct WireState {
+    up: bool,
+    /// The node-side TAP patched to the node end (`None`: the wire reads the node end itself).
+    device: Option<String>,
 }
 
 /// Keeps node ends' admin state (their pods' carrier) as the far ends are (module docs).
 #[derive(Debug)]
 pub struct Patchbay {
     table: watch::Sender<Vec<Cable>>,
+    wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
 }
 
 impl Patchbay {
@@ -406,8 +426,38 @@ impl Patchbay {
             rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
         tokio::spawn(conn);
         let (table, rx) = watch::channel(Vec::new());
-        tokio::spawn(run(handle, rx, events));
-        Ok(Arc::new(Patchbay { table }))
+        let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        tokio::spawn(run(handle, rx, events, Arc::clone(&wires)));
+        Ok(Arc::new(Patchbay { table, wires }))
+    }
+
+    fn wires(&self) -> std::sync::MutexGuard<'_, HashMap<String, WireState>> {
+        self.wires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A wire half was attached to the port whose node end is `node_end`, through `device` (its
+    /// node-side TAP) or the node end itself (`None`); carrier off until the wire says.
+    pub fn wire_attached(&self, node_end: &str, device: Option<String>) {
+        self.wires()
+            .insert(node_end.to_string(), WireState { up: false, device });
+        self.table.send_modify(|_| {});
+    }
+
+    /// The wire's verdict on the half at `node_end`: bound to the peer's half (`up`) or not.
+    /// Called from the wire's tasks; cheap (the patchbay task applies it).
+    pub fn wire_carrier(&self, node_end: &str, up: bool) {
+        let changed = match self.wires().get_mut(node_end) {
+            Some(w) if w.up != up => {
+                w.up = up;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.table.send_modify(|_| {});
+        }
     }
 
     /// The cables to keep, replacing the previous table (node ends not in it are left as they
@@ -422,7 +472,12 @@ type Events = futures::channel::mpsc::UnboundedReceiver<(
     rtnetlink::sys::SocketAddr,
 )>;
 
-async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Events) {
+async fn run(
+    h: Handle,
+    mut table: watch::Receiver<Vec<Cable>>,
+    mut events: Events,
+    wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
+) {
     let mut bay = Bay::default();
     let mut next: Option<Instant> = None;
     loop {
@@ -445,6 +500,10 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
             () = wake => {}
         }
         let cables = table.borrow_and_update().clone();
+        bay.wires = wires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         next = match bay.evaluate(&h, &cables).await {
             Ok(n) => n,
             Err(e) => {
@@ -470,6 +529,8 @@ struct Bay {
     down_since: HashMap<String, Instant>,
     /// Node ends up at the last evaluation.
     was_up: HashSet<String>,
+    /// The wire's halves, by node end (a copy taken for each evaluation).
+    wires: HashMap<String, WireState>,
 }
 
 /// What one evaluation decided for a node end.
@@ -501,8 +562,10 @@ impl Bay {
         cables: &[Cable],
     ) -> Result<Option<Instant>, rtnetlink::Error> {
         let mut wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
+        let wires = std::mem::take(&mut self.wires);
         wanted.extend(cables.iter().filter_map(|c| match &c.far {
             Some(Far::Device(d)) => Some(d.as_str()),
+            Some(Far::Wire) => wires.get(&c.node).and_then(|w| w.device.as_deref()),
             _ => None,
         }));
         let ends = dump_node_ends(h, &wanted).await?;
@@ -553,6 +616,16 @@ impl Bay {
                 (Some(Far::Device(d)), false) => match ends.get(d) {
                     Some(de) => de.up && (x.up || patched_both(h, x.index, de.index).await),
                     None => false,
+                },
+                (Some(Far::Wire), false) => match wires.get(&c.node) {
+                    Some(w) if w.up => match &w.device {
+                        None => true,
+                        Some(d) => match ends.get(d) {
+                            Some(de) => x.up || patched_both(h, x.index, de.index).await,
+                            None => false,
+                        },
+                    },
+                    _ => false,
                 },
             };
             let held = self.down_since.get(&c.node).map(|t| now - *t);

@@ -506,6 +506,10 @@ impl Reconciler {
                             .then(|| Far::Device(dev.end.ifname.clone()));
                         (port.clone(), far)
                     }
+                    Work::Wire(s) => (
+                        s.port.clone(),
+                        (!failed.contains_key(&s.alias)).then_some(Far::Wire),
+                    ),
                     _ => continue,
                 };
                 cables.push(Cable {
@@ -864,8 +868,8 @@ impl Reconciler {
         }
     }
 
-    /// Removes meshnet's link-carrying devices in the node's namespace (vxlan devices of
-    /// ports) that no link plans any more (peer gone, moved to this node, link removed). Done
+    /// Removes meshnet's link-carrying devices in the node's namespace (vxlan devices and wire
+    /// TAPs of ports, host ends of wire halves from before ports) that no link plans any more (peer gone, moved to this node, link removed). Done
     /// when the set of planned devices changed, and on full runs.
     async fn sweep_node(
         &self,
@@ -879,6 +883,7 @@ impl Reconciler {
             .flatten()
             .filter_map(|w| match w {
                 Work::Carried(_, d) => Some((d.end.ifname.clone(), d.alias.clone())),
+                Work::Wire(s) => Some((ports::wire_tap_name(&s.key.0, s.key.1), s.alias.clone())),
                 _ => None,
             })
             .collect();
@@ -890,7 +895,7 @@ impl Reconciler {
         match self.ops.owned(snap, node).await {
             Ok(owned) => {
                 for (ifname, alias) in owned {
-                    if alias.kind != "vxlan" {
+                    if alias.kind != "vxlan" && alias.kind != "grpc" {
                         continue;
                     }
                     let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
@@ -1234,6 +1239,7 @@ impl Work {
             Work::Patch(s) if s.a.netns == netns => Some(&s.ports[0].0),
             Work::Patch(s) => Some(&s.ports[1].0),
             Work::Carried(p, _) => Some(&p.alias),
+            Work::Wire(s) => Some(&s.port.alias),
             w => w.alias(),
         }
     }
@@ -1300,7 +1306,11 @@ fn pulled_by<'a>(
 }
 
 fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAddr>) -> Work {
+    let mtu = decl.mtu.unwrap_or(DEFAULT_WIRE_MTU);
+    let mut port = port_work(p, l, decl);
+    port.mtu = Some(mtu);
     Work::Wire(WireSpec {
+        port,
         key: (p.key.namespace.clone(), l.uid),
         alias: links::alias(
             &p.key.namespace,

@@ -82,6 +82,69 @@ fn a_vxlan_peer_restarted_20_times_never_replaces_the_survivors_port() {
     );
 }
 
+#[test]
+fn a_grpc_wire_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prg",
+        "node2",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.33/30", "192.0.2.34/30"),
+    );
+}
+
+/// GRPC mode with both pods on one node: a same-node link, patched ports as under VXLAN.
+#[test]
+fn a_same_node_peer_in_grpc_mode_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prgs",
+        "node1",
+        &["--link", "grpc"],
+        ("192.0.2.37/30", "192.0.2.38/30"),
+    );
+}
+
+/// In GRPC mode a pod whose peer is not there yet gets its port at once (a wire half, carrier
+/// off); when the peer lands on the same node the link becomes a same-node patch and the port
+/// stays — the wire's TAP in the node goes instead.
+#[test]
+fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
+    let lab = LabGuard::new("prw");
+    let both = two_pods(
+        ("r1", "node1"),
+        ("r2", "node1"),
+        &[(1, "eth1", "192.0.2.41/30", "192.0.2.42/30")],
+    );
+    // r1's Topology and pod alone first.
+    let docs: Vec<&str> = both.split("---\n").collect();
+    let r1_only = format!("{}---\n{}---\n", docs[0], docs[2]);
+    let f1 = yaml_file("prw1", &r1_only);
+    let f2 = yaml_file("prw2", &both);
+    lab.ok(&["up", f1.to_str().unwrap(), "--link", "grpc"]);
+    let n1 = lab.pod_netns("r1");
+    let before = identity(&n1, "eth1");
+    assert!(!carrier(&n1, "eth1"), "no carrier without a peer");
+    let node1 = format!("mnl-{}-node1", lab.name);
+    assert!(
+        LabGuard::interfaces(&node1)
+            .iter()
+            .any(|i| i.starts_with("mt")),
+        "the wire's TAP is in the node: {:?}",
+        LabGuard::interfaces(&node1)
+    );
+    lab.ok(&["apply", f2.to_str().unwrap()]);
+    lab.assert_links_up(1);
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before, "port replaced");
+    until("the wire's TAP removed", Duration::from_secs(5), || {
+        !LabGuard::interfaces(&node1)
+            .iter()
+            .any(|i| i.starts_with("mt"))
+    });
+    let _ = std::fs::remove_file(f1);
+    let _ = std::fs::remove_file(f2);
+}
+
 /// The far router shutting its port takes this port's carrier off within a second and keeps it
 /// off across a full resync; turning it back on restores both.
 #[test]

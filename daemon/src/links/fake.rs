@@ -241,7 +241,8 @@ impl LinkOps for FakeOps {
             alias: spec.alias.clone(),
             mode,
         });
-        self.ensure(&spec.alias, &[&spec.end], mode)
+        // The pod's interface is the half's port.
+        self.ensure(&spec.port.alias, &[&spec.end], mode)
     }
 
     fn half_carrier(&self, key: &WireKey) -> Option<bool> {
