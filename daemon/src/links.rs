@@ -632,7 +632,13 @@ pub struct Kernel {
     wire: Option<Arc<WireNode>>,
     /// Keeps the node ends' carrier (see [`crate::ports`]).
     bay: Arc<Patchbay>,
+    /// Wire halves whose router shut its port (unbound from the peer until it opens it), and
+    /// the peer node each half is planned toward.
+    shut_halves: Arc<std::sync::Mutex<ShutHalves>>,
 }
+
+/// Wire halves unbound because their router shut its port, and each half's planned peer.
+type ShutHalves = (HashSet<WireKey>, HashMap<WireKey, Option<IpAddr>>);
 
 impl Kernel {
     /// Opens a netlink connection in the calling thread's namespace (the node's).
@@ -646,12 +652,32 @@ impl Kernel {
             node,
             wire: None,
             bay: Patchbay::start()?,
+            shut_halves: Arc::default(),
         })
     }
 
     /// The same, with the gRPC wire whose halves [`LinkOps::ensure_half`] makes.
     #[must_use]
     pub fn with_wire(mut self, wire: Option<Arc<WireNode>>) -> Self {
+        if let Some(w) = &wire {
+            // A router shutting its port unbinds the half (its peer's carrier drops); opening
+            // it binds the half toward its planned peer again.
+            let (w, halves) = (Arc::clone(w), Arc::clone(&self.shut_halves));
+            self.bay.on_shut(Box::new(move |key, shut| {
+                let peer = {
+                    let mut g = halves
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if shut {
+                        g.0.insert(key.clone());
+                    } else {
+                        g.0.remove(key);
+                    }
+                    g.1.get(key).copied().flatten()
+                };
+                w.update_peer(key, if shut { None } else { peer });
+            }));
+        }
         self.wire = wire;
         self
     }
@@ -865,8 +891,20 @@ impl LinkOps for Kernel {
     ) -> Result<Outcome, LinkError> {
         match &self.wire {
             Some(node) => {
+                // A half whose router shut its port stays unbound whatever the plan says.
+                let mut spec = spec.clone();
+                {
+                    let mut g = self
+                        .shut_halves
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    g.1.insert(spec.key.clone(), spec.peer);
+                    if g.0.contains(&spec.key) {
+                        spec.peer = None;
+                    }
+                }
                 let (h, conn) = node_netlink().map_err(node_socket_err)?;
-                let r = crate::tapio::ensure_half(node, &self.bay, &h, snap, spec, mode).await;
+                let r = crate::tapio::ensure_half(node, &self.bay, &h, snap, &spec, mode).await;
                 conn.abort();
                 r
             }

@@ -403,17 +403,29 @@ pub enum Far {
 /// What the wire said about a half whose port is the node end it is keyed by.
 #[derive(Debug, Clone, Default)]
 struct WireState {
+    /// The link the half is for.
+    key: (String, i64),
     up: bool,
     /// The node-side TAP patched to the node end (`None`: the wire reads the node end itself).
     device: Option<String>,
 }
 
 /// Keeps node ends' admin state (their pods' carrier) as the far ends are (module docs).
-#[derive(Debug)]
 pub struct Patchbay {
     table: watch::Sender<Vec<Cable>>,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
+    on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
 }
+
+impl std::fmt::Debug for Patchbay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patchbay").finish_non_exhaustive()
+    }
+}
+
+/// Told when the router behind a wire half's port shuts it (`true`) or opens it again: the
+/// half is then unbound from its peer, so the far port loses carrier too.
+pub type ShutHook = Box<dyn Fn(&(String, i64), bool) + Send + Sync>;
 
 impl Patchbay {
     /// Starts the patchbay on the calling thread's namespace (the node's): a netlink socket
@@ -427,8 +439,27 @@ impl Patchbay {
         tokio::spawn(conn);
         let (table, rx) = watch::channel(Vec::new());
         let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
-        tokio::spawn(run(handle, rx, events, Arc::clone(&wires)));
-        Ok(Arc::new(Patchbay { table, wires }))
+        let on_shut = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(run(
+            handle,
+            rx,
+            events,
+            Arc::clone(&wires),
+            Arc::clone(&on_shut),
+        ));
+        Ok(Arc::new(Patchbay {
+            table,
+            wires,
+            on_shut,
+        }))
+    }
+
+    /// Installs what is told when a wire half's router shuts or opens its port.
+    pub fn on_shut(&self, hook: ShutHook) {
+        *self
+            .on_shut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
     }
 
     fn wires(&self) -> std::sync::MutexGuard<'_, HashMap<String, WireState>> {
@@ -439,9 +470,15 @@ impl Patchbay {
 
     /// A wire half was attached to the port whose node end is `node_end`, through `device` (its
     /// node-side TAP) or the node end itself (`None`); carrier off until the wire says.
-    pub fn wire_attached(&self, node_end: &str, device: Option<String>) {
-        self.wires()
-            .insert(node_end.to_string(), WireState { up: false, device });
+    pub fn wire_attached(&self, node_end: &str, device: Option<String>, key: (String, i64)) {
+        self.wires().insert(
+            node_end.to_string(),
+            WireState {
+                key,
+                up: false,
+                device,
+            },
+        );
         self.table.send_modify(|_| {});
     }
 
@@ -477,6 +514,7 @@ async fn run(
     mut table: watch::Receiver<Vec<Cable>>,
     mut events: Events,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
+    on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
 ) {
     let mut bay = Bay::default();
     let mut next: Option<Instant> = None;
@@ -504,7 +542,19 @@ async fn run(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        next = match bay.evaluate(&h, &cables).await {
+        let r = bay.evaluate(&h, &cables).await;
+        if !bay.shut_changes.is_empty() {
+            let hook = on_shut
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, shut) in bay.shut_changes.drain(..) {
+                tracing::info!(link = ?key, shut, "router shut or opened a wire port: half unbound or bound");
+                if let Some(f) = hook.as_ref() {
+                    f(&key, shut);
+                }
+            }
+        }
+        next = match r {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "patchbay: cannot read the node's links");
@@ -531,6 +581,10 @@ struct Bay {
     was_up: HashSet<String>,
     /// The wire's halves, by node end (a copy taken for each evaluation).
     wires: HashMap<String, WireState>,
+    /// Wire ports whose router has shut them, as last told.
+    shut: HashMap<String, bool>,
+    /// Shut/opened wire ports found by the last evaluation, to tell.
+    shut_changes: Vec<((String, i64), bool)>,
 }
 
 /// What one evaluation decided for a node end.
@@ -618,14 +672,32 @@ impl Bay {
                     None => false,
                 },
                 (Some(Far::Wire), false) => match wires.get(&c.node) {
-                    Some(w) if w.up => match &w.device {
-                        None => true,
-                        Some(d) => match ends.get(d) {
-                            Some(de) => x.up || patched_both(h, x.index, de.index).await,
-                            None => false,
-                        },
-                    },
-                    _ => false,
+                    Some(w) => {
+                        // The router behind this port shut it: the half is unbound (the far
+                        // port loses carrier too); opened again: bound again.
+                        let pod_on = if x.up {
+                            x.lower_up
+                        } else {
+                            if !polled.contains_key(&c.node) {
+                                let on = pod_end_up(&c.pod.0, &c.pod.1).await;
+                                polled.insert(c.node.clone(), on);
+                            }
+                            soon(now + POLL, &mut next);
+                            polled[&c.node]
+                        };
+                        if self.shut.get(&c.node).copied().unwrap_or(false) == pod_on {
+                            self.shut.insert(c.node.clone(), !pod_on);
+                            self.shut_changes.push((w.key.clone(), !pod_on));
+                        }
+                        w.up && match &w.device {
+                            None => true,
+                            Some(d) => match ends.get(d) {
+                                Some(de) => x.up || patched_both(h, x.index, de.index).await,
+                                None => false,
+                            },
+                        }
+                    }
+                    None => false,
                 },
             };
             let held = self.down_since.get(&c.node).map(|t| now - *t);

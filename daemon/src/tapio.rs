@@ -200,7 +200,7 @@ pub async fn ensure_half(
                         tracing::debug!(%path, error = %e, "cannot disable IPv6 on a wire TAP");
                     }
                 }
-                bay.wire_attached(&port.node, Some(name.clone()));
+                bay.wire_attached(&port.node, Some(name.clone()), spec.key.clone());
                 let io = Ported {
                     inner: tap,
                     carrier: Box::new(carrier),
@@ -242,7 +242,7 @@ pub async fn ensure_half(
                     pod_netns: port.end.netns.clone(),
                     pod_ifname: port.end.ifname.clone(),
                 };
-                bay.wire_attached(&port.node, None);
+                bay.wire_attached(&port.node, None, spec.key.clone());
                 node.register(spec, Arc::new(io), end.index);
                 outcome = outcome.max(Outcome::Repaired);
             }

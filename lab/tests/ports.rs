@@ -147,21 +147,19 @@ fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
 
 /// The far router shutting its port takes this port's carrier off within a second and keeps it
 /// off across a full resync; turning it back on restores both.
-#[test]
-fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
-    let lab = LabGuard::new("prs");
+fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::new(tag);
     let f = yaml_file(
-        "prs",
+        tag,
         &two_pods(
             ("r1", "node1"),
-            ("r2", "node1"),
-            &[(1, "eth1", "192.0.2.25/30", "192.0.2.26/30")],
+            ("r2", r2_node),
+            &[(1, "eth1", ips.0, ips.1)],
         ),
     );
-    lab.ok_env(
-        &[("MESHNET_LAB_RESYNC_SECONDS", "1")],
-        &["up", f.to_str().unwrap()],
-    );
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok_env(&[("MESHNET_LAB_RESYNC_SECONDS", "1")], &args);
     lab.assert_links_up(1);
     let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
     until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
@@ -176,10 +174,10 @@ fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
         );
     };
     ip(&n2, "down");
-    let took = until("carrier off", Duration::from_secs(1), || {
+    let took = until("carrier off", Duration::from_secs(2), || {
         !carrier(&n1, "eth1")
     });
-    eprintln!("r1 lost carrier {took:?} after r2 shut its port");
+    eprintln!("{tag}: r1 lost carrier {took:?} after r2 shut its port");
     // Full resyncs come and go: the router's shut stays, and so does the far carrier loss.
     std::thread::sleep(Duration::from_millis(2500));
     assert!(!carrier(&n1, "eth1"), "carrier came back while r2 is shut");
@@ -190,4 +188,20 @@ fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
     lab.ok(&["verify"]);
     assert_eq!(identity(&n1, "eth1"), before);
     let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
+    far_port_shut("prs", "node1", &[], ("192.0.2.25/30", "192.0.2.26/30"));
+}
+
+/// On the gRPC wire the shut port's half is unbound, so the far half loses its peer.
+#[test]
+fn a_far_port_shut_on_the_grpc_wire_takes_the_carrier_off_until_it_is_back() {
+    far_port_shut(
+        "prsg",
+        "node2",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.45/30", "192.0.2.46/30"),
+    );
 }
