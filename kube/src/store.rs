@@ -71,7 +71,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Client, Config, CustomResourceExt};
-use meshnet_topology::store::{StoreError, StoreEvent, TopologyStore};
+use meshnet_topology::store::{StoreError, StoreEvent, TopologyStore, check_key};
 use meshnet_topology::topology::{self as model, PodKey, TopologyStatus};
 use serde_json::json;
 use tokio::sync::{Semaphore, broadcast};
@@ -574,38 +574,6 @@ fn store_error(err: kube::Error, key: Option<&PodKey>) -> StoreError {
             status.code, status.reason, status.message
         )),
     }
-}
-
-/// A DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most `max` bytes).
-fn is_label(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// Refuses keys the API server would refuse (or that would not form a valid URL path): namespaces
-/// are DNS-1123 labels, names DNS-1123 subdomains.
-fn check_key(key: &PodKey) -> Result<(), StoreError> {
-    let invalid = |reason: String| StoreError::Invalid {
-        key: key.clone(),
-        reason,
-    };
-    if !is_label(&key.namespace, 63) {
-        return Err(invalid(format!(
-            "namespace {:?} is not a valid Kubernetes namespace (DNS-1123 label)",
-            key.namespace
-        )));
-    }
-    if key.name.len() > 253 || !key.name.split('.').all(|p| is_label(p, 253)) {
-        return Err(invalid(format!(
-            "name {:?} is not a valid Kubernetes name (DNS-1123 subdomain)",
-            key.name
-        )));
-    }
-    Ok(())
 }
 
 fn type_meta() -> TypeMeta {

@@ -47,16 +47,6 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
-/// True for a DNS-1123 subdomain as Kubernetes accepts for names and namespaces.
-fn valid_k8s_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-}
-
 impl FileStore {
     /// Opens (creating if needed) the store directory.
     ///
@@ -80,14 +70,7 @@ impl FileStore {
     }
 
     fn path_of(&self, key: &PodKey) -> Result<PathBuf, StoreError> {
-        for part in [&key.namespace, &key.name] {
-            if !valid_k8s_name(part) {
-                return Err(StoreError::Invalid {
-                    key: key.clone(),
-                    reason: format!("{part:?} is not a valid Kubernetes name"),
-                });
-            }
-        }
+        super::check_key(key)?;
         Ok(self
             .inner
             .dir
@@ -97,7 +80,9 @@ impl FileStore {
     fn key_of_file(name: &str) -> Option<PodKey> {
         let stem = name.strip_suffix(".json")?;
         let (ns, n) = stem.split_once('_')?;
-        (valid_k8s_name(ns) && valid_k8s_name(n)).then(|| PodKey::new(ns, n))
+        let key = PodKey::new(ns, n);
+        // `PodKey::new` reads an empty namespace as `default`: a file `_r1.json` is not one.
+        (!ns.is_empty() && super::check_key(&key).is_ok()).then_some(key)
     }
 
     fn lock(&self) -> Result<Flock<File>, StoreError> {

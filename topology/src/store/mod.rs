@@ -18,6 +18,9 @@ use crate::topology::{PodKey, Topology, TopologyStatus};
 
 pub mod file;
 
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+
 /// Errors of a topology store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +58,42 @@ impl StoreError {
             StoreError::Backend(_) => "backend",
         }
     }
+}
+
+/// A DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most `max` bytes).
+fn is_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Refuses keys the API server would refuse (or that would not form a valid URL path or file
+/// name): namespaces are DNS-1123 labels, names DNS-1123 subdomains. Every store checks keys
+/// with this one function, so the lab refuses exactly what a cluster refuses.
+///
+/// # Errors
+/// [`StoreError::Invalid`] naming the part that is wrong.
+pub fn check_key(key: &PodKey) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::Invalid {
+        key: key.clone(),
+        reason,
+    };
+    if !is_label(&key.namespace, 63) {
+        return Err(invalid(format!(
+            "namespace {:?} is not a valid Kubernetes namespace (DNS-1123 label)",
+            key.namespace
+        )));
+    }
+    if key.name.len() > 253 || !key.name.split('.').all(|p| is_label(p, 253)) {
+        return Err(invalid(format!(
+            "name {:?} is not a valid Kubernetes name (DNS-1123 subdomain)",
+            key.name
+        )));
+    }
+    Ok(())
 }
 
 /// A change seen in the store.
@@ -144,3 +183,6 @@ where
 
 /// A store shared by the tasks of a daemon.
 pub type SharedStore = Arc<dyn TopologyStore>;
+
+#[cfg(test)]
+mod tests;
