@@ -675,19 +675,19 @@ impl Bay {
                     Some(w) => {
                         // The router behind this port shut it: the half is unbound (the far
                         // port loses carrier too); opened again: bound again.
+                        // A pod end that cannot be read (its namespace going away) says nothing:
+                        // a gone port is not a shut one.
                         let pod_on = if x.up {
-                            x.lower_up
+                            Some(x.lower_up)
                         } else {
-                            if !polled.contains_key(&c.node) {
-                                let on = pod_end_up(&c.pod.0, &c.pod.1).await;
-                                polled.insert(c.node.clone(), on);
-                            }
                             soon(now + POLL, &mut next);
-                            polled[&c.node]
+                            pod_end_state(&c.pod.0, &c.pod.1).await
                         };
-                        if self.shut.get(&c.node).copied().unwrap_or(false) == pod_on {
-                            self.shut.insert(c.node.clone(), !pod_on);
-                            self.shut_changes.push((w.key.clone(), !pod_on));
+                        if let Some(on) = pod_on
+                            && self.shut.get(&c.node).copied().unwrap_or(false) == on
+                        {
+                            self.shut.insert(c.node.clone(), !on);
+                            self.shut_changes.push((w.key.clone(), !on));
                         }
                         w.up && match &w.device {
                             None => true,
@@ -754,7 +754,15 @@ async fn patched_both(h: &Handle, a: u32, b: u32) -> bool {
 
 /// Whether the router keeps its pod end up (a namespace or interface that is gone: no).
 async fn pod_end_up(netns: &Path, ifname: &str) -> bool {
-    matches!(Kernel::lookup(netns, ifname).await, Ok(Some(st)) if st.up)
+    pod_end_state(netns, ifname).await == Some(true)
+}
+
+/// The router's admin state of its pod end; `None` if the pod end cannot be read.
+async fn pod_end_state(netns: &Path, ifname: &str) -> Option<bool> {
+    match Kernel::lookup(netns, ifname).await {
+        Ok(Some(st)) => Some(st.up),
+        _ => None,
+    }
 }
 
 /// The node ends named in `wanted`, from one link dump of the node's namespace.
