@@ -685,3 +685,38 @@ async fn a_vxlan_port_stays_when_the_peer_moves_or_goes() {
     assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
     assert_eq!(e.ops.cables()[0].far, None);
 }
+
+/// In GRPC mode a pod whose peer is not there yet gets a wire half on its port; when the peer
+/// lands on the same node the link becomes a patch of two ports and the pod's interface (the
+/// port) is kept, never deleted.
+#[tokio::test]
+async fn a_wire_half_becomes_a_patch_on_the_same_port() {
+    let e = env(InterNodeLink::Grpc);
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    let r1 = netns("r1", "aaaa");
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert_eq!(e.ops.cables()[0].far, Some(Far::Wire));
+    e.ops.take_calls();
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
+        .await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    let calls = e.ops.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == r1.as_str())),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&Call::RetainHalves { keep: vec![] }),
+        "{calls:?}"
+    );
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    let far: Vec<_> = e.ops.cables().into_iter().map(|c| c.far).collect();
+    assert!(
+        far.iter().all(|f| matches!(f, Some(Far::Port(_)))),
+        "{far:?}"
+    );
+}
