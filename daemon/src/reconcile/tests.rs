@@ -642,6 +642,16 @@ async fn a_wire_end_gets_the_incoming_impairment_and_its_cable_state() {
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Down);
 }
 
+/// The run deleted nothing in the pod namespace `ns`.
+fn assert_nothing_deleted_in(calls: &[Call], ns: &str) {
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == ns)),
+        "{calls:?}"
+    );
+}
+
 /// Under VXLAN the pod's port stays whatever the peer does: the vxlan device in the node's
 /// namespace is rebuilt when the peer moves to another node, and removed when it goes (the
 /// port stays, nothing patched to it); the pod's interface is never deleted.
@@ -665,12 +675,7 @@ async fn a_vxlan_port_stays_when_the_peer_moves_or_goes() {
     e.rec.run(Depth::Changes).await.unwrap();
     assert!(node_devs(&e)[&dev].contains(&format!("-{THIRD}-")));
     let calls = e.ops.take_calls();
-    assert!(
-        !calls
-            .iter()
-            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == r1.as_str())),
-        "{calls:?}"
-    );
+    assert_nothing_deleted_in(&calls, &r1);
     // The peer goes: the device is removed from the node, the port stays, carrier off.
     store::update_status(e.rec.store().as_ref(), &PodKey::new("default", "r2"), |s| {
         s.net_ns.clear();
@@ -703,12 +708,7 @@ async fn a_wire_half_becomes_a_patch_on_the_same_port() {
         .await;
     e.rec.run(Depth::Changes).await.unwrap();
     let calls = e.ops.take_calls();
-    assert!(
-        !calls
-            .iter()
-            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == r1.as_str())),
-        "{calls:?}"
-    );
+    assert_nothing_deleted_in(&calls, &r1);
     assert!(
         calls.contains(&Call::RetainHalves { keep: vec![] }),
         "{calls:?}"
