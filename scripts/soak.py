@@ -26,6 +26,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Drop reasons counted by the receiving half (the rest are the sender's).
+RECEIVER_DROPS = ("queue_full", "oversize", "io_error")
 REPO = os.path.dirname(HERE)
 
 
@@ -149,16 +151,21 @@ def soak(a, lab):
         for (pod, peer) in ends:
             if "r5" in (pod, peer):
                 continue
-            tx = total("meshnet_link_tx_frames_total", uid=uid, pod=pod)
-            rx = total("meshnet_link_rx_frames_total", uid=uid, pod=peer)
-            dr = total("meshnet_link_drops_total", uid=uid, pod=peer)
+            tx = total("meshnet_link_tx_frames_total", uid=uid, pod=pod, kind="grpc")
+            rx = total("meshnet_link_rx_frames_total", uid=uid, pod=peer, kind="grpc")
+            # Drops on the way in at the receiver; its `peer_down` are frames its own pod sent
+            # while the carrier was off, not frames of this direction.
+            dr = sum(total("meshnet_link_drops_total", uid=uid, pod=peer, kind="grpc", reason=r)
+                     for r in RECEIVER_DROPS)
             checked += 1
             if tx != rx + dr:
                 failures.append(f"uid {uid} {pod}->{peer}: sent {tx:.0f} != received {rx:.0f} + dropped {dr:.0f}")
     report["wires_checked_exactly"] = checked
-    tx = total("meshnet_link_tx_frames_total")
-    rx = total("meshnet_link_rx_frames_total")
-    rx_drops = sum(v for (m, l, v) in series if m == "meshnet_link_drops_total" and l.get("reason") in ("queue_full", "oversize", "io_error"))
+    # Wires only: a kernel link's counters are its interfaces', and a port outlives its peer's
+    # sandbox (issue 12), so across a flap its two ends count over different spans.
+    tx = total("meshnet_link_tx_frames_total", kind="grpc")
+    rx = total("meshnet_link_rx_frames_total", kind="grpc")
+    rx_drops = sum(v for (m, l, v) in series if m == "meshnet_link_drops_total" and l.get("kind") == "grpc" and l.get("reason") in RECEIVER_DROPS)
     unknown = total("meshnet_wire_unknown_wire_frames_total")
     report.update(sent=tx, received=rx, dropped_at_receiver=rx_drops, unknown_wire=unknown,
                   peer_down=total("meshnet_link_drops_total", reason="peer_down"))

@@ -36,6 +36,8 @@ pub struct WireSpec {
     /// The peer pod's node, once the peer is alive.
     pub peer: Option<IpAddr>,
     pub labels: LinkLabels,
+    /// The pod's port (`end` as a port): the wire is patched to its node end.
+    pub port: crate::ports::PortSpec,
 }
 
 /// The frame endpoint of a wire half in the pod (`--wire-endpoint`).

@@ -31,6 +31,7 @@ pub mod metrics_desc;
 pub mod netns;
 pub mod pcapng;
 pub mod plan;
+pub mod ports;
 pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;

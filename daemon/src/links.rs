@@ -30,15 +30,14 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::MacVlanMode;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use tokio::sync::Notify;
 
 use crate::gwire::{WireKey, WireNode};
 use crate::netns::{self, NetnsError};
+use crate::ports::{Cable, Patchbay, PortSpec};
 use crate::tapio::WireSpec;
 use crate::topology::MacAddr;
 use meshnet_topology::impairment::ImpairSpec;
@@ -138,13 +137,34 @@ pub struct EndSpec {
     pub mac: Option<MacAddr>,
 }
 
-/// A veth pair between two pods of this node.
+/// A link between two pods of this node: each pod's port ([`crate::ports`]), patched to each
+/// other. `alias` names the link with both sandboxes (it changes when either pod is rebuilt);
+/// each port carries its own alias, which names only its pod's sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VethSpec {
     pub alias: String,
     pub mtu: Option<u32>,
     pub a: EndSpec,
     pub b: EndSpec,
+    /// Port alias and node end name of `a` and of `b`.
+    pub ports: [(String, String); 2],
+}
+
+impl VethSpec {
+    /// The port of end `a` (`0`) or `b` (`1`).
+    pub fn port(&self, i: usize) -> PortSpec {
+        let (alias, node) = self.ports[i].clone();
+        PortSpec {
+            alias,
+            end: if i == 0 {
+                self.a.clone()
+            } else {
+                self.b.clone()
+            },
+            mtu: self.mtu,
+            node,
+        }
+    }
 }
 
 /// A link end that lives in one pod only and rides on a node interface: the pod's half of a
@@ -214,8 +234,8 @@ pub enum Mode {
     Verify,
 }
 
-/// What ensuring a link did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What ensuring a link did (ordered: unchanged < repaired < created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Already as declared.
     Unchanged,
@@ -339,13 +359,18 @@ impl LinkError {
 pub trait LinkOps: Send + Sync + 'static {
     /// Reads every namespace in `netns` ahead of a run (one link and one address dump each).
     async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot;
-    /// Makes (or in [`Mode::Verify`], checks) a veth pair as `spec` says.
-    async fn ensure_veth(
+    /// Makes (or in [`Mode::Verify`], checks) a pod's port ([`crate::ports`]).
+    async fn ensure_port(
         &self,
         snap: &snapshot::Snapshot,
-        spec: &VethSpec,
+        spec: &PortSpec,
         mode: Mode,
     ) -> Result<Outcome, LinkError>;
+    /// Patches two interfaces of the node's namespace to each other (or checks that they are):
+    /// two ports' node ends, or a node end and the device that carries its link.
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError>;
+    /// The carrier table of the node's ports ([`crate::ports::Patchbay`]), after every run.
+    fn set_cables(&self, cables: Vec<Cable>);
     /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
     async fn ensure_single(
         &self,
@@ -605,7 +630,15 @@ pub struct Kernel {
     node: Handle,
     /// The gRPC wire (`INTER_NODE_LINK_TYPE=GRPC`).
     wire: Option<Arc<WireNode>>,
+    /// Keeps the node ends' carrier (see [`crate::ports`]).
+    bay: Arc<Patchbay>,
+    /// Wire halves whose router shut its port (unbound from the peer until it opens it), and
+    /// the peer node each half is planned toward.
+    shut_halves: Arc<std::sync::Mutex<ShutHalves>>,
 }
+
+/// Wire halves unbound because their router shut its port, and each half's planned peer.
+type ShutHalves = (HashSet<WireKey>, HashMap<WireKey, Option<IpAddr>>);
 
 impl Kernel {
     /// Opens a netlink connection in the calling thread's namespace (the node's).
@@ -615,12 +648,36 @@ impl Kernel {
     pub fn new() -> std::io::Result<Self> {
         let (conn, node, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { node, wire: None })
+        Ok(Kernel {
+            node,
+            wire: None,
+            bay: Patchbay::start()?,
+            shut_halves: Arc::default(),
+        })
     }
 
     /// The same, with the gRPC wire whose halves [`LinkOps::ensure_half`] makes.
     #[must_use]
     pub fn with_wire(mut self, wire: Option<Arc<WireNode>>) -> Self {
+        if let Some(w) = &wire {
+            // A router shutting its port unbinds the half (its peer's carrier drops); opening
+            // it binds the half toward its planned peer again.
+            let (w, halves) = (Arc::clone(w), Arc::clone(&self.shut_halves));
+            self.bay.on_shut(Box::new(move |key, shut| {
+                let peer = {
+                    let mut g = halves
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if shut {
+                        g.0.insert(key.clone());
+                    } else {
+                        g.0.remove(key);
+                    }
+                    g.1.get(key).copied().flatten()
+                };
+                w.update_peer(key, if shut { None } else { peer });
+            }));
+        }
         self.wire = wire;
         self
     }
@@ -708,34 +765,6 @@ impl Kernel {
         })
         .await?
     }
-
-    async fn create_veth(&self, spec: &VethSpec) -> Result<(), LinkError> {
-        let fa = netns::open(&spec.a.netns)?;
-        let fb = netns::open(&spec.b.netns)?;
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(spec.b.ifname.clone())
-            .setns_by_fd(fb.as_raw_fd());
-        if let Some(m) = spec.mtu {
-            peer = peer.mtu(m);
-        }
-        if let Some(mac) = spec.b.mac {
-            peer = peer.address(mac.0.to_vec());
-        }
-        let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(spec.a.ifname.clone())
-            .setns_by_fd(fa.as_raw_fd())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
-        if let Some(m) = spec.mtu {
-            msg = msg.mtu(m);
-        }
-        if let Some(mac) = spec.a.mac {
-            msg = msg.address(mac.0.to_vec());
-        }
-        let r = self.node.link().add(msg.build()).execute().await;
-        // The namespace fds must outlive the request.
-        drop((fa, fb));
-        r.map_err(|e| LinkError::netlink("create veth", &spec.a.ifname, &spec.a.netns, e))
-    }
 }
 
 /// Places a link being created in the pod's namespace, with its MTU and MAC.
@@ -803,15 +832,6 @@ impl Kernel {
     }
 }
 
-fn veth_matches(spec: &VethSpec, a: &IfaceState, b: &IfaceState) -> bool {
-    a.kind.as_deref() == Some("veth")
-        && b.kind.as_deref() == Some("veth")
-        && a.alias.as_deref() == Some(spec.alias.as_str())
-        && b.alias.as_deref() == Some(spec.alias.as_str())
-        && a.link == Some(b.index)
-        && b.link == Some(a.index)
-}
-
 /// How an end's declaration differs from what meshnet applied to it (its alias record), if it
 /// does. What the pod changed itself (admin state, MTU, addresses) is not drift: the router owns
 /// its port.
@@ -843,6 +863,20 @@ fn is_owned(st: &IfaceState) -> bool {
         .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
 }
 
+/// A netlink connection of its own in the node's namespace (the daemon's), and its task: a
+/// socket runs one dump at a time, and link operations run in parallel (EBUSY otherwise).
+fn node_netlink() -> std::io::Result<(Handle, tokio::task::JoinHandle<()>)> {
+    let (conn, h, _) = rtnetlink::new_connection()?;
+    Ok((h, tokio::spawn(conn)))
+}
+
+fn node_socket_err(source: std::io::Error) -> LinkError {
+    LinkError::Netns(NetnsError::Netlink {
+        path: PathBuf::from("the node namespace"),
+        source,
+    })
+}
+
 #[async_trait]
 impl LinkOps for Kernel {
     async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
@@ -856,7 +890,24 @@ impl LinkOps for Kernel {
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
         match &self.wire {
-            Some(node) => snap.with(crate::tapio::ensure_half(node, spec, mode)).await,
+            Some(node) => {
+                // A half whose router shut its port stays unbound whatever the plan says.
+                let mut spec = spec.clone();
+                {
+                    let mut g = self
+                        .shut_halves
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    g.1.insert(spec.key.clone(), spec.peer);
+                    if g.0.contains(&spec.key) {
+                        spec.peer = None;
+                    }
+                }
+                let (h, conn) = node_netlink().map_err(node_socket_err)?;
+                let r = crate::tapio::ensure_half(node, &self.bay, &h, snap, &spec, mode).await;
+                conn.abort();
+                r
+            }
             None => Err(LinkError::NoWire),
         }
     }
@@ -888,65 +939,27 @@ impl LinkOps for Kernel {
         self.wire.as_ref().map(|w| Arc::clone(&w.changed))
     }
 
-    async fn ensure_veth(
+    async fn ensure_port(
         &self,
         snap: &snapshot::Snapshot,
-        spec: &VethSpec,
+        spec: &PortSpec,
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
-        let a = Self::lookup_in(snap, &spec.a.netns, &spec.a.ifname).await?;
-        let b = Self::lookup_in(snap, &spec.b.netns, &spec.b.ifname).await?;
-        if let (Some(a), Some(b)) = (&a, &b)
-            && veth_matches(spec, a, b)
-        {
-            let drift = end_drift(&spec.a, a, spec.mtu).or_else(|| end_drift(&spec.b, b, spec.mtu));
-            return match (drift, mode) {
-                (None, _) => Ok(Outcome::Unchanged),
-                (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
-                (Some(_), Mode::Repair) => {
-                    Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
-                    Self::configure(&spec.b, &spec.alias, spec.mtu).await?;
-                    Ok(Outcome::Repaired)
-                }
-            };
-        }
-        if mode == Mode::Verify {
-            // Name a missing end first; two present ends that are not one pair: the first.
-            return Err(match (&a, &b) {
-                (Some(_), None) => LinkError::differs(&spec.b, None, "veth"),
-                _ => LinkError::differs(&spec.a, a.as_ref(), "veth"),
-            });
-        }
-        // Refuse before touching anything if a name is taken by an interface we did not make.
-        for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
-            if let Some(st) = st
-                && !is_owned(st)
-            {
-                return Err(LinkError::Occupied {
-                    ifname: end.ifname.clone(),
-                    netns: end.netns.display().to_string(),
-                });
-            }
-        }
-        for (end, st) in [(&spec.a, &a), (&spec.b, &b)] {
-            if st.is_some() {
-                Self::delete_in(&end.netns, &end.ifname).await?;
-            }
-        }
-        self.create_veth(spec).await?;
-        let configured = async {
-            Self::configure(&spec.a, &spec.alias, spec.mtu).await?;
-            Self::configure(&spec.b, &spec.alias, spec.mtu).await
-        }
-        .await;
-        if let Err(e) = configured {
-            // Leave no half-built pair behind: deleting one end removes both.
-            if let Err(e2) = Self::delete_in(&spec.a.netns, &spec.a.ifname).await {
-                tracing::warn!(error = %e2, "cleanup of half-built veth failed");
-            }
-            return Err(e);
-        }
-        Ok(Outcome::Created)
+        let (h, conn) = node_netlink().map_err(node_socket_err)?;
+        let r = crate::ports::ensure_port(&h, snap, spec, mode).await;
+        conn.abort();
+        r
+    }
+
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
+        let (h, conn) = node_netlink().map_err(node_socket_err)?;
+        let r = crate::ports::ensure_patch(&h, a, b, mode).await;
+        conn.abort();
+        r
+    }
+
+    fn set_cables(&self, cables: Vec<Cable>) {
+        self.bay.set(cables);
     }
 
     async fn ensure_single(

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::links::{self, EndSpec, VethSpec};
+use crate::ports;
 use crate::topology::{
     LOCALHOST, LinkDecl, PodKey, Topology, check_links, merge_ends, same_node, uid_clash,
     uid_declarers,
@@ -190,17 +191,24 @@ fn plan_peer(
         ip: merged.peer_ip,
         mac: merged.peer_mac,
     };
-    let (a, b, ta, tb) = if key.name < peer_key.name {
-        (here, there, &t.status, &q.status)
+    let (a, b, ta, tb, na, nb) = if key.name < peer_key.name {
+        (here, there, &t.status, &q.status, &key.name, &peer_key.name)
     } else {
-        (there, here, &q.status, &t.status)
+        (there, here, &q.status, &t.status, &peer_key.name, &key.name)
     };
     let tag = format!("{}-{}", short(&ta.container_id), short(&tb.container_id));
+    let port = |cid: &str, pod: &str| {
+        (
+            ports::port_alias(&key.namespace, d.uid, cid),
+            ports::node_end_name(&key.namespace, d.uid, pod),
+        )
+    };
     Action::Veth(VethSpec {
         alias: links::alias(&key.namespace, d.uid, "veth", &tag),
         mtu: merged.mtu,
         a,
         b,
+        ports: [port(&ta.container_id, na), port(&tb.container_id, nb)],
     })
 }
 

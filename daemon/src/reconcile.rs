@@ -28,6 +28,7 @@ use crate::links::{
     VethSpec,
 };
 use crate::plan::{self, Action, PodPlan};
+use crate::ports::{self, Cable, Far, PortSpec};
 use crate::qdisc::{Applied, QdiscError};
 use crate::tapio::{DEFAULT_WIRE_MTU, WireSpec};
 use crate::topology::{LOCALHOST, LinkDecl};
@@ -155,6 +156,8 @@ struct Memo {
     primary_if: HashMap<PodKey, String>,
     /// (container id, spec) per pod at its last stale-interface sweep.
     swept: HashMap<PodKey, (String, String)>,
+    /// The node-side devices planned at the last sweep of the node's namespace.
+    node_swept: Option<Vec<(String, String)>>,
     /// Per kernel link end (netns, ifname): the impairment last put on its egress and the
     /// status note it gave, so that a resync does not replace a qdisc (and lose its queue)
     /// whose declaration did not change. Forgotten when the end's link is rebuilt.
@@ -168,7 +171,10 @@ impl Memo {
     fn forget_netns(&mut self, namespace: &str, net_ns: &str) {
         self.built.retain(|(ns, _), w| {
             let touches = match w {
-                Work::Veth(s) => s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns,
+                Work::Patch(s) => {
+                    s.a.netns.as_os_str() == net_ns || s.b.netns.as_os_str() == net_ns
+                }
+                Work::Port(s, _) | Work::Carried(s, _) => s.end.netns.as_os_str() == net_ns,
                 Work::Single(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Wire(s) => s.end.netns.as_os_str() == net_ns,
                 Work::Done(_) => false,
@@ -303,14 +309,16 @@ impl Reconciler {
             let mut works = Vec::with_capacity(p.links.len());
             for l in &p.links {
                 let w = match &l.action {
-                    Action::Veth(spec) => Work::Veth(spec.clone()),
+                    Action::Veth(spec) => Work::Patch(spec.clone()),
                     // With the gRPC wire a half needs no peer: the pod gets its interface now,
                     // carrier down until the peer's half connects.
                     Action::Pending { decl, .. } if self.inter_node == InterNodeLink::Grpc => {
                         wire_work(p, l, decl, None)
                     }
-                    Action::Pending { reason, .. } => {
-                        Work::Done(LinkResult::Pending(reason.clone()))
+                    // The pod's port is there while the link is declared, carrier off until the
+                    // far end is (a survivor keeps its port while its peer is away).
+                    Action::Pending { reason, decl } => {
+                        Work::Port(port_work(p, l, decl), reason.clone())
                     }
                     Action::Invalid(m) => Work::Done(LinkResult::Invalid(m.clone())),
                     Action::Macvlan { parent, end, mtu } => {
@@ -463,6 +471,7 @@ impl Reconciler {
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
+        self.sweep_node(&snapshot, memo, &works, depth).await;
         if self.inter_node == InterNodeLink::Grpc {
             let mut halves = HashSet::new();
             let mut peers = HashSet::new();
@@ -477,10 +486,39 @@ impl Reconciler {
 
         let mut reports = Vec::new();
         let mut kernel_links = Vec::new();
+        let mut cables: Vec<Cable> = Vec::new();
         let mut impaired_seen = HashSet::new();
         for (p, ws) in plans.iter().zip(works) {
             self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
+            let first_cable = cables.len();
+            for w in &ws {
+                let (mine, far) = match w {
+                    Work::Patch(s) => {
+                        let i = usize::from(s.a.netns.as_os_str() != p.net_ns.as_str());
+                        let far = (!failed.contains_key(&s.alias))
+                            .then(|| Far::Port(s.ports[1 - i].1.clone()));
+                        (s.port(i), far)
+                    }
+                    Work::Port(s, _) => (s.clone(), None),
+                    Work::Carried(port, dev) => {
+                        let far = (!failed.contains_key(&dev.alias))
+                            .then(|| Far::Device(dev.end.ifname.clone()));
+                        (port.clone(), far)
+                    }
+                    Work::Wire(s) => (
+                        s.port.clone(),
+                        (!failed.contains_key(&s.alias)).then_some(Far::Wire),
+                    ),
+                    _ => continue,
+                };
+                cables.push(Cable {
+                    node: mine.node,
+                    pod: (mine.end.netns, mine.end.ifname),
+                    far,
+                    pulled: false,
+                });
+            }
             let mut report = PodReport {
                 key: p.key.clone(),
                 links: p
@@ -519,6 +557,9 @@ impl Reconciler {
                     impaired_seen.insert(end);
                 }
             }
+            for c in &mut cables[first_cable..] {
+                c.pulled = memo.pulled.get(&c.pod) == Some(&true);
+            }
             self.write_status(p, &report).await;
             for (l, r) in &report.links {
                 if let LinkResult::Up {
@@ -540,6 +581,7 @@ impl Reconciler {
         }
         memo.impaired.retain(|k, _| impaired_seen.contains(k));
         memo.pulled.retain(|k, _| impaired_seen.contains(k));
+        self.ops.set_cables(cables);
         *self
             .kernel_links
             .lock()
@@ -675,10 +717,10 @@ impl Reconciler {
     }
 
     /// A declared `state: down` (on either end's declaration) pulls the cable: the end's
-    /// protocol-down flag takes its carrier off without touching its admin state, which stays
-    /// the pod's. Returns the state and message that replace `up`: `down` where the cable is
-    /// pulled; for a same-node veth, whose carrier the kernel cannot switch, the link stays up
-    /// and the message says so.
+    /// carrier goes off without touching its admin state, which stays the pod's — by the
+    /// protocol-down flag on a macvlan end, by the node end's admin state on a port (same-node
+    /// and VXLAN links: recorded here, applied by [`ports::Patchbay`]). Returns the state and
+    /// message that replace `up`: `down` where the cable is pulled.
     async fn cable_state(
         &self,
         memo: &mut Memo,
@@ -695,16 +737,11 @@ impl Reconciler {
         };
         let down = who.is_some();
         let who = who.unwrap_or_default();
-        if kind == "veth" {
-            return down.then(|| {
-                (
-                    LinkState::Up,
-                    format!(
-                        "state: down (declared by {who}) is not applied: the kernel has no carrier \
-                         switch for a same-node veth; the link stays up"
-                    ),
-                )
-            });
+        if kind == "veth" || kind == "vxlan" {
+            // The patchbay takes both ports' node ends down (see `ports`), from the cable table
+            // this run hands it.
+            memo.pulled.insert(end.clone(), down);
+            return down.then(|| (LinkState::Down, format!("state: down (declared by {who})")));
         }
         match memo.pulled.get(end) {
             Some(&d) if d == down => {}
@@ -758,7 +795,23 @@ impl Reconciler {
     /// Builds (or checks) one link through [`LinkOps`].
     async fn ensure(&self, snap: &Snapshot, w: &Work, mode: Mode) -> Result<Outcome, LinkError> {
         match w {
-            Work::Veth(spec) => self.ops.ensure_veth(snap, spec, mode).await,
+            Work::Patch(spec) => {
+                let (a, b) = (spec.port(0), spec.port(1));
+                let oa = self.ops.ensure_port(snap, &a, mode).await?;
+                let ob = self.ops.ensure_port(snap, &b, mode).await?;
+                let op = self.ops.ensure_patch(&a.node, &b.node, mode).await?;
+                Ok(most(&[oa, ob, op]))
+            }
+            Work::Port(spec, _) => self.ops.ensure_port(snap, spec, mode).await,
+            Work::Carried(port, dev) => {
+                let op = self.ops.ensure_port(snap, port, mode).await?;
+                let od = self.ops.ensure_single(snap, dev, mode).await?;
+                let pp = self
+                    .ops
+                    .ensure_patch(&port.node, &dev.end.ifname, mode)
+                    .await?;
+                Ok(most(&[op, od, pp]))
+            }
             Work::Single(spec) => self.ops.ensure_single(snap, spec, mode).await,
             Work::Wire(spec) => self.ops.ensure_half(snap, spec, mode).await,
             Work::Done(_) => Ok(Outcome::Unchanged),
@@ -781,7 +834,10 @@ impl Reconciler {
             .links
             .iter()
             .zip(works)
-            .filter_map(|(l, w)| w.alias().map(|a| (l.local_intf.clone(), a.to_string())))
+            .filter_map(|(l, w)| {
+                w.iface_alias(Path::new(&p.net_ns))
+                    .map(|a| (l.local_intf.clone(), a.to_string()))
+            })
             .collect();
         keep.sort();
         let spec = topos
@@ -809,6 +865,51 @@ impl Reconciler {
                 memo.swept.insert(p.key.clone(), fingerprint);
             }
             Err(e) => tracing::debug!(pod = %p.key, error = %e, "cannot list pod interfaces"),
+        }
+    }
+
+    /// Removes meshnet's link-carrying devices in the node's namespace (vxlan devices and wire
+    /// TAPs of ports, host ends of wire halves from before ports) that no link plans any more (peer gone, moved to this node, link removed). Done
+    /// when the set of planned devices changed, and on full runs.
+    async fn sweep_node(
+        &self,
+        snap: &Snapshot,
+        memo: &mut Memo,
+        works: &[Vec<Work>],
+        depth: Depth,
+    ) {
+        let mut keep: Vec<(String, String)> = works
+            .iter()
+            .flatten()
+            .filter_map(|w| match w {
+                Work::Carried(_, d) => Some((d.end.ifname.clone(), d.alias.clone())),
+                Work::Wire(s) => Some((ports::wire_tap_name(&s.key.0, s.key.1), s.alias.clone())),
+                _ => None,
+            })
+            .collect();
+        keep.sort();
+        if depth == Depth::Changes && memo.node_swept.as_ref() == Some(&keep) {
+            return;
+        }
+        let node = Path::new(ports::NODE_NETNS);
+        match self.ops.owned(snap, node).await {
+            Ok(owned) => {
+                for (ifname, alias) in owned {
+                    if alias.kind != "vxlan" && alias.kind != "grpc" {
+                        continue;
+                    }
+                    let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
+                    if keep.iter().any(|(i, a)| *i == ifname && *a == full) {
+                        continue;
+                    }
+                    tracing::info!(ifname, alias = %full, "removing a node-side device no link plans");
+                    if let Err(e) = self.ops.delete_owned(node, &ifname).await {
+                        tracing::warn!(ifname, error = %e, "cannot remove a node-side device");
+                    }
+                }
+                memo.node_swept = Some(keep);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the node's interfaces"),
         }
     }
 
@@ -1108,7 +1209,13 @@ type LinkKey = (String, i64);
 /// What one link end needs after node facts are applied to the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Work {
-    Veth(VethSpec),
+    /// Two ports of this node, patched to each other.
+    Patch(VethSpec),
+    /// The pod's port alone (the far end is not there); the pending reason.
+    Port(PortSpec, String),
+    /// The pod's port patched to a device in the node's namespace that carries the link to
+    /// another node (a vxlan device).
+    Carried(PortSpec, SingleSpec),
     Single(SingleSpec),
     Wire(WireSpec),
     /// Nothing to build: the result is already known.
@@ -1118,17 +1225,31 @@ enum Work {
 impl Work {
     fn alias(&self) -> Option<&str> {
         match self {
-            Work::Veth(s) => Some(&s.alias),
-            Work::Single(s) => Some(&s.alias),
+            Work::Patch(s) => Some(&s.alias),
+            Work::Port(s, _) => Some(&s.alias),
+            Work::Single(s) | Work::Carried(_, s) => Some(&s.alias),
             Work::Wire(s) => Some(&s.alias),
             Work::Done(_) => None,
+        }
+    }
+
+    /// The alias of the link's interface in the pod namespace `netns`.
+    fn iface_alias(&self, netns: &Path) -> Option<&str> {
+        match self {
+            Work::Patch(s) if s.a.netns == netns => Some(&s.ports[0].0),
+            Work::Patch(s) => Some(&s.ports[1].0),
+            Work::Carried(p, _) => Some(&p.alias),
+            Work::Wire(s) => Some(&s.port.alias),
+            w => w.alias(),
         }
     }
 
     /// The namespaces the link's ends live in.
     fn netns(&self) -> Vec<&PathBuf> {
         match self {
-            Work::Veth(s) => vec![&s.a.netns, &s.b.netns],
+            Work::Patch(s) => vec![&s.a.netns, &s.b.netns],
+            Work::Port(s, _) => vec![&s.end.netns],
+            Work::Carried(p, d) => vec![&p.end.netns, &d.end.netns],
             Work::Wire(s) => vec![&s.end.netns],
             Work::Single(s) => vec![&s.end.netns],
             Work::Done(_) => Vec::new(),
@@ -1137,8 +1258,8 @@ impl Work {
 
     fn kind(&self) -> &'static str {
         match self {
-            Work::Veth(_) => "veth",
-            Work::Single(s) => s.kind.name(),
+            Work::Patch(_) | Work::Port(..) => "veth",
+            Work::Single(s) | Work::Carried(_, s) => s.kind.name(),
             Work::Wire(_) => "grpc",
             Work::Done(r) => r.kind(),
         }
@@ -1148,6 +1269,7 @@ impl Work {
     fn result(self, failed: &HashMap<String, (LinkFault, String)>) -> LinkResult {
         match self {
             Work::Done(r) => r,
+            Work::Port(s, reason) if !failed.contains_key(&s.alias) => LinkResult::Pending(reason),
             w => match w.alias().and_then(|a| failed.get(a)) {
                 Some((fault, m)) => LinkResult::Failed {
                     kind: w.kind(),
@@ -1184,7 +1306,11 @@ fn pulled_by<'a>(
 }
 
 fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAddr>) -> Work {
+    let mtu = decl.mtu.unwrap_or(DEFAULT_WIRE_MTU);
+    let mut port = port_work(p, l, decl);
+    port.mtu = Some(mtu);
     Work::Wire(WireSpec {
+        port,
         key: (p.key.namespace.clone(), l.uid),
         alias: links::alias(
             &p.key.namespace,
@@ -1208,6 +1334,35 @@ fn wire_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl, peer: Option<IpAd
             uid: l.uid,
         },
     })
+}
+
+/// The largest of several outcomes (created > repaired > unchanged).
+fn most(outcomes: &[Outcome]) -> Outcome {
+    let rank = |o: &Outcome| match o {
+        Outcome::Unchanged => 0,
+        Outcome::Repaired => 1,
+        Outcome::Created => 2,
+    };
+    outcomes
+        .iter()
+        .copied()
+        .max_by_key(rank)
+        .unwrap_or(Outcome::Unchanged)
+}
+
+/// The pod's port for link `l`, alone (nothing patched to it yet).
+fn port_work(p: &PodPlan, l: &plan::LinkPlan, decl: &LinkDecl) -> PortSpec {
+    PortSpec {
+        alias: ports::port_alias(&p.key.namespace, l.uid, &p.container_id),
+        end: EndSpec {
+            netns: p.net_ns.clone().into(),
+            ifname: decl.local_intf.clone(),
+            ip: decl.local_ip,
+            mac: decl.local_mac,
+        },
+        mtu: decl.mtu,
+        node: ports::node_end_name(&p.key.namespace, l.uid, &p.key.name),
+    }
 }
 
 /// Bytes VXLAN adds on the underlay: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) +
@@ -1253,32 +1408,44 @@ fn vxlan_work(
         None => room,
     };
     let vni = plan::vni(&p.key.namespace, uid);
-    Work::Single(SingleSpec {
-        alias: links::alias(
-            &p.key.namespace,
-            uid,
-            "vxlan",
-            &format!(
-                "{vni}-{remote}-{}-{}",
-                u.index,
-                plan::short(&p.container_id)
-            ),
-        ),
-        kind: SingleKind::Vxlan {
-            vni,
-            local: *node_ip,
-            remote,
-            underlay: u.index,
-            port: VXLAN_PORT,
-        },
-        mtu: Some(mtu),
+    let port = PortSpec {
+        alias: ports::port_alias(&p.key.namespace, uid, &p.container_id),
         end: EndSpec {
             netns: p.net_ns.clone().into(),
             ifname: decl.local_intf.clone(),
             ip: decl.local_ip,
             mac: decl.local_mac,
         },
-    })
+        mtu: Some(mtu),
+        node: ports::node_end_name(&p.key.namespace, uid, &p.key.name),
+    };
+    // The vxlan device lives in the node's namespace, named from the link identity; the pod
+    // never sees it, so a peer that moves only rebuilds it (its alias names the remote).
+    Work::Carried(
+        port,
+        SingleSpec {
+            alias: links::alias(
+                &p.key.namespace,
+                uid,
+                "vxlan",
+                &format!("{vni}-{remote}-{}", u.index),
+            ),
+            kind: SingleKind::Vxlan {
+                vni,
+                local: *node_ip,
+                remote,
+                underlay: u.index,
+                port: VXLAN_PORT,
+            },
+            mtu: Some(mtu),
+            end: EndSpec {
+                netns: PathBuf::from(ports::NODE_NETNS),
+                ifname: ports::device_name(&p.key.namespace, uid),
+                ip: None,
+                mac: None,
+            },
+        },
+    )
 }
 
 /// Two links of this node must never share a VNI (the kernel would refuse the second device,
@@ -1288,10 +1455,13 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
     let mut owner: HashMap<u32, (String, i64)> = HashMap::new();
     for (p, ws) in plans.iter().zip(works.iter()) {
         for (l, w) in p.links.iter().zip(ws) {
-            if let Work::Single(SingleSpec {
-                kind: SingleKind::Vxlan { vni, .. },
-                ..
-            }) = w
+            if let Work::Carried(
+                _,
+                SingleSpec {
+                    kind: SingleKind::Vxlan { vni, .. },
+                    ..
+                },
+            ) = w
             {
                 let me = (p.key.namespace.clone(), l.uid);
                 owner
@@ -1307,10 +1477,13 @@ fn refuse_vni_clashes(plans: &[PodPlan], works: &mut [Vec<Work>]) {
     }
     for (p, ws) in plans.iter().zip(works.iter_mut()) {
         for (l, w) in p.links.iter().zip(ws.iter_mut()) {
-            if let Work::Single(SingleSpec {
-                kind: SingleKind::Vxlan { vni, .. },
-                ..
-            }) = w
+            if let Work::Carried(
+                _,
+                SingleSpec {
+                    kind: SingleKind::Vxlan { vni, .. },
+                    ..
+                },
+            ) = w
             {
                 let o = &owner[vni];
                 if *o != (p.key.namespace.clone(), l.uid) {

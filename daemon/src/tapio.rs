@@ -1,158 +1,252 @@
-//! A wire half's interface in the pod: a TAP (from `meshnet_wire::sys`), created directly inside
-//! the pod's namespace under its final name, persistent (so a daemon restart re-attaches to the
-//! same interface, same ifindex, instead of rebuilding it), configured by netlink like every other
-//! link end, and handed to the [`WireNode`] as a `meshnet_wire::transport::TapHalf`. Frames never
-//! pass through here: the wire reads and writes the interface itself.
+//! A wire half on a port (issue 12): the pod's interface is its port (`crate::ports`), the same
+//! veth that a same-node or VXLAN link gives it, so a peer moving between nodes never replaces
+//! it. The wire reads and writes, in the node's namespace, either a TAP (`--wire-endpoint tap`,
+//! the default: persistent, named by [`crate::ports::wire_tap_name`], `IFF_VNET_HDR`, patched to
+//! the port's node end with tc `mirred` — GSO super-frames and partial checksums pass whole) or
+//! the node end itself with AF_PACKET (`--wire-endpoint afpacket`). The wire's carrier verdict
+//! drives the node end's admin state through the [`Patchbay`] (hold time included), so the
+//! pod's kernel reports it at once, as for any veth. A daemon restart attaches again to the
+//! same TAP and port. Frames never pass through here.
 
 use std::sync::Arc;
 
 use meshnet_wire::sys::tap::{Offloads, Tap, TapOptions};
 use meshnet_wire::transport::{HalfIo, TapHalf};
+use rtnetlink::{Handle, LinkUnspec};
 
 pub use crate::gwire::WireSpec;
 use crate::gwire::{EndpointKind, WireNode};
-use crate::links::{EndSpec, Kernel, LinkError, Mode, Outcome};
-use crate::netns;
+use crate::links::snapshot::Snapshot;
+use crate::links::{self, LinkError, Mode, Outcome};
+use crate::ports::{self, Patchbay};
 
 /// MTU of a wire when the link sets none.
 pub const DEFAULT_WIRE_MTU: u32 = 1500;
 
-/// Opens (creating if `create`) the TAP `ifname` inside the pod's namespace; its MTU, address
-/// and alias are set by netlink afterwards, like every other link end.
-async fn open_tap(
-    end: &EndSpec,
+/// A wire half's I/O on a port: the endpoint in the node (a TAP that keeps its carrier, or the
+/// AF_PACKET socket on the node end), the wire's carrier sent to the port's node end through the
+/// patchbay, and the frames the pod sent while its carrier was off read from the pod end (the
+/// kernel drops them there, so that is where they are counted).
+struct Ported<H> {
+    inner: H,
+    carrier: Box<dyn Fn(bool) + Send + Sync>,
+    pod_netns: std::path::PathBuf,
+    pod_ifname: String,
+}
+
+impl<H: HalfIo> HalfIo for Ported<H> {
+    fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.inner.dup_fd()
+    }
+    fn recv(&self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<usize>> {
+        self.inner.recv(buf)
+    }
+    fn send(&self, vnet: &meshnet_wire::vnet::VnetBytes, frame: &[u8]) -> std::io::Result<()> {
+        self.inner.send(vnet, frame)
+    }
+    fn set_carrier(&self, up: bool) -> std::io::Result<()> {
+        (self.carrier)(up);
+        Ok(())
+    }
+    fn kernel_tx_dropped(&self) -> Option<u64> {
+        let ns = std::fs::File::open(&self.pod_netns).ok()?;
+        let text = meshnet_wire::sys::netns::in_netns(&ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        })
+        .ok()?
+        .ok()?;
+        meshnet_wire::sys::tap::tx_dropped_of(&text, &self.pod_ifname)
+    }
+}
+
+fn wire_err(what: impl std::fmt::Display) -> LinkError {
+    LinkError::Mismatch(what.to_string())
+}
+
+/// Opens (creating if `create`) the TAP `name` in the node's namespace (the daemon's threads
+/// never leave it).
+async fn open_node_tap(
+    name: &str,
     create: bool,
     offloads: Offloads,
-) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
-    let ns = netns::open(&end.netns)?;
-    let name = end.ifname.clone();
+) -> Result<(TapHalf, u32), LinkError> {
+    let n = name.to_string();
     let opts = TapOptions {
         persist: true,
         offloads,
         ..TapOptions::default()
     };
-    let path = end.netns.display().to_string();
     let tap = tokio::task::spawn_blocking(move || {
-        meshnet_wire::sys::netns::in_netns(&ns, move || {
-            if create {
-                Tap::create(&name, opts)
-            } else {
-                Tap::attach(&name, opts)
-            }
-        })
+        if create {
+            Tap::create(&n, opts)
+        } else {
+            Tap::attach(&n, opts)
+        }
     })
     .await
-    .map_err(|_| LinkError::Mismatch("TAP worker died".into()))?
-    .map_err(|e| LinkError::Mismatch(format!("entering {path}: {e}")))?
-    .map_err(|e| LinkError::Mismatch(format!("{e} (in {path})")))?;
+    .map_err(|_| wire_err("TAP worker died"))?
+    .map_err(|e| wire_err(format!("{e} (in the node)")))?;
     let ifindex = tap.ifindex();
-    let io = TapHalf::new(tap)
-        .map_err(|e| LinkError::Mismatch(format!("TAP {} for the wire: {e}", end.ifname)))?;
-    Ok((Arc::new(io), ifindex))
+    let io = TapHalf::new(tap).map_err(|e| wire_err(format!("TAP {name} for the wire: {e}")))?;
+    // Always on: frames patched into the TAP must reach the wire; the pod's carrier is its
+    // node end's (the patchbay's).
+    io.set_carrier(true)
+        .map_err(|e| wire_err(format!("carrier of TAP {name}: {e}")))?;
+    Ok((io, ifindex))
 }
 
-/// Makes (or in [`Mode::Verify`], checks) a wire half: its TAP present in the pod, configured,
-/// and registered with the wire node (attached again after a daemon restart).
+/// Makes (or in [`Mode::Verify`], checks) a wire half: the pod's port, the wire's endpoint in
+/// the node (a TAP patched to the port's node end, or the node end itself), registered with
+/// the wire node (attached again after a daemon restart). `h` is a netlink handle in the node's
+/// namespace.
 ///
 /// # Errors
-/// The interface name is taken by something meshnet did not make, or a kernel call failed.
+/// A name is taken by something meshnet did not make, or a kernel call failed.
 pub async fn ensure_half(
     node: &Arc<WireNode>,
+    bay: &Arc<Patchbay>,
+    h: &Handle,
+    snap: &Snapshot,
     spec: &WireSpec,
     mode: Mode,
 ) -> Result<Outcome, LinkError> {
-    let end = &spec.end;
-    // The endpoint kind decides what the pod's interface is: a TAP, or the pod end of a veth
-    // whose host end the daemon reads with AF_PACKET (`afhalf`).
-    let (kind, open) = match node.endpoint() {
-        EndpointKind::Tap => ("tun", HalfOpen::Tap(node.legacy().tap_offloads())),
-        EndpointKind::AfPacket => ("veth", HalfOpen::AfPacket),
+    let port = &spec.port;
+    let mut outcome = ports::ensure_port(h, snap, port, mode).await?;
+    let look = |name: String| async move {
+        links::get_iface(h, &name)
+            .await
+            .map_err(|e| LinkError::Netlink {
+                op: "look up",
+                ifname: name.clone(),
+                netns: "the node".into(),
+                source: e,
+            })
     };
-    let st = Kernel::lookup(&end.netns, &end.ifname).await?;
-    let mut outcome = Outcome::Unchanged;
-    match &st {
-        Some(st)
-            if st.kind.as_deref() == Some(kind)
-                && st.alias.as_deref() == Some(spec.alias.as_str()) =>
-        {
-            if let Some(d) = crate::links::end_drift(end, st, Some(spec.mtu)) {
-                if mode == Mode::Verify {
-                    return Err(LinkError::Mismatch(d));
+    let registered = node.ifindex(&spec.key);
+    let carrier = {
+        let (bay, end) = (Arc::clone(bay), port.node.clone());
+        move |up: bool| bay.wire_carrier(&end, up)
+    };
+    match node.endpoint() {
+        EndpointKind::Tap => {
+            let name = ports::wire_tap_name(&spec.key.0, spec.key.1);
+            let st = look(name.clone()).await?;
+            let ours = st.as_ref().is_some_and(|s| {
+                s.kind.as_deref() == Some("tun") && s.alias.as_deref() == Some(spec.alias.as_str())
+            });
+            let attach = match (&st, ours) {
+                (Some(s), true) if registered == Some(s.index) => {
+                    node.update_peer(&spec.key, spec.peer);
+                    None
                 }
-                Kernel::configure(end, &spec.alias, Some(spec.mtu)).await?;
+                (Some(_), true) => Some(false),
+                (_, _) if mode == Mode::Verify => {
+                    return Err(LinkError::Missing {
+                        ifname: name,
+                        netns: "the node (the wire's TAP)".into(),
+                    });
+                }
+                (Some(s), false) => {
+                    if !s
+                        .alias
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with(links::ALIAS_PREFIX))
+                    {
+                        return Err(LinkError::Occupied {
+                            ifname: name,
+                            netns: "the node".into(),
+                        });
+                    }
+                    h.link()
+                        .del(s.index)
+                        .execute()
+                        .await
+                        .map_err(|e| LinkError::Netlink {
+                            op: "delete stale wire TAP",
+                            ifname: name.clone(),
+                            netns: "the node".into(),
+                            source: e,
+                        })?;
+                    Some(true)
+                }
+                (None, _) => Some(true),
+            };
+            if let Some(create) = attach {
+                if mode == Mode::Verify {
+                    return Err(wire_err(format!("{name} is not attached to the wire")));
+                }
+                let (tap, ifindex) =
+                    open_node_tap(&name, create, node.legacy().tap_offloads()).await?;
+                if create {
+                    // The TAP's MTU checks nothing on this path (mirred into it, the wire
+                    // writing to it); the link's is a value the kernel takes.
+                    let msg = LinkUnspec::new_with_index(ifindex)
+                        .alias(spec.alias.clone())
+                        .mtu(spec.mtu)
+                        .up()
+                        .build();
+                    if let Err(e) = h.link().set(msg).execute().await {
+                        // Persistent: leave nothing half-made behind.
+                        let _ = h.link().del(ifindex).execute().await;
+                        return Err(LinkError::Netlink {
+                            op: "configure the wire TAP",
+                            ifname: name.clone(),
+                            netns: "the node".into(),
+                            source: e,
+                        });
+                    }
+                    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+                    if let Err(e) = std::fs::write(&path, "1") {
+                        tracing::debug!(%path, error = %e, "cannot disable IPv6 on a wire TAP");
+                    }
+                }
+                bay.wire_attached(&port.node, Some(name.clone()), spec.key.clone());
+                let io = Ported {
+                    inner: tap,
+                    carrier: Box::new(carrier),
+                    pod_netns: port.end.netns.clone(),
+                    pod_ifname: port.end.ifname.clone(),
+                };
+                node.register(spec, Arc::new(io), ifindex);
+                outcome = if create {
+                    Outcome::Created
+                } else {
+                    outcome.max(Outcome::Repaired)
+                };
+            }
+            if ports::ensure_patch(h, &port.node, &name, mode).await? != Outcome::Unchanged
+                && outcome == Outcome::Unchanged
+            {
                 outcome = Outcome::Repaired;
             }
-            if node.ifindex(&spec.key) != Some(st.index) {
+        }
+        EndpointKind::AfPacket => {
+            let end = look(port.node.clone())
+                .await?
+                .ok_or_else(|| LinkError::Missing {
+                    ifname: port.node.clone(),
+                    netns: "the node".into(),
+                })?;
+            if registered == Some(end.index) {
+                node.update_peer(&spec.key, spec.peer);
+            } else {
                 if mode == Mode::Verify {
-                    return Err(LinkError::Mismatch(format!(
+                    return Err(wire_err(format!(
                         "{} is not attached to the wire",
-                        end.ifname
+                        port.node
                     )));
                 }
-                let (io, ifindex) = open.open(spec, false).await?;
-                node.register(spec, io, ifindex);
-                outcome = Outcome::Repaired;
-            } else {
-                node.update_peer(&spec.key, spec.peer);
-            }
-            return Ok(outcome);
-        }
-        Some(_) if mode == Mode::Verify => {
-            return Err(LinkError::Mismatch(format!(
-                "{} in {} is not this link's wire",
-                end.ifname,
-                end.netns.display()
-            )));
-        }
-        None if mode == Mode::Verify => {
-            return Err(LinkError::Mismatch(format!(
-                "{} missing in {}",
-                end.ifname,
-                end.netns.display()
-            )));
-        }
-        Some(st) => {
-            if !st
-                .alias
-                .as_deref()
-                .is_some_and(|a| a.starts_with(crate::links::ALIAS_PREFIX))
-            {
-                return Err(LinkError::Occupied {
-                    ifname: end.ifname.clone(),
-                    netns: end.netns.display().to_string(),
-                });
-            }
-            Kernel::delete_in(&end.netns, &end.ifname).await?;
-        }
-        None => {}
-    }
-    let (io, ifindex) = open.open(spec, true).await?;
-    if let Err(e) = Kernel::configure(end, &spec.alias, Some(spec.mtu)).await {
-        let _ = Kernel::delete_in(&end.netns, &end.ifname).await;
-        return Err(e);
-    }
-    node.register(spec, io, ifindex);
-    Ok(Outcome::Created)
-}
-
-/// How a half's interface is made or attached to, by endpoint kind.
-#[derive(Debug, Clone, Copy)]
-enum HalfOpen {
-    Tap(Offloads),
-    AfPacket,
-}
-
-impl HalfOpen {
-    async fn open(
-        self,
-        spec: &WireSpec,
-        create: bool,
-    ) -> Result<(Arc<dyn HalfIo>, u32), LinkError> {
-        match self {
-            HalfOpen::Tap(offloads) => open_tap(&spec.end, create, offloads).await,
-            HalfOpen::AfPacket => {
-                crate::afhalf::open(&spec.key, &spec.end, &spec.alias, spec.mtu, create).await
+                let io = Ported {
+                    inner: crate::afhalf::open_on(end.index, &port.node).map_err(wire_err)?,
+                    carrier: Box::new(carrier),
+                    pod_netns: port.end.netns.clone(),
+                    pod_ifname: port.end.ifname.clone(),
+                };
+                bay.wire_attached(&port.node, None, spec.key.clone());
+                node.register(spec, Arc::new(io), end.index);
+                outcome = outcome.max(Outcome::Repaired);
             }
         }
     }
+    Ok(outcome)
 }

@@ -36,18 +36,22 @@ fn until(what: &str, f: impl Fn() -> bool) -> Duration {
     t.elapsed()
 }
 
-#[test]
-fn a_pulled_vxlan_cable_takes_both_carriers_down_and_back() {
-    let lab = LabGuard::new("cab");
+/// `state: down` on r1's declaration: both ports lose carrier within a second, the routers'
+/// admin state and the ports stay, the link reports `down`; `up` brings both carriers back.
+fn pulled_cable(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::new(tag);
     let f = yaml_file(
-        "cab",
+        tag,
         &two_pods(
             ("r1", "node1"),
-            ("r2", "node2"),
-            &[(1, "eth1", "192.0.2.9/30", "192.0.2.10/30")],
+            ("r2", r2_node),
+            &[(1, "eth1", ips.0, ips.1)],
         ),
     );
-    lab.ok(&["up", f.to_str().unwrap(), "--nodes", "2"]);
+    let far = ips.1.split('/').next().unwrap();
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok(&args);
     lab.assert_links_up(1);
     let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
     let before = (port(&n1, "eth1").2, port(&n2, "eth1").2);
@@ -74,17 +78,7 @@ fn a_pulled_vxlan_cable_takes_both_carriers_down_and_back() {
             .unwrap()
             .contains("declared by r1")
     );
-    let ping = lab.run(&[
-        "exec",
-        "r1",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "192.0.2.10",
-    ]);
+    let ping = lab.run(&["exec", "r1", "--", "ping", "-c", "1", "-W", "1", far]);
     assert!(!ping.status.success(), "a pulled cable carries nothing");
     assert!(
         lab.ok(&["verify"]).contains("SKIP"),
@@ -97,52 +91,40 @@ fn a_pulled_vxlan_cable_takes_both_carriers_down_and_back() {
     });
     eprintln!("both carriers up {took:?} after the edit");
     lab.assert_links_up(1);
-    lab.ok(&[
-        "exec",
-        "r1",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "192.0.2.10",
-    ]);
+    lab.ok(&["exec", "r1", "--", "ping", "-c", "1", "-W", "2", far]);
     assert_eq!((port(&n1, "eth1").2, port(&n2, "eth1").2), before);
     let _ = std::fs::remove_file(f);
 }
 
-/// A same-node veth has no carrier switch in the kernel: the status says so, the link stays up.
 #[test]
-fn a_pulled_veth_cable_is_refused_by_name_and_the_link_stays_up() {
-    let lab = LabGuard::new("cabv");
+fn a_pulled_vxlan_cable_takes_both_carriers_down_and_back() {
+    pulled_cable(
+        "cab",
+        "node2",
+        &["--nodes", "2"],
+        ("192.0.2.9/30", "192.0.2.10/30"),
+    );
+}
+
+/// A same-node link: its ports' node ends go down (see `daemon/src/ports.rs`).
+#[test]
+fn a_pulled_veth_cable_takes_both_carriers_down_and_back() {
+    pulled_cable("cabv", "node1", &[], ("192.0.2.13/30", "192.0.2.14/30"));
+}
+
+/// A `state` that is neither `up` nor `down` is refused.
+#[test]
+fn a_cable_state_other_than_up_or_down_is_refused() {
+    let lab = LabGuard::new("cabx");
     let f = yaml_file(
-        "cabv",
+        "cabx",
         &two_pods(
             ("r1", "node1"),
             ("r2", "node1"),
-            &[(1, "eth1", "192.0.2.13/30", "192.0.2.14/30")],
+            &[(1, "eth1", "192.0.2.17/30", "192.0.2.18/30")],
         ),
     );
     lab.ok(&["up", f.to_str().unwrap()]);
-    lab.ok(&["link", "r2:eth1", "down"]);
-    until("status names it", || {
-        lab.end_status("r1", 1)["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("same-node veth"))
-    });
-    assert_eq!(lab.end_status("r1", 1)["state"], "up");
-    lab.ok(&[
-        "exec",
-        "r1",
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        "192.0.2.14",
-    ]);
     assert_eq!(
         lab.run(&["link", "r2:eth1", "sideways"]).status.code(),
         Some(1)

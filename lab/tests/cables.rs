@@ -243,7 +243,8 @@ fn link_view_shows_a_third_declaration_of_a_uid() {
 
 /// A pod whose sandbox namespace was removed while its daemon was down (no DEL reached it) is
 /// gone once the daemon is back: its status no longer says alive, its peer's end is pending
-/// (waiting for it), and no end flips to "No such file or directory" on the resyncs.
+/// (waiting for it) with its port kept and no carrier, and no end flips to "No such file or
+/// directory" on the resyncs.
 #[test]
 fn a_pod_whose_namespace_vanished_is_gone() {
     let f = yaml_file(
@@ -293,9 +294,16 @@ fn a_pod_whose_namespace_vanished_is_gone() {
         "{}",
         lab.logs()
     );
+    // The port stays while the link is declared (issue 12), carrier off: a cable whose far
+    // end is gone.
+    let g1_ns = lab.pod_netns("g1");
     assert!(
-        !LabGuard::interfaces(&lab.pod_netns("g1")).contains(&"eth1".to_string()),
-        "g1's end of a link to a gone pod is removed"
+        LabGuard::interfaces(&g1_ns).contains(&"eth1".to_string()),
+        "g1 keeps its port"
+    );
+    assert!(
+        !common::carrier(&g1_ns, "eth1"),
+        "no carrier without a far end"
     );
 }
 

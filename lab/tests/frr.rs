@@ -165,9 +165,10 @@ fn frr_lab(tag: &str, up_args: &[&str], f2_node: &str) -> (LabGuard, Router, Rou
     (lab, r1, r2)
 }
 
-#[test]
-fn frr_shutdown_drops_the_far_adjacency_by_carrier_and_survives_resyncs() {
-    let (lab, r1, r2) = frr_lab("cable-frrv", &[], "node1");
+/// A port shut on one router drops the far router's adjacency by carrier within 2 s, stays shut
+/// across resyncs, and `no shutdown` brings both adjacencies back.
+fn shutdown_drops_the_far_adjacency(tag: &str, up_args: &[&str], f2_node: &str) {
+    let (lab, r1, r2) = frr_lab(tag, up_args, f2_node);
     let (ns1, ns2) = (lab.pod_netns("f1"), lab.pod_netns("f2"));
     r1.set_shutdown(true);
     let took = wait_for(
@@ -175,7 +176,7 @@ fn frr_shutdown_drops_the_far_adjacency_by_carrier_and_survives_resyncs() {
         "far router's adjacency dropped by carrier",
         || r2.full_neighbours() == 0,
     );
-    eprintln!("far adjacency dropped {took:?} after shutdown");
+    eprintln!("{tag}: far adjacency dropped {took:?} after shutdown");
     assert!(
         eth1_flags(&ns2).contains("NO-CARRIER"),
         "{}",
@@ -194,10 +195,52 @@ fn frr_shutdown_drops_the_far_adjacency_by_carrier_and_survives_resyncs() {
     let took = wait_for(Duration::from_secs(20), "both adjacencies back", || {
         r1.full_neighbours() == 1 && r2.full_neighbours() == 1
     });
-    eprintln!("adjacency Full on both {took:?} after no shutdown");
+    eprintln!("{tag}: adjacency Full on both {took:?} after no shutdown");
 }
 
-/// Over VXLAN the far end's carrier needs daemon-to-daemon signalling (not built yet), so this
+#[test]
+fn frr_shutdown_drops_the_far_adjacency_by_carrier_and_survives_resyncs() {
+    shutdown_drops_the_far_adjacency("cable-frrv", &[], "node1");
+}
+
+/// On the gRPC wire the shut port's half is unbound from its peer (see `daemon/src/ports.rs`).
+#[test]
+fn frr_shutdown_on_grpc_drops_the_far_adjacency_by_carrier_and_survives_resyncs() {
+    shutdown_drops_the_far_adjacency("cable-frrsg", &["--nodes", "2", "--link", "grpc"], "node2");
+}
+
+/// A peer pod restarted under the gRPC wire is a link-down its neighbour's OSPF sees by carrier
+/// (the dead interval is 40 s), however fast the restart; the new sandbox's router then forms the
+/// adjacency again over the same port on the survivor.
+#[test]
+fn frr_sees_a_restarted_peer_pod_under_the_grpc_wire_by_carrier() {
+    let (lab, r1, r2) = frr_lab("cable-frrr", &["--nodes", "2", "--link", "grpc"], "node2");
+    let ns1 = lab.pod_netns("f1");
+    let before = common::port_identity(&ns1, "eth1");
+    let t = Instant::now();
+    lab.ok(&["restart", "f2"]);
+    wait_for(
+        Duration::from_secs(3),
+        "f1's adjacency dropped by carrier",
+        || r1.full_neighbours() == 0,
+    );
+    let took = t.elapsed();
+    eprintln!("f1's adjacency dropped {took:?} after the restart began");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The old sandbox's routers go; the new sandbox gets its own.
+    drop(r2);
+    let r2 = Router::start(&lab.pod_netns("f2"), "f2", "10.0.0.2", "10.0.12.0/24");
+    wait_for(Duration::from_secs(30), "adjacency Full again", || {
+        r1.full_neighbours() == 1 && r2.full_neighbours() == 1
+    });
+    assert_eq!(
+        common::port_identity(&ns1, "eth1"),
+        before,
+        "f1's port replaced"
+    );
+}
+
+/// Over VXLAN the far end's carrier needs daemon-to-daemon signalling (the beacon), so this
 /// checks the near side: the shut port stays shut across resyncs, and `no shutdown` brings both
 /// adjacencies back.
 #[test]

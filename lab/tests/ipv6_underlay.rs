@@ -52,14 +52,14 @@ fn vxlan_over_an_ipv6_underlay_verifies() {
     lab.assert_links_up(3);
     let out = lab.ok(&["verify"]);
     assert_eq!(out.matches("OK ").count(), 6, "{out}");
-    // Every cross-node end is a VXLAN device with IPv6 outer addresses and room for the
-    // 70-byte IPv6 encapsulation under the 1500-byte underlay.
-    let st = lab.status();
+    // Every cross-node link rides a VXLAN device in its node's namespace (the pod has a port
+    // patched to it) with IPv6 outer addresses and room for the 70-byte IPv6 encapsulation
+    // under the 1500-byte underlay.
     let mut vxlan = 0;
-    for p in st["pods"].as_array().unwrap() {
-        let ns = p["netns"].as_str().unwrap();
+    for n in 1..=3 {
+        let ns = format!("mnl-{}-node{n}", lab.name);
         let out = Command::new("ip")
-            .args(["-n", ns, "-d", "-o", "link", "show"])
+            .args(["-n", &ns, "-d", "-o", "link", "show"])
             .output()
             .unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {

@@ -96,14 +96,15 @@ fn host_intf_moves_vxlan_onto_a_second_nic() {
         lab.ok(&["restart", pod, "--timeout", "30"]);
     }
     lab.ok(&["verify"]);
-    let r1 = format!("mnl-{}-default-r1-2", lab.name);
+    // r1's port is patched to the link's vxlan device in node1's namespace.
+    let node1 = format!("mnl-{}-node1", lab.name);
     let out = Command::new("ip")
-        .args(["-n", &r1, "-d", "-o", "link", "show", "eth1"])
+        .args(["-n", &node1, "-d", "-o", "link", "show", "type", "vxlan"])
         .output()
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(
         line.contains(" remote 192.0.2.12 ") && line.contains(" local 192.0.2.11 "),
-        "r1's VXLAN end does not ride eth0: {line}"
+        "r1's VXLAN device does not ride eth0: {line}"
     );
 }

@@ -12,10 +12,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::snapshot::Snapshot;
-use super::{
-    EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, OwnedAlias, SingleSpec, VethSpec,
-};
+use super::{EndSpec, LinkError, LinkOps, Mode, NodeIface, Outcome, OwnedAlias, SingleSpec};
 use crate::gwire::WireKey;
+use crate::ports::{Cable, PortSpec};
 use crate::qdisc::{Applied, QdiscError};
 use crate::tapio::WireSpec;
 use meshnet_topology::impairment::ImpairSpec;
@@ -23,8 +22,15 @@ use meshnet_topology::impairment::ImpairSpec;
 /// One side effect (or lookup) the reconciler asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    EnsureVeth {
+    /// A pod's port (its alias names the pod's sandbox).
+    EnsurePort {
         alias: String,
+        mode: Mode,
+    },
+    /// Two node ends patched to each other.
+    EnsurePatch {
+        a: String,
+        b: String,
         mode: Mode,
     },
     EnsureSingle {
@@ -77,6 +83,8 @@ struct State {
     carrier: HashMap<WireKey, bool>,
     /// The node's kernel lacks `sch_netem` (as this project's CI machine does).
     no_netem: bool,
+    /// The last cable table handed to the patchbay.
+    cables: Vec<Cable>,
 }
 
 /// See the module documentation.
@@ -131,6 +139,13 @@ impl FakeOps {
         self.st().underlay = Some(u);
     }
 
+    /// The last cable table the reconciler handed to the patchbay, sorted by node end.
+    pub fn cables(&self) -> Vec<Cable> {
+        let mut c = self.st().cables.clone();
+        c.sort_by(|a, b| a.node.cmp(&b.node));
+        c
+    }
+
     pub fn set_carrier(&self, key: WireKey, up: bool) {
         self.st().carrier.insert(key, up);
     }
@@ -177,17 +192,30 @@ impl LinkOps for FakeOps {
         Snapshot::default()
     }
 
-    async fn ensure_veth(
+    async fn ensure_port(
         &self,
         _snap: &Snapshot,
-        spec: &VethSpec,
+        spec: &PortSpec,
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
-        self.st().calls.push(Call::EnsureVeth {
+        self.st().calls.push(Call::EnsurePort {
             alias: spec.alias.clone(),
             mode,
         });
-        self.ensure(&spec.alias, &[&spec.a, &spec.b], mode)
+        self.ensure(&spec.alias, &[&spec.end], mode)
+    }
+
+    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
+        self.st().calls.push(Call::EnsurePatch {
+            a: a.to_string(),
+            b: b.to_string(),
+            mode,
+        });
+        Ok(Outcome::Unchanged)
+    }
+
+    fn set_cables(&self, cables: Vec<Cable>) {
+        self.st().cables = cables;
     }
 
     async fn ensure_single(
@@ -213,7 +241,8 @@ impl LinkOps for FakeOps {
             alias: spec.alias.clone(),
             mode,
         });
-        self.ensure(&spec.alias, &[&spec.end], mode)
+        // The pod's interface is the half's port.
+        self.ensure(&spec.port.alias, &[&spec.end], mode)
     }
 
     fn half_carrier(&self, key: &WireKey) -> Option<bool> {

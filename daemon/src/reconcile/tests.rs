@@ -139,6 +139,26 @@ async fn pair(e: &Env) {
         .await;
 }
 
+/// The calls that build (or check) the same-node link uid 1 between r1 (sandbox `c1`) and r2
+/// (`c2`): each pod's port, then the patch between their node ends.
+fn patch_calls(c1: &str, c2: &str) -> Vec<Call> {
+    vec![
+        Call::EnsurePort {
+            alias: format!("meshnet|default|1|port|{c1}"),
+            mode: Mode::Repair,
+        },
+        Call::EnsurePort {
+            alias: format!("meshnet|default|1|port|{c2}"),
+            mode: Mode::Repair,
+        },
+        Call::EnsurePatch {
+            a: ports::node_end_name("default", 1, "r1"),
+            b: ports::node_end_name("default", 1, "r2"),
+            mode: Mode::Repair,
+        },
+    ]
+}
+
 /// Event-driven runs trust the memo: a built link is not touched again until its spec changes;
 /// a full run checks every link again.
 #[tokio::test]
@@ -147,15 +167,19 @@ async fn memo_skips_unchanged_links_until_a_full_run() {
     pair(&e).await;
     let reports = e.rec.run(Depth::Changes).await.unwrap();
     assert_eq!(result(&reports, "r1", 1), &LinkResult::Up { kind: "veth" });
-    let alias = "meshnet|default|1|veth|aaaa-bbbb".to_string();
     assert_eq!(
         e.ensures(),
-        [Call::EnsureVeth {
-            alias: alias.clone(),
-            mode: Mode::Repair
-        }],
+        patch_calls("aaaa", "bbbb"),
         "built once, though it is in both pods' plans"
     );
+    // Each port's node end carries, patched to the other's.
+    let cables = e.ops.cables();
+    assert_eq!(cables.len(), 2, "{cables:?}");
+    for c in &cables {
+        let far = cables.iter().find(|o| o.node != c.node).unwrap();
+        assert_eq!(c.far, Some(Far::Port(far.node.clone())));
+        assert!(!c.pulled);
+    }
     e.rec.run(Depth::Changes).await.unwrap();
     assert_eq!(
         e.ensures(),
@@ -163,13 +187,7 @@ async fn memo_skips_unchanged_links_until_a_full_run() {
         "nothing changed: the kernel is not touched"
     );
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(
-        e.ensures(),
-        [Call::EnsureVeth {
-            alias,
-            mode: Mode::Repair
-        }]
-    );
+    assert_eq!(e.ensures(), patch_calls("aaaa", "bbbb"));
     assert_eq!(e.status("r2").await.links[0].state, LinkState::Up);
 }
 
@@ -203,8 +221,9 @@ async fn sweep_removes_stale_link_ends_only() {
     );
 }
 
-/// A peer's sandbox replaced (new container id, new namespace): the link is rebuilt under an
-/// alias naming the new sandbox, and the old alias left in the survivor is not kept.
+/// A peer's sandbox replaced (new container id, new namespace): the new sandbox gets a new
+/// port, patched to the survivor's, whose port stays as it was (its alias names only its own
+/// sandbox).
 #[tokio::test]
 async fn replaced_sandbox_rebuilds_the_link_for_the_new_one() {
     let e = env(InterNodeLink::Vxlan);
@@ -215,21 +234,15 @@ async fn replaced_sandbox_rebuilds_the_link_for_the_new_one() {
     e.sandbox("r2", NODE, "cccc").await;
     let reports = e.rec.run(Depth::Changes).await.unwrap();
     let calls = e.ensures();
-    assert!(
-        calls.contains(&Call::EnsureVeth {
-            alias: "meshnet|default|1|veth|aaaa-cccc".into(),
-            mode: Mode::Repair
-        }),
-        "{calls:?}"
-    );
+    assert_eq!(calls, patch_calls("aaaa", "cccc"));
     assert_eq!(result(&reports, "r2", 1), &LinkResult::Up { kind: "veth" });
     assert_eq!(
         e.ops.ifaces(&netns("r1", "aaaa"))["eth1"],
-        "meshnet|default|1|veth|aaaa-cccc"
+        "meshnet|default|1|port|aaaa"
     );
     assert_eq!(
         e.ops.ifaces(&netns("r2", "cccc"))["eth1"],
-        "meshnet|default|1|veth|aaaa-cccc"
+        "meshnet|default|1|port|cccc"
     );
 }
 
@@ -278,13 +291,24 @@ async fn vni_clash_builds_one_link_and_refuses_the_other() {
         other => panic!("want the clash refused, got {other:?}"),
     }
     let calls = e.ensures();
-    assert_eq!(calls.len(), 1, "only the first link is built: {calls:?}");
-    assert!(matches!(&calls[0], Call::EnsureSingle { alias, .. }
+    assert_eq!(calls.len(), 3, "only the first link is built: {calls:?}");
+    assert!(matches!(&calls[0], Call::EnsurePort { alias, .. }
+        if *alias == format!("meshnet|default|{u1}|port|aaaa")));
+    assert!(matches!(&calls[1], Call::EnsureSingle { alias, .. }
         if alias.starts_with(&format!("meshnet|default|{u1}|vxlan|"))));
+    assert_eq!(
+        calls[2],
+        Call::EnsurePatch {
+            a: ports::node_end_name("default", u1, "a"),
+            b: ports::device_name("default", u1),
+            mode: Mode::Repair
+        },
+        "the port's node end is patched to the link's vxlan device in the node"
+    );
 }
 
 /// A pod whose namespace vanished is released: status cleared, nothing built toward it, its
-/// peer pending.
+/// peer pending — and the peer keeps its port, carrier off.
 #[tokio::test]
 async fn a_pod_whose_namespace_vanished_is_released() {
     let e = env(InterNodeLink::Vxlan);
@@ -297,7 +321,18 @@ async fn a_pod_whose_namespace_vanished_is_released() {
         LinkResult::Pending(m) => assert!(m.contains("waiting for peer pod default/r2"), "{m}"),
         other => panic!("want pending, got {other:?}"),
     }
-    assert_eq!(e.ensures(), [], "nothing is built toward a gone pod");
+    assert_eq!(
+        e.ensures(),
+        [Call::EnsurePort {
+            alias: "meshnet|default|1|port|aaaa".into(),
+            mode: Mode::Repair
+        }],
+        "the survivor's port only: nothing is built toward a gone pod"
+    );
+    let cables = e.ops.cables();
+    assert_eq!(cables.len(), 1);
+    assert_eq!(cables[0].node, ports::node_end_name("default", 1, "r1"));
+    assert_eq!(cables[0].far, None, "nothing patched to it: carrier off");
 }
 
 /// With the gRPC wire a pod gets its half before the peer exists; the link is up only once the
@@ -467,8 +502,9 @@ async fn an_impairment_the_node_cannot_apply_is_named_in_the_status() {
     assert_eq!(e.impairs(), []);
 }
 
-/// `state: down` on either end pulls a VXLAN end's cable (protodown) once, and plugs it back
-/// once; a veth cannot be pulled and says so while staying up.
+/// `state: down` on either end pulls the cable: a VXLAN link's port is handed to the patchbay
+/// pulled (its node end goes down), and plugged back; on a same-node link both ports' node ends
+/// are pulled.
 #[tokio::test]
 async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     let e = env(InterNodeLink::Vxlan);
@@ -479,30 +515,39 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
         .await;
     e.pod("r2", vec![down], OTHER, "bbbb").await;
-    let pulls = |e: &Env| -> Vec<bool> {
+    let pulled = |e: &Env| -> Vec<(bool, Option<Far>)> {
+        assert!(
+            !e.ops
+                .take_calls()
+                .iter()
+                .any(|c| matches!(c, Call::ProtoDown { .. })),
+            "a port's carrier is its node end's, not protodown"
+        );
         e.ops
-            .take_calls()
+            .cables()
             .into_iter()
-            .filter_map(|c| match c {
-                Call::ProtoDown { down, .. } => Some(down),
-                _ => None,
-            })
+            .map(|c| (c.pulled, c.far))
             .collect()
     };
+    let far = Some(Far::Device(ports::device_name("default", 1)));
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), [true], "the peer's declaration pulls this end");
+    assert_eq!(
+        pulled(&e),
+        [(true, far.clone())],
+        "the peer's declaration pulls this end"
+    );
     let st = e.status("r1").await;
     assert_eq!(st.links[0].state, LinkState::Down);
     assert_eq!(st.links[0].message, "state: down (declared by r2)");
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), Vec::<bool>::new(), "not again on a resync");
+    assert_eq!(pulled(&e), [(true, far.clone())], "still, on a resync");
     e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
         .await;
     e.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&e), [false]);
+    assert_eq!(pulled(&e), [(false, far)]);
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
 
-    // A same-node veth: no protodown, up, and the message says why.
+    // A same-node link: no protodown; both node ends pulled; down, declared by r1.
     let v = env(InterNodeLink::Vxlan);
     let down = Link {
         state: "down".into(),
@@ -512,10 +557,18 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     v.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
         .await;
     v.rec.run(Depth::Full).await.unwrap();
-    assert_eq!(pulls(&v), Vec::<bool>::new());
+    assert!(pulled(&v).iter().all(|(p, f)| *p && f.is_some()));
     let st = v.status("r2").await;
-    assert_eq!(st.links[0].state, LinkState::Up);
-    assert!(st.links[0].message.contains("same-node veth"), "{st:?}");
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert_eq!(st.links[0].message, "state: down (declared by r1)");
+    let cables = v.ops.cables();
+    assert_eq!(cables.len(), 2);
+    assert!(cables.iter().all(|c| c.pulled), "{cables:?}");
+    v.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    v.rec.run(Depth::Full).await.unwrap();
+    assert!(v.ops.cables().iter().all(|c| !c.pulled));
+    assert_eq!(v.status("r2").await.links[0].state, LinkState::Up);
 }
 
 /// On a gRPC wire this node applies the impairment of what the *peer* sends (the peer's node
@@ -587,4 +640,83 @@ async fn a_wire_end_gets_the_incoming_impairment_and_its_cable_state() {
         }]
     );
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Down);
+}
+
+/// The run deleted nothing in the pod namespace `ns`.
+fn assert_nothing_deleted_in(calls: &[Call], ns: &str) {
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Delete { netns, .. } if netns.as_os_str() == ns)),
+        "{calls:?}"
+    );
+}
+
+/// Under VXLAN the pod's port stays whatever the peer does: the vxlan device in the node's
+/// namespace is rebuilt when the peer moves to another node, and removed when it goes (the
+/// port stays, nothing patched to it); the pod's interface is never deleted.
+#[tokio::test]
+async fn a_vxlan_port_stays_when_the_peer_moves_or_goes() {
+    const THIRD: &str = "198.51.100.3";
+    let e = env(InterNodeLink::Vxlan);
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    let r1 = netns("r1", "aaaa");
+    let dev = ports::device_name("default", 1);
+    let node_devs = |e: &Env| e.ops.ifaces(ports::NODE_NETNS);
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert!(node_devs(&e)[&dev].contains(&format!("-{OTHER}-")));
+    e.ops.take_calls();
+    // The peer moves to another node: a new device toward it, the same port.
+    e.sandbox("r2", THIRD, "cccc").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(node_devs(&e)[&dev].contains(&format!("-{THIRD}-")));
+    let calls = e.ops.take_calls();
+    assert_nothing_deleted_in(&calls, &r1);
+    // The peer goes: the device is removed from the node, the port stays, carrier off.
+    store::update_status(e.rec.store().as_ref(), &PodKey::new("default", "r2"), |s| {
+        s.net_ns.clear();
+        s.container_id.clear();
+        s.src_ip.clear();
+        true
+    })
+    .await
+    .unwrap();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(!node_devs(&e).contains_key(&dev), "{:?}", node_devs(&e));
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert_eq!(e.ops.cables()[0].far, None);
+}
+
+/// In GRPC mode a pod whose peer is not there yet gets a wire half on its port; when the peer
+/// lands on the same node the link becomes a patch of two ports and the pod's interface (the
+/// port) is kept, never deleted.
+#[tokio::test]
+async fn a_wire_half_becomes_a_patch_on_the_same_port() {
+    let e = env(InterNodeLink::Grpc);
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    let r1 = netns("r1", "aaaa");
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    assert_eq!(e.ops.cables()[0].far, Some(Far::Wire));
+    e.ops.take_calls();
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], NODE, "bbbb")
+        .await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    let calls = e.ops.take_calls();
+    assert_nothing_deleted_in(&calls, &r1);
+    assert!(
+        calls.contains(&Call::RetainHalves { keep: vec![] }),
+        "{calls:?}"
+    );
+    assert_eq!(e.ops.ifaces(&r1)["eth1"], "meshnet|default|1|port|aaaa");
+    let far: Vec<_> = e.ops.cables().into_iter().map(|c| c.far).collect();
+    assert!(
+        far.iter().all(|f| matches!(f, Some(Far::Port(_)))),
+        "{far:?}"
+    );
 }

@@ -160,6 +160,20 @@ pub fn carrier(netns: &str, ifname: &str) -> bool {
     flags.contains(&"LOWER_UP") && !flags.contains(&"NO-CARRIER")
 }
 
+/// `ifindex` and MAC of `ifname` in `netns`: what stays the same while a port is not replaced.
+pub fn port_identity(netns: &str, ifname: &str) -> (u64, String) {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{ifname} missing in {netns}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v[0]["ifindex"].as_u64().unwrap(),
+        v[0]["address"].as_str().unwrap().to_string(),
+    )
+}
+
 pub fn list_netns() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)

@@ -1,0 +1,797 @@
+//! Pod ports that behave like cables (issue 12, README "DESIGN notes: ports").
+//!
+//! Every kernel-carried port of a pod is one end of a veth pair: the *pod end* under its final
+//! name in the pod's namespace, the *node end* ([`node_end_name`]) in the node's namespace (the
+//! daemon's own). The pair is made once for (pod sandbox, link) and never replaced while the
+//! pod lives and the link stays declared, whatever happens at the far end: what carries the link
+//! is patched to the node end instead.
+//!
+//! * **Patching** ([`patch`]): an `ingress` qdisc on a node end and one u32 filter that matches
+//!   every frame with `mirred egress redirect` to the other side — for two ports of this node,
+//!   node end ⇄ node end. GSO super-frames and partial checksums pass mirred intact. The filter
+//!   names its target by ifindex, so a rebuilt far end is patched again (the reconciler does it
+//!   whenever the far port's sandbox changed, and a full run checks every filter).
+//! * **Carrier** ([`Patchbay`]): a veth has carrier only while both its ends are administratively
+//!   up, so the carrier the pod sees is its node end's admin state, which meshnet alone sets. A
+//!   node end is up only while its far port exists, is patched back to it, its router keeps it
+//!   up, and nobody declared `state: down`. The patchbay watches link events in the node's
+//!   namespace (one multicast socket: every far-end event of same-node links is visible there at
+//!   once) and switches node ends; after a node end went down it stays down at least [`HOLD`],
+//!   so that a far end that restarts at once is still seen as a link-down by the router.
+//! * **The node end** has IPv6 disabled, no address, and the largest MTU a veth takes, so the MTU
+//!   the router chooses on its pod end is the one that counts. Its alias is the port's.
+//! * **The pod end** is configured once (address, MTU, up) and then belongs to the router
+//!   ([`crate::links::configure_end`]): the daemon never touches its admin state again.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use netlink_packet_route::tc::{
+    TcActionAttribute, TcActionMirrorOption, TcActionOption, TcAttribute, TcFilterU32Option,
+    TcOption,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::links::{
+    self, ALIAS_PREFIX, EndSpec, IfaceState, Kernel, LinkError, Mode, Outcome, end_drift,
+};
+use crate::netns;
+
+/// Shortest time a node end stays down once it went down: long enough for the pod's kernel to
+/// report the carrier loss (veth carrier changes are urgent events, reported at once) and for a
+/// routing daemon to act on it, short enough not to matter for a link that comes back.
+pub const HOLD: Duration = Duration::from_millis(300);
+
+/// How often the admin state of pod ends whose node end is held down is read while a far port
+/// waits on it (no event in the node's namespace says when a router turns its port back on
+/// while meshnet holds its node end down).
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// MTU of node ends: the largest a veth takes, so that only the pod end's MTU counts.
+pub const NODE_END_MTU: u32 = 65535;
+
+/// `htons(ETH_P_ALL)` as tc's filter protocol field wants it.
+const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
+
+/// Priority of meshnet's patch filter on a node end.
+const PATCH_PRIO: u16 = 1;
+
+/// The daemon's own namespace (the node's), as a path the namespace helpers open.
+pub const NODE_NETNS: &str = "/proc/self/ns/net";
+
+/// Name of the node-side device that carries link (namespace, uid) to another node (its vxlan
+/// device): `mx` and 12 hex digits of the link hash folded to 48 bits, as [`node_end_name`].
+pub fn device_name(namespace: &str, uid: i64) -> String {
+    let h = meshnet_wire::table::link_hash(namespace, uid);
+    format!("mx{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+}
+
+/// Name of the node-side TAP that the gRPC wire reads and writes for link (namespace, uid):
+/// `mt` and the same 12 hex digits as [`device_name`].
+pub fn wire_tap_name(namespace: &str, uid: i64) -> String {
+    let h = meshnet_wire::table::link_hash(namespace, uid);
+    format!("mt{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+}
+
+/// A pod's port: the pod end as declared, and the name of its node end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    /// Alias of both ends: `meshnet|NS|UID|port|SANDBOX` ([`port_alias`]).
+    pub alias: String,
+    pub end: EndSpec,
+    /// The pod end's MTU (`None`: the kernel's default).
+    pub mtu: Option<u32>,
+    /// Name of the node end ([`node_end_name`]).
+    pub node: String,
+}
+
+/// The alias of a port: the link identity and the pod's sandbox, nothing about the far end, so
+/// that the port stays whatever becomes of the far end.
+pub fn port_alias(namespace: &str, uid: i64, container_id: &str) -> String {
+    links::alias(namespace, uid, "port", crate::plan::short(container_id))
+}
+
+/// Name of a port's node end: `mp` and 12 hex digits of FNV-1a-64 over (namespace, `0xff`, uid
+/// little-endian, `0xff`, pod name), folded to 48 bits — 14 bytes. Both ends of a same-node link
+/// are on one node, hence the pod name; a restarted daemon and a recreated pod find the same name.
+pub fn node_end_name(namespace: &str, uid: i64, pod: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace
+        .bytes()
+        .chain([0xff])
+        .chain(uid.to_le_bytes())
+        .chain([0xff])
+        .chain(pod.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("mp{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+}
+
+fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error) -> LinkError {
+    LinkError::Netlink {
+        op,
+        ifname: ifname.to_string(),
+        netns: "the node".into(),
+        source,
+    }
+}
+
+fn is_owned(st: &IfaceState) -> bool {
+    st.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+}
+
+/// Makes (or in [`Mode::Verify`], checks) a port: the pair, the pod end configured. `node` is a
+/// handle in the node's namespace. A pod end of the port's name that is meshnet's but not this
+/// port's (an old-style link end from before ports, a stale sandbox's) is replaced once.
+///
+/// # Errors
+/// A name is taken by an interface meshnet did not make, a namespace cannot be entered, or
+/// netlink refuses.
+pub async fn ensure_port(
+    node: &Handle,
+    snap: &links::snapshot::Snapshot,
+    spec: &PortSpec,
+    mode: Mode,
+) -> Result<Outcome, LinkError> {
+    let end = &spec.end;
+    let pod = Kernel::lookup_in(snap, &end.netns, &end.ifname).await?;
+    let host = links::get_iface(node, &spec.node)
+        .await
+        .map_err(|e| node_err("look up", &spec.node, e))?;
+    if let (Some(p), Some(h)) = (&pod, &host)
+        && p.kind.as_deref() == Some("veth")
+        && p.alias.as_deref() == Some(spec.alias.as_str())
+        && p.link == Some(h.index)
+    {
+        return match (end_drift(end, p, spec.mtu), mode) {
+            (None, _) => Ok(Outcome::Unchanged),
+            (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
+            (Some(_), Mode::Repair) => {
+                Kernel::configure(end, &spec.alias, spec.mtu).await?;
+                Ok(Outcome::Repaired)
+            }
+        };
+    }
+    if mode == Mode::Verify {
+        return Err(match &pod {
+            Some(p) => LinkError::NotThisLink {
+                ifname: end.ifname.clone(),
+                netns: end.netns.display().to_string(),
+                kind: if p.alias.as_deref() == Some(spec.alias.as_str()) {
+                    "port (its node end is missing)"
+                } else {
+                    "port"
+                },
+            },
+            None => LinkError::Missing {
+                ifname: end.ifname.clone(),
+                netns: end.netns.display().to_string(),
+            },
+        });
+    }
+    if let Some(p) = &pod {
+        if !is_owned(p) {
+            return Err(LinkError::Occupied {
+                ifname: end.ifname.clone(),
+                netns: end.netns.display().to_string(),
+            });
+        }
+        Kernel::delete_in(&end.netns, &end.ifname).await?;
+    }
+    if let Some(h) = &host {
+        if !is_owned(h) {
+            return Err(LinkError::Occupied {
+                ifname: spec.node.clone(),
+                netns: "the node".into(),
+            });
+        }
+        match node.link().del(h.index).execute().await {
+            Err(e) if links::errno(&e) != Some(libc::ENODEV) => {
+                return Err(node_err("delete stale node end", &spec.node, e));
+            }
+            _ => {}
+        }
+    }
+    create_pair(node, spec).await?;
+    if let Err(e) = Kernel::configure(end, &spec.alias, spec.mtu).await {
+        if let Err(e2) = Kernel::delete_in(&end.netns, &end.ifname).await {
+            tracing::warn!(error = %e2, "cleanup of a half-built port failed");
+        }
+        return Err(e);
+    }
+    Ok(Outcome::Created)
+}
+
+/// The pair: node end down (no carrier until patched), pod end in the pod's namespace.
+async fn create_pair(node: &Handle, spec: &PortSpec) -> Result<(), LinkError> {
+    let end = &spec.end;
+    let pod_ns = netns::open(&end.netns)?;
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(end.ifname.clone())
+        .alias(spec.alias.clone())
+        .setns_by_fd(pod_ns.as_raw_fd());
+    if let Some(m) = spec.mtu {
+        peer = peer.mtu(m);
+    }
+    if let Some(mac) = end.mac {
+        peer = peer.address(mac.0.to_vec());
+    }
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(spec.node.clone())
+        .alias(spec.alias.clone())
+        .mtu(NODE_END_MTU)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+    let r = node.link().add(msg.build()).execute().await;
+    // The namespace fd must outlive the request.
+    drop(pod_ns);
+    r.map_err(|e| LinkError::Netlink {
+        op: "create port",
+        ifname: format!("{} / {}", spec.node, end.ifname),
+        netns: end.netns.display().to_string(),
+        source: e,
+    })?;
+    // Best effort: in a container /proc/sys may be read-only; the port works without it.
+    let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.node);
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(%path, error = %e, "cannot disable IPv6 on a node end");
+    }
+    Ok(())
+}
+
+/// Where the patch filter on node end `index` sends frames (`None`: no filter of ours).
+///
+/// # Errors
+/// Netlink refuses the dump.
+pub async fn patched_to(node: &Handle, index: u32) -> Result<Option<u32>, rtnetlink::Error> {
+    let mut filters = node
+        .traffic_filter(i32::try_from(index).unwrap_or(i32::MAX))
+        .get()
+        .ingress()
+        .execute();
+    let mut target = None;
+    while let Some(f) = filters.try_next().await? {
+        for a in &f.attributes {
+            let TcAttribute::Options(opts) = a else {
+                continue;
+            };
+            for o in opts {
+                let TcOption::U32(TcFilterU32Option::Action(actions)) = o else {
+                    continue;
+                };
+                for act in actions {
+                    for aa in &act.attributes {
+                        let TcActionAttribute::Options(ao) = aa else {
+                            continue;
+                        };
+                        for x in ao {
+                            if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = x {
+                                target = Some(p.ifindex);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(target)
+}
+
+/// Patches node end `from` to `to` (frames entering `from` leave through `to`), unless it
+/// already is; `Verify` only reports. Returns whether it changed anything.
+///
+/// # Errors
+/// Netlink refuses; in `Verify`, the patch is not in place.
+pub async fn patch(
+    node: &Handle,
+    from: &IfaceState,
+    from_name: &str,
+    to: u32,
+    mode: Mode,
+) -> Result<bool, LinkError> {
+    let current = patched_to(node, from.index)
+        .await
+        .map_err(|e| node_err("read the patch of", from_name, e))?;
+    if current == Some(to) {
+        return Ok(false);
+    }
+    if mode == Mode::Verify {
+        return Err(LinkError::Drift {
+            detail: format!("node end {from_name} is not patched to its far end"),
+        });
+    }
+    let idx = i32::try_from(from.index).unwrap_or(i32::MAX);
+    let mut q = node.qdisc().add(idx).ingress();
+    q = q.handle(0xffff, 0);
+    match q.execute().await {
+        Err(e) if links::errno(&e) != Some(libc::EEXIST) => {
+            return Err(node_err("add the ingress qdisc to", from_name, e));
+        }
+        _ => {}
+    }
+    if current.is_some() {
+        // No priority: the whole ingress chain of this node end (meshnet's alone) goes.
+        node.traffic_filter(idx)
+            .del()
+            .ingress()
+            .execute()
+            .await
+            .map_err(|e| node_err("remove the old patch of", from_name, e))?;
+    }
+    node.traffic_filter(idx)
+        .add()
+        .ingress()
+        .priority(PATCH_PRIO)
+        .protocol(ETH_P_ALL_BE)
+        .redirect(to)
+        .map_err(|e| node_err("build the patch of", from_name, e))?
+        .execute()
+        .await
+        .map_err(|e| node_err("patch", from_name, e))?;
+    Ok(true)
+}
+
+/// Patches two node-side interfaces to each other (both must exist): two ports' node ends, or
+/// a port's node end and the device that carries its link.
+///
+/// # Errors
+/// An interface is missing, or [`patch`] fails.
+pub async fn ensure_patch(
+    node: &Handle,
+    a: &str,
+    b: &str,
+    mode: Mode,
+) -> Result<Outcome, LinkError> {
+    let mut ends = Vec::with_capacity(2);
+    for n in [a, b] {
+        let st = links::get_iface(node, n)
+            .await
+            .map_err(|e| node_err("look up", n, e))?
+            .ok_or_else(|| LinkError::Missing {
+                ifname: n.to_string(),
+                netns: "the node".into(),
+            })?;
+        ends.push(st);
+    }
+    let ab = patch(node, &ends[0], a, ends[1].index, mode).await?;
+    let ba = patch(node, &ends[1], b, ends[0].index, mode).await?;
+    Ok(if ab || ba {
+        Outcome::Repaired
+    } else {
+        Outcome::Unchanged
+    })
+}
+
+/// What the patchbay keeps one node end at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cable {
+    /// The node end.
+    pub node: String,
+    /// Its pod end (namespace, interface): where the router's admin state is read.
+    pub pod: (PathBuf, String),
+    /// The far side it is patched to (`None`: nothing yet, carrier off).
+    pub far: Option<Far>,
+    /// `state: down` declared on the link: carrier off.
+    pub pulled: bool,
+}
+
+/// What a node end is patched to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Far {
+    /// Another port's node end on this node (its own [`Cable`] in the table).
+    Port(String),
+    /// A device in the node's namespace that carries the link to another node (a vxlan
+    /// device): the far end is there while it exists and is up.
+    Device(String),
+    /// The gRPC wire: the far end is there while the wire's half is bound (what the wire
+    /// reports through [`Patchbay::wire_carrier`]), and its node-side TAP, if it has one, is
+    /// patched to the node end.
+    Wire,
+}
+
+/// What the wire said about a half whose port is the node end it is keyed by.
+#[derive(Debug, Clone, Default)]
+struct WireState {
+    /// The link the half is for.
+    key: (String, i64),
+    up: bool,
+    /// The node-side TAP patched to the node end (`None`: the wire reads the node end itself).
+    device: Option<String>,
+}
+
+/// Keeps node ends' admin state (their pods' carrier) as the far ends are (module docs).
+pub struct Patchbay {
+    table: watch::Sender<Vec<Cable>>,
+    wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
+    on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
+}
+
+impl std::fmt::Debug for Patchbay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patchbay").finish_non_exhaustive()
+    }
+}
+
+/// Told when the router behind a wire half's port shuts it (`true`) or opens it again: the
+/// half is then unbound from its peer, so the far port loses carrier too.
+pub type ShutHook = Box<dyn Fn(&(String, i64), bool) + Send + Sync>;
+
+impl Patchbay {
+    /// Starts the patchbay on the calling thread's namespace (the node's): a netlink socket
+    /// subscribed to link events, and one task. The task ends when the patchbay is dropped.
+    ///
+    /// # Errors
+    /// The netlink sockets cannot be opened.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        let (conn, handle, events) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
+        tokio::spawn(conn);
+        let (table, rx) = watch::channel(Vec::new());
+        let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let on_shut = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(run(
+            handle,
+            rx,
+            events,
+            Arc::clone(&wires),
+            Arc::clone(&on_shut),
+        ));
+        Ok(Arc::new(Patchbay {
+            table,
+            wires,
+            on_shut,
+        }))
+    }
+
+    /// Installs what is told when a wire half's router shuts or opens its port.
+    pub fn on_shut(&self, hook: ShutHook) {
+        *self
+            .on_shut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
+    }
+
+    fn wires(&self) -> std::sync::MutexGuard<'_, HashMap<String, WireState>> {
+        self.wires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A wire half was attached to the port whose node end is `node_end`, through `device` (its
+    /// node-side TAP) or the node end itself (`None`); carrier off until the wire says.
+    pub fn wire_attached(&self, node_end: &str, device: Option<String>, key: (String, i64)) {
+        self.wires().insert(
+            node_end.to_string(),
+            WireState {
+                key,
+                up: false,
+                device,
+            },
+        );
+        self.table.send_modify(|_| {});
+    }
+
+    /// The wire's verdict on the half at `node_end`: bound to the peer's half (`up`) or not.
+    /// Called from the wire's tasks; cheap (the patchbay task applies it).
+    pub fn wire_carrier(&self, node_end: &str, up: bool) {
+        let changed = match self.wires().get_mut(node_end) {
+            Some(w) if w.up != up => {
+                w.up = up;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.table.send_modify(|_| {});
+        }
+    }
+
+    /// The cables to keep, replacing the previous table (node ends not in it are left as they
+    /// are). Every call re-evaluates, so a run that re-patched a far end is seen at once.
+    pub fn set(&self, cables: Vec<Cable>) {
+        self.table.send_replace(cables);
+    }
+}
+
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+async fn run(
+    h: Handle,
+    mut table: watch::Receiver<Vec<Cable>>,
+    mut events: Events,
+    wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
+    on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
+) {
+    let mut bay = Bay::default();
+    let mut next: Option<Instant> = None;
+    loop {
+        let wake = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = table.changed() => if changed.is_err() { return },
+            ev = events.next() => {
+                if ev.is_none() {
+                    tracing::warn!("node link events closed; carrier follows reconcile runs only");
+                    events = futures::channel::mpsc::unbounded().1;
+                }
+                // A burst (a namespace going away) is one evaluation.
+                while events.try_recv().is_ok() {}
+            }
+            () = wake => {}
+        }
+        let cables = table.borrow_and_update().clone();
+        bay.wires = wires
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let r = bay.evaluate(&h, &cables).await;
+        if !bay.shut_changes.is_empty() {
+            let hook = on_shut
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, shut) in bay.shut_changes.drain(..) {
+                tracing::info!(link = ?key, shut, "router shut or opened a wire port: half unbound or bound");
+                if let Some(f) = hook.as_ref() {
+                    f(&key, shut);
+                }
+            }
+        }
+        next = match r {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "patchbay: cannot read the node's links");
+                Some(Instant::now() + POLL)
+            }
+        };
+    }
+}
+
+/// A node end as the node's link dump shows it.
+#[derive(Debug, Clone, Copy)]
+struct NodeEnd {
+    index: u32,
+    up: bool,
+    /// Carrier: for a veth node end that is up, whether the router keeps its pod end up.
+    lower_up: bool,
+}
+
+#[derive(Debug, Default)]
+struct Bay {
+    /// When each node end went down.
+    down_since: HashMap<String, Instant>,
+    /// Node ends up at the last evaluation.
+    was_up: HashSet<String>,
+    /// The wire's halves, by node end (a copy taken for each evaluation).
+    wires: HashMap<String, WireState>,
+    /// Wire ports whose router has shut them, as last told.
+    shut: HashMap<String, bool>,
+    /// Shut/opened wire ports found by the last evaluation, to tell.
+    shut_changes: Vec<((String, i64), bool)>,
+}
+
+/// What one evaluation decided for a node end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    Up,
+    Down,
+    /// Wants up, but the hold time is not over.
+    Wait,
+    Keep,
+}
+
+/// The pure rule: `want` is whether the node end should carry, `up` whether it does,
+/// `held_for` how long it has been down.
+pub fn decide(want: bool, up: bool, held_for: Option<Duration>) -> Switch {
+    match (want, up) {
+        (true, true) | (false, false) => Switch::Keep,
+        (false, true) => Switch::Down,
+        (true, false) if held_for.is_some_and(|d| d < HOLD) => Switch::Wait,
+        (true, false) => Switch::Up,
+    }
+}
+
+impl Bay {
+    /// One pass over the table; returns when to look again (hold times, polled pod ends).
+    async fn evaluate(
+        &mut self,
+        h: &Handle,
+        cables: &[Cable],
+    ) -> Result<Option<Instant>, rtnetlink::Error> {
+        let mut wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
+        let wires = std::mem::take(&mut self.wires);
+        wanted.extend(cables.iter().filter_map(|c| match &c.far {
+            Some(Far::Device(d)) => Some(d.as_str()),
+            Some(Far::Wire) => wires.get(&c.node).and_then(|w| w.device.as_deref()),
+            _ => None,
+        }));
+        let ends = dump_node_ends(h, &wanted).await?;
+        let by_node: HashMap<&str, &Cable> = cables.iter().map(|c| (c.node.as_str(), c)).collect();
+        let now = Instant::now();
+        // A node end that was up and is now down (its far end's pod or node end vanished,
+        // the router shut it) is held from now; one first seen down (new, or at daemon start)
+        // is not held.
+        self.down_since
+            .retain(|n, _| ends.get(n).is_some_and(|e| !e.up));
+        for (n, e) in &ends {
+            if !e.up && self.was_up.contains(n) {
+                self.down_since.entry(n.clone()).or_insert(now);
+            }
+        }
+        self.was_up = ends
+            .iter()
+            .filter(|(_, e)| e.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut next: Option<Instant> = None;
+        let soon = |t: Instant, next: &mut Option<Instant>| {
+            *next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        // Pod ends whose node end is down: their router's state is read directly.
+        let mut polled: HashMap<String, bool> = HashMap::new();
+        let mut decided: Vec<(&Cable, NodeEnd, Switch)> = Vec::with_capacity(cables.len());
+        for c in cables {
+            let Some(x) = ends.get(&c.node) else { continue };
+            let want = match (&c.far, c.pulled) {
+                (None, _) | (_, true) => false,
+                (Some(Far::Port(f)), false) => match (ends.get(f), by_node.get(f.as_str())) {
+                    (Some(fe), Some(fc)) => {
+                        let far_on = if fe.up {
+                            fe.lower_up
+                        } else {
+                            if !polled.contains_key(f) {
+                                let on = pod_end_up(&fc.pod.0, &fc.pod.1).await;
+                                polled.insert(f.clone(), on);
+                            }
+                            soon(now + POLL, &mut next);
+                            polled[f]
+                        };
+                        far_on && (x.up || patched_both(h, x.index, fe.index).await)
+                    }
+                    _ => false,
+                },
+                (Some(Far::Device(d)), false) => match ends.get(d) {
+                    Some(de) => de.up && (x.up || patched_both(h, x.index, de.index).await),
+                    None => false,
+                },
+                (Some(Far::Wire), false) => match wires.get(&c.node) {
+                    Some(w) => {
+                        // The router behind this port shut it: the half is unbound (the far
+                        // port loses carrier too); opened again: bound again.
+                        // A pod end that cannot be read (its namespace going away) says nothing:
+                        // a gone port is not a shut one.
+                        let pod_on = if x.up {
+                            Some(x.lower_up)
+                        } else {
+                            soon(now + POLL, &mut next);
+                            pod_end_state(&c.pod.0, &c.pod.1).await
+                        };
+                        if let Some(on) = pod_on
+                            && self.shut.get(&c.node).copied().unwrap_or(false) == on
+                        {
+                            self.shut.insert(c.node.clone(), !on);
+                            self.shut_changes.push((w.key.clone(), !on));
+                        }
+                        w.up && match &w.device {
+                            None => true,
+                            Some(d) => match ends.get(d) {
+                                Some(de) => x.up || patched_both(h, x.index, de.index).await,
+                                None => false,
+                            },
+                        }
+                    }
+                    None => false,
+                },
+            };
+            let held = self.down_since.get(&c.node).map(|t| now - *t);
+            decided.push((c, *x, decide(want, x.up, held)));
+        }
+        // Two ports come up together: one whose far end still waits out its hold waits too
+        // (else frames it sends would fall into a node end that is down).
+        let waiting: HashSet<&str> = decided
+            .iter()
+            .filter(|(_, _, s)| *s == Switch::Wait)
+            .map(|(c, _, _)| c.node.as_str())
+            .collect();
+        for (c, x, sw) in decided {
+            let sw = match (&c.far, sw) {
+                (Some(Far::Port(f)), Switch::Up) if waiting.contains(f.as_str()) => Switch::Wait,
+                (_, sw) => sw,
+            };
+            match sw {
+                Switch::Keep => {}
+                Switch::Wait => {
+                    let t = self.down_since.get(&c.node).copied().unwrap_or(now);
+                    soon((t + HOLD).max(now + Duration::from_millis(10)), &mut next);
+                }
+                s @ (Switch::Up | Switch::Down) => {
+                    let up = s == Switch::Up;
+                    let msg = LinkUnspec::new_with_index(x.index);
+                    let msg = if up { msg.up() } else { msg.down() };
+                    match h.link().set(msg.build()).execute().await {
+                        Ok(()) => {
+                            tracing::info!(node_end = %c.node, pod_end = %c.pod.1, carrier = up, "port carrier");
+                            if up {
+                                self.down_since.remove(&c.node);
+                            } else {
+                                self.down_since.insert(c.node.clone(), now);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(node_end = %c.node, up, error = %e, "cannot switch a port's carrier");
+                            soon(now + POLL, &mut next);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// Whether node ends `a` and `b` are patched to each other.
+async fn patched_both(h: &Handle, a: u32, b: u32) -> bool {
+    matches!(patched_to(h, a).await, Ok(Some(t)) if t == b)
+        && matches!(patched_to(h, b).await, Ok(Some(t)) if t == a)
+}
+
+/// Whether the router keeps its pod end up (a namespace or interface that is gone: no).
+async fn pod_end_up(netns: &Path, ifname: &str) -> bool {
+    pod_end_state(netns, ifname).await == Some(true)
+}
+
+/// The router's admin state of its pod end; `None` if the pod end cannot be read.
+async fn pod_end_state(netns: &Path, ifname: &str) -> Option<bool> {
+    match Kernel::lookup(netns, ifname).await {
+        Ok(Some(st)) => Some(st.up),
+        _ => None,
+    }
+}
+
+/// The node ends named in `wanted`, from one link dump of the node's namespace.
+async fn dump_node_ends(
+    h: &Handle,
+    wanted: &HashSet<&str>,
+) -> Result<HashMap<String, NodeEnd>, rtnetlink::Error> {
+    let mut out = HashMap::new();
+    let mut links = h.link().get().execute();
+    while let Some(msg) = links.try_next().await? {
+        let name = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        });
+        if let Some(n) = name
+            && wanted.contains(n)
+        {
+            out.insert(
+                n.to_string(),
+                NodeEnd {
+                    index: msg.header.index,
+                    up: msg.header.flags.contains(LinkFlags::Up),
+                    lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use super::*;
+use crate::links::snapshot::Snapshot;
+use crate::testns::TestNs;
+
+#[test]
+fn node_end_names_fit_and_differ_per_pod() {
+    let a = node_end_name("default", 1, "r1");
+    let b = node_end_name("default", 1, "r2");
+    let c = node_end_name("default", 2, "r1");
+    let d = node_end_name("other", 1, "r1");
+    for n in [&a, &b, &c, &d] {
+        assert!(n.len() <= 15 && n.starts_with("mp"), "{n}");
+    }
+    assert!(a != b && a != c && a != d && b != c);
+    assert_eq!(a, node_end_name("default", 1, "r1"), "stable");
+}
+
+#[test]
+fn carrier_comes_back_only_after_the_hold() {
+    assert_eq!(decide(true, true, None), Switch::Keep);
+    assert_eq!(decide(false, false, Some(HOLD)), Switch::Keep);
+    assert_eq!(decide(false, true, None), Switch::Down);
+    assert_eq!(
+        decide(true, false, Some(HOLD / 3)),
+        Switch::Wait,
+        "a far end back at once still gives a link-down the router sees"
+    );
+    assert_eq!(decide(true, false, Some(HOLD)), Switch::Up);
+}
+
+fn carrier(ns: &str, ifname: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", ifname])
+        .output()
+        .expect("ip runs");
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.contains("LOWER_UP") && !s.contains("NO-CARRIER")
+}
+
+fn ifindex(ns: &str, ifname: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", ifname])
+        .output()
+        .expect("ip runs");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = s.split("link/ether ").nth(1).unwrap_or("").to_string();
+    format!(
+        "{}{}",
+        s.split(':').next().unwrap_or(""),
+        mac.split(' ').next().unwrap_or("")
+    )
+}
+
+async fn wait_carrier(ns: &str, ifname: &str, want: bool) {
+    for _ in 0..100 {
+        if carrier(ns, ifname) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{ifname} in {ns}: carrier never became {want}");
+}
+
+fn ping(ns: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W1", to])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn port(ns: &TestNs, pod: &str, cid: &str, ip: &str) -> PortSpec {
+    PortSpec {
+        alias: port_alias("t", 1, cid),
+        end: EndSpec {
+            netns: ns.path(),
+            ifname: "eth1".into(),
+            ip: Some(ip.parse().unwrap()),
+            mac: None,
+        },
+        mtu: None,
+        node: node_end_name(&format!("t{}", std::process::id()), 1, pod),
+    }
+}
+
+fn cables(a: &PortSpec, b: Option<&PortSpec>, pulled: bool) -> Vec<Cable> {
+    let mut v = vec![Cable {
+        node: a.node.clone(),
+        pod: (a.end.netns.clone(), a.end.ifname.clone()),
+        far: b.map(|b| Far::Port(b.node.clone())),
+        pulled,
+    }];
+    if let Some(b) = b {
+        v.push(Cable {
+            node: b.node.clone(),
+            pod: (b.end.netns.clone(), b.end.ifname.clone()),
+            far: Some(Far::Port(a.node.clone())),
+            pulled,
+        });
+    }
+    v
+}
+
+/// Two ports patched on a node: frames pass; the far pod going away (its namespace deleted)
+/// takes the survivor's carrier off, and a recreated far pod brings it back — the survivor's
+/// port keeps its ifindex and MAC throughout. The far router shutting its port, and a declared
+/// `state: down`, take the carrier off too; each comes back.
+#[tokio::test]
+async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
+    let node = TestNs::new("pnode");
+    let ra = TestNs::new("pa");
+    let rb = TestNs::new("pb");
+    let rb2 = TestNs::new("pb2");
+    let (na, nb, nb2) = (ra.0.clone(), rb.0.clone(), rb2.0.clone());
+    let a = port(&ra, "ra", "aaaa", "192.0.2.1/24");
+    let b = port(&rb, "rb", "bbbb", "192.0.2.2/24");
+    let b2 = port(&rb2, "rb", "cccc", "192.0.2.2/24");
+    crate::netns::in_netns(&node.path(), move |h| async move {
+        let snap = Snapshot::default();
+        let bay = Patchbay::start().unwrap();
+        for p in [&a, &b] {
+            assert_eq!(
+                ensure_port(&h, &snap, p, Mode::Repair).await.unwrap(),
+                Outcome::Created
+            );
+        }
+        assert!(!carrier(&na, "eth1"), "no carrier before the patch");
+        assert_eq!(
+            ensure_patch(&h, &a.node, &b.node, Mode::Repair)
+                .await
+                .unwrap(),
+            Outcome::Repaired
+        );
+        assert_eq!(
+            ensure_patch(&h, &a.node, &b.node, Mode::Verify)
+                .await
+                .unwrap(),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            ensure_port(&h, &snap, &a, Mode::Verify).await.unwrap(),
+            Outcome::Unchanged
+        );
+        let survivor = ifindex(&na, "eth1");
+        bay.set(cables(&a, Some(&b), false));
+        wait_carrier(&na, "eth1", true).await;
+        wait_carrier(&nb, "eth1", true).await;
+        assert!(ping(&na, "192.0.2.2"), "frames pass the patch");
+
+        // The far pod goes away: carrier off at once, port kept.
+        Command::new("ip")
+            .args(["netns", "del", &nb])
+            .output()
+            .unwrap();
+        wait_carrier(&na, "eth1", false).await;
+        // It comes back in a new sandbox: a new port for it, patched again.
+        ensure_port(&h, &snap, &b2, Mode::Repair).await.unwrap();
+        assert!(
+            ensure_patch(&h, &a.node, &b2.node, Mode::Verify)
+                .await
+                .is_err()
+        );
+        ensure_patch(&h, &a.node, &b2.node, Mode::Repair)
+            .await
+            .unwrap();
+        bay.set(cables(&a, Some(&b2), false));
+        wait_carrier(&na, "eth1", true).await;
+        wait_carrier(&nb2, "eth1", true).await;
+        assert!(ping(&na, "192.0.2.2"), "frames pass the new patch");
+        assert_eq!(ifindex(&na, "eth1"), survivor, "same ifindex and MAC");
+
+        // The far router shuts its port, and turns it back on.
+        Command::new("ip")
+            .args(["-n", &nb2, "link", "set", "eth1", "down"])
+            .output()
+            .unwrap();
+        wait_carrier(&na, "eth1", false).await;
+        Command::new("ip")
+            .args(["-n", &nb2, "link", "set", "eth1", "up"])
+            .output()
+            .unwrap();
+        wait_carrier(&na, "eth1", true).await;
+        // Both routers shut their ports, then turn them on: both carriers come back.
+        for ns in [&na, &nb2] {
+            Command::new("ip")
+                .args(["-n", ns, "link", "set", "eth1", "down"])
+                .output()
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for ns in [&na, &nb2] {
+            Command::new("ip")
+                .args(["-n", ns, "link", "set", "eth1", "up"])
+                .output()
+                .unwrap();
+        }
+        wait_carrier(&na, "eth1", true).await;
+        wait_carrier(&nb2, "eth1", true).await;
+
+        // state: down, then up again.
+        bay.set(cables(&a, Some(&b2), true));
+        wait_carrier(&na, "eth1", false).await;
+        wait_carrier(&nb2, "eth1", false).await;
+        bay.set(cables(&a, Some(&b2), false));
+        wait_carrier(&na, "eth1", true).await;
+        assert_eq!(ifindex(&na, "eth1"), survivor, "same ifindex and MAC");
+    })
+    .await
+    .unwrap();
+    drop((node, ra, rb, rb2));
+}

@@ -1,0 +1,207 @@
+//! Stable ports (needs root): a pod's port is never replaced while the pod lives and the link
+//! stays declared; its carrier follows the far end (issue 12, `daemon/src/ports.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{LabGuard, carrier, port_identity as identity, two_pods, yaml_file};
+
+fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+/// A peer restarted 20 times: the survivor's port keeps its ifindex and MAC, every restart is
+/// a link-down the survivor's kernel reports (seen by `ip monitor`), and the carrier and
+/// traffic come back each time.
+fn peer_restarted_20_times(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::new(tag);
+    let f = yaml_file(
+        tag,
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", r2_node),
+            &[(1, "eth1", ips.0, ips.1)],
+        ),
+    );
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok(&args);
+    lab.assert_links_up(1);
+    let n1 = lab.pod_netns("r1");
+    let before = identity(&n1, "eth1");
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    for i in 0..20 {
+        let mut mon = Command::new("ip")
+            .args(["-n", &n1, "monitor", "link"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        lab.ok(&["restart", "r2"]);
+        until("carrier back", Duration::from_secs(5), || {
+            carrier(&n1, "eth1")
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        mon.kill().unwrap();
+        let out = mon.wait_with_output().unwrap();
+        let events = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            events
+                .lines()
+                .any(|l| l.contains("eth1") && l.contains("NO-CARRIER")),
+            "restart {i}: r1 saw no link-down:\n{events}"
+        );
+        assert_eq!(identity(&n1, "eth1"), before, "restart {i}: port replaced");
+    }
+    lab.assert_links_up(1);
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before);
+    let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn a_same_node_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times("prt", "node1", &[], ("192.0.2.21/30", "192.0.2.22/30"));
+}
+
+#[test]
+fn a_vxlan_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prx",
+        "node2",
+        &["--nodes", "2"],
+        ("192.0.2.29/30", "192.0.2.30/30"),
+    );
+}
+
+#[test]
+fn a_grpc_wire_peer_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prg",
+        "node2",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.33/30", "192.0.2.34/30"),
+    );
+}
+
+/// GRPC mode with both pods on one node: a same-node link, patched ports as under VXLAN.
+#[test]
+fn a_same_node_peer_in_grpc_mode_restarted_20_times_never_replaces_the_survivors_port() {
+    peer_restarted_20_times(
+        "prgs",
+        "node1",
+        &["--link", "grpc"],
+        ("192.0.2.37/30", "192.0.2.38/30"),
+    );
+}
+
+/// In GRPC mode a pod whose peer is not there yet gets its port at once (a wire half, carrier
+/// off); when the peer lands on the same node the link becomes a same-node patch and the port
+/// stays — the wire's TAP in the node goes instead.
+#[test]
+fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
+    let lab = LabGuard::new("prw");
+    let both = two_pods(
+        ("r1", "node1"),
+        ("r2", "node1"),
+        &[(1, "eth1", "192.0.2.41/30", "192.0.2.42/30")],
+    );
+    // r1's Topology and pod alone first.
+    let docs: Vec<&str> = both.split("---\n").collect();
+    let r1_only = format!("{}---\n{}---\n", docs[0], docs[2]);
+    let f1 = yaml_file("prw1", &r1_only);
+    let f2 = yaml_file("prw2", &both);
+    lab.ok(&["up", f1.to_str().unwrap(), "--link", "grpc"]);
+    let n1 = lab.pod_netns("r1");
+    let before = identity(&n1, "eth1");
+    assert!(!carrier(&n1, "eth1"), "no carrier without a peer");
+    let node1 = format!("mnl-{}-node1", lab.name);
+    assert!(
+        LabGuard::interfaces(&node1)
+            .iter()
+            .any(|i| i.starts_with("mt")),
+        "the wire's TAP is in the node: {:?}",
+        LabGuard::interfaces(&node1)
+    );
+    lab.ok(&["apply", f2.to_str().unwrap()]);
+    lab.assert_links_up(1);
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before, "port replaced");
+    until("the wire's TAP removed", Duration::from_secs(5), || {
+        !LabGuard::interfaces(&node1)
+            .iter()
+            .any(|i| i.starts_with("mt"))
+    });
+    let _ = std::fs::remove_file(f1);
+    let _ = std::fs::remove_file(f2);
+}
+
+/// The far router shutting its port takes this port's carrier off within a second and keeps it
+/// off across a full resync; turning it back on restores both.
+fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::new(tag);
+    let f = yaml_file(
+        tag,
+        &two_pods(
+            ("r1", "node1"),
+            ("r2", r2_node),
+            &[(1, "eth1", ips.0, ips.1)],
+        ),
+    );
+    let mut args = vec!["up", f.to_str().unwrap()];
+    args.extend_from_slice(up_args);
+    lab.ok_env(&[("MESHNET_LAB_RESYNC_SECONDS", "1")], &args);
+    lab.assert_links_up(1);
+    let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
+    until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
+    let before = identity(&n1, "eth1");
+    let ip = |ns: &str, state: &str| {
+        assert!(
+            Command::new("ip")
+                .args(["-n", ns, "link", "set", "eth1", state])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    ip(&n2, "down");
+    let took = until("carrier off", Duration::from_secs(2), || {
+        !carrier(&n1, "eth1")
+    });
+    eprintln!("{tag}: r1 lost carrier {took:?} after r2 shut its port");
+    // Full resyncs come and go: the router's shut stays, and so does the far carrier loss.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!carrier(&n1, "eth1"), "carrier came back while r2 is shut");
+    ip(&n2, "up");
+    until("carrier back", Duration::from_secs(2), || {
+        carrier(&n1, "eth1") && carrier(&n2, "eth1")
+    });
+    lab.ok(&["verify"]);
+    assert_eq!(identity(&n1, "eth1"), before);
+    let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
+    far_port_shut("prs", "node1", &[], ("192.0.2.25/30", "192.0.2.26/30"));
+}
+
+/// On the gRPC wire the shut port's half is unbound, so the far half loses its peer.
+#[test]
+fn a_far_port_shut_on_the_grpc_wire_takes_the_carrier_off_until_it_is_back() {
+    far_port_shut(
+        "prsg",
+        "node2",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.45/30", "192.0.2.46/30"),
+    );
+}
