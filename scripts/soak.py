@@ -129,9 +129,32 @@ def soak(a, lab):
         report["udp_error"] = udp_out[-300:]
 
     st = json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)
-    series = []
+
+    def scrape():
+        out = []
+        for n in st["nodes"]:
+            out += metrics(lab, n["name"])
+        return sorted(out, key=repr)
+
+    # The nodes are scraped one after the other: a frame that crosses between two scrapes (a
+    # pod's IPv6 router solicitation, say) is counted by its receiver but not its sender. Read
+    # until two rounds agree, i.e. nothing moved in between.
+    counted = ("meshnet_link_tx_frames_total", "meshnet_link_rx_frames_total",
+               "meshnet_link_drops_total", "meshnet_wire_unknown_wire_frames_total")
+
+    def frames(ss):
+        return [x for x in ss if x[0] in counted]
+
+    series = scrape()
+    for _ in range(20):
+        time.sleep(0.3)
+        again = scrape()
+        if frames(again) == frames(series):
+            break
+        series = again
+    else:
+        report["counters_settled"] = False
     for n in st["nodes"]:
-        series += metrics(lab, n["name"])
         rss, hwm = pid_rss_mb(n["pid"])
         report[f"{n['name']}_rss_mb"] = round(rss or 0, 1)
         peak[n["name"]] = max(peak.get(n["name"], 0.0), hwm or 0.0)
