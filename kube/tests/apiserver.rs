@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::CustomResourceExt;
 use kube::api::{Api, DynamicObject, PostParams};
 use meshnet_kube::KubeStore;
 use meshnet_kube::crd::Topology as TopologyCrd;
+use meshnet_topology::store::contract::must_get;
 use meshnet_topology::store::{StoreError, TopologyStore, update_status};
 use meshnet_topology::topology::{Link, PodKey, Topology, TopologyStatus};
 use serde::Deserialize;
@@ -60,14 +60,6 @@ async fn store() -> KubeStore {
     shared().store().await
 }
 
-async fn must_get(s: &KubeStore, k: &PodKey) -> Topology {
-    s.get(k)
-        .await
-        .expect("get")
-        .unwrap_or_else(|| panic!("{k} is missing"))
-}
-
-/// Keys of the listed objects in the given namespaces (other tests write elsewhere).
 /// The object once the store's cache has it with `want` true: writes of other clients reach
 /// the store through its watch.
 async fn eventually(s: &KubeStore, k: &PodKey, want: impl Fn(&Topology) -> bool) -> Topology {
@@ -84,16 +76,6 @@ async fn eventually(s: &KubeStore, k: &PodKey, want: impl Fn(&Topology) -> bool)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn listed(s: &KubeStore, namespaces: &[&str]) -> Vec<PodKey> {
-    s.list()
-        .await
-        .expect("list")
-        .iter()
-        .map(Topology::key)
-        .filter(|k| namespaces.contains(&k.namespace.as_str()))
-        .collect()
 }
 
 fn raw_api(s: &KubeStore, ns: &str) -> Api<DynamicObject> {
@@ -288,68 +270,6 @@ async fn apply_takes_over_objects_applied_by_kubectl() {
         stored.metadata.labels.get("owner").map(String::as_str),
         Some("kubectl")
     );
-}
-
-/// A burst far above the in-flight bound queues instead of failing, and `list` pages through it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_large_topology_is_neither_throttled_nor_truncated() {
-    const N: usize = 700;
-    let s = store().await;
-    let ns = "large";
-    let results: Vec<_> = futures::stream::iter(0..N)
-        .map(|i| {
-            let s = s.clone();
-            async move {
-                let t = Topology::new(
-                    ns,
-                    &format!("r{i}"),
-                    vec![link(1, &format!("r{}", (i + 1) % N), "eth1")],
-                );
-                s.apply(&t).await
-            }
-        })
-        .buffer_unordered(N)
-        .collect()
-        .await;
-    for r in &results {
-        assert!(r.is_ok(), "{r:?}");
-    }
-    let got = listed(&s, &[ns]).await;
-    assert_eq!(got.len(), N, "list spans several pages");
-    let mut sorted = got.clone();
-    sorted.sort();
-    assert_eq!(got, sorted);
-
-    // Status updates of every pod at once, as after a node reboot.
-    let results: Vec<_> = futures::stream::iter(0..N)
-        .map(|i| {
-            let s = s.clone();
-            async move {
-                update_status(&s, &key(ns, &format!("r{i}")), |st| {
-                    *st = alive();
-                    true
-                })
-                .await
-            }
-        })
-        .buffer_unordered(N)
-        .collect()
-        .await;
-    for r in results {
-        assert!(r.expect("update_status").is_some());
-    }
-    let results: Vec<_> = futures::stream::iter(0..N)
-        .map(|i| {
-            let s = s.clone();
-            async move { s.delete(&key(ns, &format!("r{i}"))).await }
-        })
-        .buffer_unordered(N)
-        .collect()
-        .await;
-    for r in results {
-        r.expect("delete");
-    }
-    assert!(listed(&s, &[ns]).await.is_empty());
 }
 
 /// Read-your-writes on the cached store (the contract's `reads_right_after_own_writes_see_them`)

@@ -158,7 +158,8 @@ pub fn alive() -> TopologyStatus {
     }
 }
 
-async fn must_get(s: &dyn TopologyStore, k: &PodKey) -> Topology {
+/// The object under `k`, which must exist.
+pub async fn must_get(s: &dyn TopologyStore, k: &PodKey) -> Topology {
     s.get(k)
         .await
         .expect("get")
@@ -555,9 +556,10 @@ pub async fn concurrent_updates_from_two_stores_lose_nothing(f: Fixture) {
 }
 
 /// A burst of creates, status writes and deletes at once (a node reboot, a large lab): nothing
-/// throttled away, `list` complete and sorted.
+/// throttled away (the Kubernetes store bounds its requests in flight far below this), `list`
+/// complete (several pages from the API server) and sorted.
 pub async fn many_objects_at_once(f: Fixture) {
-    const N: usize = 300;
+    const N: usize = 700;
     let s = &f.a;
     let ns = f.ns("x");
     let names: Vec<String> = (0..N).map(|i| format!("r{i}")).collect();

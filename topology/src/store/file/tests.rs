@@ -1,7 +1,7 @@
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::contract::topo;
+use crate::store::contract::{must_get, topo};
 use crate::store::update_status;
 
 fn key(ns: &str, name: &str) -> PodKey {
@@ -24,13 +24,6 @@ fn store() -> (TempDir, FileStore) {
     let dir = tempfile::tempdir().expect("temp dir");
     let s = FileStore::open(dir.path().join("topologies")).expect("open store");
     (dir, s)
-}
-
-async fn must_get(s: &FileStore, k: &PodKey) -> Topology {
-    s.get(k)
-        .await
-        .expect("get")
-        .unwrap_or_else(|| panic!("{k} is missing"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
