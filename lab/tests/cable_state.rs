@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{LabGuard, two_pods, yaml_file};
+use common::{LabGuard, two_pods, until, yaml_file};
 
 /// `(admin up, carrier)` of `ifname` in `netns`, and its ifindex.
 fn port(netns: &str, ifname: &str) -> (bool, bool, String) {
@@ -24,41 +24,18 @@ fn port(netns: &str, ifname: &str) -> (bool, bool, String) {
     (flags.contains(&"UP"), flags.contains(&"LOWER_UP"), index)
 }
 
-fn until(what: &str, f: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{what}: not within 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t.elapsed()
-}
-
 /// `state: down` on r1's declaration: both ports lose carrier within a second, the routers'
 /// admin state and the ports stay, the link reports `down`; `up` brings both carriers back.
 fn pulled_cable(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
-    let lab = LabGuard::new(tag);
-    let f = yaml_file(
-        tag,
-        &two_pods(
-            ("r1", "node1"),
-            ("r2", r2_node),
-            &[(1, "eth1", ips.0, ips.1)],
-        ),
-    );
+    let lab = LabGuard::pair(tag, r2_node, ips, &[], up_args);
     let far = ips.1.split('/').next().unwrap();
-    let mut args = vec!["up", f.to_str().unwrap()];
-    args.extend_from_slice(up_args);
-    lab.ok(&args);
     lab.assert_links_up(1);
     let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
     let before = (port(&n1, "eth1").2, port(&n2, "eth1").2);
     assert!(port(&n1, "eth1").1 && port(&n2, "eth1").1);
 
     lab.ok(&["link", "r1:eth1", "down"]);
-    let took = until("both carriers down", || {
+    let took = until("both carriers down", Duration::from_secs(5), || {
         !port(&n1, "eth1").1 && !port(&n2, "eth1").1
     });
     eprintln!("both carriers down {took:?} after the edit");
@@ -69,7 +46,7 @@ fn pulled_cable(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
     // The routers' admin state and the ports themselves are untouched.
     assert!(port(&n1, "eth1").0 && port(&n2, "eth1").0);
     assert_eq!((port(&n1, "eth1").2, port(&n2, "eth1").2), before);
-    until("status down on both ends", || {
+    until("status down on both ends", Duration::from_secs(5), || {
         lab.end_status("r1", 1)["state"] == "down" && lab.end_status("r2", 1)["state"] == "down"
     });
     assert!(
@@ -86,14 +63,13 @@ fn pulled_cable(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
     );
 
     lab.ok(&["link", "r1:eth1", "up"]);
-    let took = until("both carriers up", || {
+    let took = until("both carriers up", Duration::from_secs(5), || {
         port(&n1, "eth1").1 && port(&n2, "eth1").1
     });
     eprintln!("both carriers up {took:?} after the edit");
     lab.assert_links_up(1);
     lab.ok(&["exec", "r1", "--", "ping", "-c", "1", "-W", "2", far]);
     assert_eq!((port(&n1, "eth1").2, port(&n2, "eth1").2), before);
-    let _ = std::fs::remove_file(f);
 }
 
 #[test]

@@ -4,35 +4,15 @@
 
 mod common;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{LabGuard, carrier, port_identity as identity, two_pods, yaml_file};
-
-fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t.elapsed()
-}
+use common::{LabGuard, carrier, port_identity as identity, two_pods, until, yaml_file};
 
 /// A peer restarted 20 times: the survivor's port keeps its ifindex and MAC, every restart is
 /// a link-down the survivor's kernel reports (seen by `ip monitor`), and the carrier and
 /// traffic come back each time.
 fn peer_restarted_20_times(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
-    let lab = LabGuard::new(tag);
-    let f = yaml_file(
-        tag,
-        &two_pods(
-            ("r1", "node1"),
-            ("r2", r2_node),
-            &[(1, "eth1", ips.0, ips.1)],
-        ),
-    );
-    let mut args = vec!["up", f.to_str().unwrap()];
-    args.extend_from_slice(up_args);
-    lab.ok(&args);
+    let lab = LabGuard::pair(tag, r2_node, ips, &[], up_args);
     lab.assert_links_up(1);
     let n1 = lab.pod_netns("r1");
     let before = identity(&n1, "eth1");
@@ -64,7 +44,6 @@ fn peer_restarted_20_times(tag: &str, r2_node: &str, up_args: &[&str], ips: (&st
     lab.assert_links_up(1);
     lab.ok(&["verify"]);
     assert_eq!(identity(&n1, "eth1"), before);
-    let _ = std::fs::remove_file(f);
 }
 
 #[test]
@@ -148,18 +127,13 @@ fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
 /// The far router shutting its port takes this port's carrier off within a second and keeps it
 /// off across a full resync; turning it back on restores both.
 fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
-    let lab = LabGuard::new(tag);
-    let f = yaml_file(
+    let lab = LabGuard::pair(
         tag,
-        &two_pods(
-            ("r1", "node1"),
-            ("r2", r2_node),
-            &[(1, "eth1", ips.0, ips.1)],
-        ),
+        r2_node,
+        ips,
+        &[("MESHNET_LAB_RESYNC_SECONDS", "1")],
+        up_args,
     );
-    let mut args = vec!["up", f.to_str().unwrap()];
-    args.extend_from_slice(up_args);
-    lab.ok_env(&[("MESHNET_LAB_RESYNC_SECONDS", "1")], &args);
     lab.assert_links_up(1);
     let (n1, n2) = (lab.pod_netns("r1"), lab.pod_netns("r2"));
     until("carrier", Duration::from_secs(5), || carrier(&n1, "eth1"));
@@ -187,7 +161,6 @@ fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) 
     });
     lab.ok(&["verify"]);
     assert_eq!(identity(&n1, "eth1"), before);
-    let _ = std::fs::remove_file(f);
 }
 
 #[test]

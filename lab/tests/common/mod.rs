@@ -294,6 +294,48 @@ impl LabGuard {
     }
 }
 
+/// Polls `f` every 10 ms until it holds, panicking with `what` after `limit`; returns how long it
+/// took.
+pub fn until(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+impl LabGuard {
+    /// Lab `tag` up with pods r1 (node1) and r2 (`r2_node`) joined by uid 1, `eth1` on both ends,
+    /// addressed `ips`; `env` and `up_args` go to `meshnet-lab up`.
+    pub fn pair(
+        tag: &str,
+        r2_node: &str,
+        ips: (&str, &str),
+        env: &[(&str, &str)],
+        up_args: &[&str],
+    ) -> Self {
+        let lab = LabGuard::new(tag);
+        let f = yaml_file(
+            tag,
+            &two_pods(
+                ("r1", "node1"),
+                ("r2", r2_node),
+                &[(1, "eth1", ips.0, ips.1)],
+            ),
+        );
+        let mut args = vec!["up", f.to_str().unwrap()];
+        args.extend_from_slice(up_args);
+        lab.ok_env(env, &args);
+        let _ = std::fs::remove_file(f);
+        lab
+    }
+}
+
 /// One link between the two pods of [`two_pods`]: uid, interface name on both ends, and the
 /// first and second pod's address (`""`: none).
 pub type PairLink<'a> = (i64, &'a str, &'a str, &'a str);
