@@ -857,7 +857,7 @@ pub(crate) fn end_drift(end: &EndSpec, st: &IfaceState, mtu: Option<u32>) -> Opt
     }
 }
 
-fn is_owned(st: &IfaceState) -> bool {
+pub(crate) fn is_owned(st: &IfaceState) -> bool {
     st.alias
         .as_deref()
         .is_some_and(|a| a.starts_with(ALIAS_PREFIX))

@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::links::{
-    self, ALIAS_PREFIX, EndSpec, IfaceState, Kernel, LinkError, Mode, Outcome, end_drift,
+    self, EndSpec, IfaceState, Kernel, LinkError, Mode, Outcome, end_drift, is_owned,
 };
 use crate::netns;
 
@@ -70,15 +70,18 @@ pub const NODE_NETNS: &str = "/proc/self/ns/net";
 /// Name of the node-side device that carries link (namespace, uid) to another node (its vxlan
 /// device): `mx` and 12 hex digits of the link hash folded to 48 bits, as [`node_end_name`].
 pub fn device_name(namespace: &str, uid: i64) -> String {
-    let h = meshnet_wire::table::link_hash(namespace, uid);
-    format!("mx{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+    node_side_name("mx", meshnet_wire::table::link_hash(namespace, uid))
+}
+
+/// `prefix` and 12 hex digits of `h` folded to 48 bits: 14 bytes, within the kernel's 15.
+fn node_side_name(prefix: &str, h: u64) -> String {
+    format!("{prefix}{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
 }
 
 /// Name of the node-side TAP that the gRPC wire reads and writes for link (namespace, uid):
 /// `mt` and the same 12 hex digits as [`device_name`].
 pub fn wire_tap_name(namespace: &str, uid: i64) -> String {
-    let h = meshnet_wire::table::link_hash(namespace, uid);
-    format!("mt{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+    node_side_name("mt", meshnet_wire::table::link_hash(namespace, uid))
 }
 
 /// A pod's port: the pod end as declared, and the name of its node end.
@@ -103,18 +106,11 @@ pub fn port_alias(namespace: &str, uid: i64, container_id: &str) -> String {
 /// little-endian, `0xff`, pod name), folded to 48 bits — 14 bytes. Both ends of a same-node link
 /// are on one node, hence the pod name; a restarted daemon and a recreated pod find the same name.
 pub fn node_end_name(namespace: &str, uid: i64, pod: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace
-        .bytes()
-        .chain([0xff])
-        .chain(uid.to_le_bytes())
-        .chain([0xff])
-        .chain(pod.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("mp{:012x}", (h ^ (h >> 48)) & 0xffff_ffff_ffff)
+    let link = meshnet_wire::table::link_hash(namespace, uid);
+    node_side_name(
+        "mp",
+        meshnet_wire::table::fnv1a_extend(link, [0xff].into_iter().chain(pod.bytes())),
+    )
 }
 
 fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error) -> LinkError {
@@ -124,12 +120,6 @@ fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error) -> LinkErr
         netns: "the node".into(),
         source,
     }
-}
-
-fn is_owned(st: &IfaceState) -> bool {
-    st.alias
-        .as_deref()
-        .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
 }
 
 /// Makes (or in [`Mode::Verify`], checks) a port: the pair, the pod end configured. `node` is a

@@ -47,8 +47,19 @@ impl WireKey {
 /// coordination (unlike std's `DefaultHasher`, which promises no stability), so both ends of a
 /// link derive the same VNI, host-end name and stream shard from it. The one copy of this hash.
 pub fn link_hash(namespace: &str, uid: i64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()) {
+    fnv1a_extend(
+        FNV1A_OFFSET,
+        namespace.bytes().chain([0xff]).chain(uid.to_le_bytes()),
+    )
+}
+
+/// FNV-1a (64 bit) offset basis: the hash of no bytes.
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bit) of `h`'s bytes followed by `bytes` (the hash is a running state, so a name
+/// derived from a link and something more extends [`link_hash`]).
+pub fn fnv1a_extend(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

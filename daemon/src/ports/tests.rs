@@ -17,6 +17,8 @@ fn node_end_names_fit_and_differ_per_pod() {
     }
     assert!(a != b && a != c && a != d && b != c);
     assert_eq!(a, node_end_name("default", 1, "r1"), "stable");
+    // What daemons already running gave this port: a new daemon must find the same node end.
+    assert_eq!(a, "mpe32e44be4c1f");
 }
 
 #[test]
