@@ -113,12 +113,30 @@ pub fn node_end_name(namespace: &str, uid: i64, pod: &str) -> String {
     )
 }
 
-fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error) -> LinkError {
+/// A netlink error on interface `ifname` of the node's namespace.
+pub(crate) fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error) -> LinkError {
     LinkError::Netlink {
         op,
         ifname: ifname.to_string(),
         netns: "the node".into(),
         source,
+    }
+}
+
+/// Interface `name` of the node's namespace, if it exists.
+pub(crate) async fn node_side(node: &Handle, name: &str) -> Result<Option<IfaceState>, LinkError> {
+    links::get_iface(node, name)
+        .await
+        .map_err(|e| node_err("look up", name, e))
+}
+
+/// Turns IPv6 off on node-side interface `name` (`what` it is, for the log): no link-local
+/// address, no ND/MLD of its own. Best effort: in a container /proc/sys may be read-only, and the
+/// interface works without it.
+pub(crate) fn disable_ipv6(name: &str, what: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(%path, error = %e, "cannot disable IPv6 on {what}");
     }
 }
 
@@ -137,9 +155,7 @@ pub async fn ensure_port(
 ) -> Result<Outcome, LinkError> {
     let end = &spec.end;
     let pod = Kernel::lookup_in(snap, &end.netns, &end.ifname).await?;
-    let host = links::get_iface(node, &spec.node)
-        .await
-        .map_err(|e| node_err("look up", &spec.node, e))?;
+    let host = node_side(node, &spec.node).await?;
     if let (Some(p), Some(h)) = (&pod, &host)
         && p.kind.as_deref() == Some("veth")
         && p.alias.as_deref() == Some(spec.alias.as_str())
@@ -232,11 +248,7 @@ async fn create_pair(node: &Handle, spec: &PortSpec) -> Result<(), LinkError> {
         netns: end.netns.display().to_string(),
         source: e,
     })?;
-    // Best effort: in a container /proc/sys may be read-only; the port works without it.
-    let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.node);
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::debug!(%path, error = %e, "cannot disable IPv6 on a node end");
-    }
+    disable_ipv6(&spec.node, "a node end");
     Ok(())
 }
 
@@ -252,28 +264,31 @@ pub async fn patched_to(node: &Handle, index: u32) -> Result<Option<u32>, rtnetl
         .execute();
     let mut target = None;
     while let Some(f) = filters.try_next().await? {
-        for a in &f.attributes {
-            let TcAttribute::Options(opts) = a else {
-                continue;
-            };
-            for o in opts {
-                let TcOption::U32(TcFilterU32Option::Action(actions)) = o else {
-                    continue;
-                };
-                for act in actions {
-                    for aa in &act.attributes {
-                        let TcActionAttribute::Options(ao) = aa else {
-                            continue;
-                        };
-                        for x in ao {
-                            if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = x {
-                                target = Some(p.ifindex);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let mirrored = f
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                TcAttribute::Options(o) => Some(o),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::U32(TcFilterU32Option::Action(actions)) => Some(actions),
+                _ => None,
+            })
+            .flatten()
+            .flat_map(|act| &act.attributes)
+            .filter_map(|a| match a {
+                TcActionAttribute::Options(o) => Some(o),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) => Some(p.ifindex),
+                _ => None,
+            })
+            .next_back();
+        target = mirrored.or(target);
     }
     Ok(target)
 }
@@ -345,9 +360,8 @@ pub async fn ensure_patch(
 ) -> Result<Outcome, LinkError> {
     let mut ends = Vec::with_capacity(2);
     for n in [a, b] {
-        let st = links::get_iface(node, n)
-            .await
-            .map_err(|e| node_err("look up", n, e))?
+        let st = node_side(node, n)
+            .await?
             .ok_or_else(|| LinkError::Missing {
                 ifname: n.to_string(),
                 netns: "the node".into(),

@@ -112,16 +112,6 @@ pub async fn ensure_half(
 ) -> Result<Outcome, LinkError> {
     let port = &spec.port;
     let mut outcome = ports::ensure_port(h, snap, port, mode).await?;
-    let look = |name: String| async move {
-        links::get_iface(h, &name)
-            .await
-            .map_err(|e| LinkError::Netlink {
-                op: "look up",
-                ifname: name.clone(),
-                netns: "the node".into(),
-                source: e,
-            })
-    };
     let registered = node.ifindex(&spec.key);
     let carrier = {
         let (bay, end) = (Arc::clone(bay), port.node.clone());
@@ -130,7 +120,7 @@ pub async fn ensure_half(
     match node.endpoint() {
         EndpointKind::Tap => {
             let name = ports::wire_tap_name(&spec.key.0, spec.key.1);
-            let st = look(name.clone()).await?;
+            let st = ports::node_side(h, &name).await?;
             let ours = st.as_ref().is_some_and(|s| {
                 s.kind.as_deref() == Some("tun") && s.alias.as_deref() == Some(spec.alias.as_str())
             });
@@ -147,11 +137,7 @@ pub async fn ensure_half(
                     });
                 }
                 (Some(s), false) => {
-                    if !s
-                        .alias
-                        .as_deref()
-                        .is_some_and(|a| a.starts_with(links::ALIAS_PREFIX))
-                    {
+                    if !links::is_owned(s) {
                         return Err(LinkError::Occupied {
                             ifname: name,
                             netns: "the node".into(),
@@ -161,12 +147,7 @@ pub async fn ensure_half(
                         .del(s.index)
                         .execute()
                         .await
-                        .map_err(|e| LinkError::Netlink {
-                            op: "delete stale wire TAP",
-                            ifname: name.clone(),
-                            netns: "the node".into(),
-                            source: e,
-                        })?;
+                        .map_err(|e| ports::node_err("delete stale wire TAP", &name, e))?;
                     Some(true)
                 }
                 (None, _) => Some(true),
@@ -188,17 +169,9 @@ pub async fn ensure_half(
                     if let Err(e) = h.link().set(msg).execute().await {
                         // Persistent: leave nothing half-made behind.
                         let _ = h.link().del(ifindex).execute().await;
-                        return Err(LinkError::Netlink {
-                            op: "configure the wire TAP",
-                            ifname: name.clone(),
-                            netns: "the node".into(),
-                            source: e,
-                        });
+                        return Err(ports::node_err("configure the wire TAP", &name, e));
                     }
-                    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-                    if let Err(e) = std::fs::write(&path, "1") {
-                        tracing::debug!(%path, error = %e, "cannot disable IPv6 on a wire TAP");
-                    }
+                    ports::disable_ipv6(&name, "a wire TAP");
                 }
                 bay.wire_attached(&port.node, Some(name.clone()), spec.key.clone());
                 let io = Ported {
@@ -221,7 +194,7 @@ pub async fn ensure_half(
             }
         }
         EndpointKind::AfPacket => {
-            let end = look(port.node.clone())
+            let end = ports::node_side(h, &port.node)
                 .await?
                 .ok_or_else(|| LinkError::Missing {
                     ifname: port.node.clone(),
