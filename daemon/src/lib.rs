@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod afhalf;
 pub mod api;
+pub mod beacon;
 pub mod capture;
 pub mod gwire;
 pub mod http;
@@ -31,6 +32,7 @@ pub mod metrics_desc;
 pub mod netns;
 pub mod pcapng;
 pub mod plan;
+pub mod portwatch;
 pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;
