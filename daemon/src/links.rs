@@ -398,6 +398,18 @@ pub trait LinkOps: Send + Sync + 'static {
     /// off (on) without touching its admin state, which is the pod's. VXLAN and macvlan only:
     /// the kernel refuses it for veth and TAP.
     async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError>;
+    /// Follows the admin state of the ports in exactly these pod namespaces (VXLAN ends under
+    /// the beacon; see [`crate::portwatch`]).
+    fn watch_ports(&self, _netns: HashSet<PathBuf>) {}
+    /// Whether the pod has its port `ifname` in `netns` administratively up (`Some(false)`:
+    /// shut or missing; `None`: not known yet).
+    fn port_admin_up(&self, _netns: &Path, _ifname: &str) -> Option<bool> {
+        None
+    }
+    /// Fired when a watched port's admin state changes.
+    fn ports_changed(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -605,6 +617,8 @@ pub struct Kernel {
     node: Handle,
     /// The gRPC wire (`INTER_NODE_LINK_TYPE=GRPC`).
     wire: Option<Arc<WireNode>>,
+    /// Routers' admin state of the watched pod ports.
+    ports: Arc<crate::portwatch::PortWatch>,
 }
 
 impl Kernel {
@@ -615,7 +629,11 @@ impl Kernel {
     pub fn new() -> std::io::Result<Self> {
         let (conn, node, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Kernel { node, wire: None })
+        Ok(Kernel {
+            node,
+            wire: None,
+            ports: Arc::new(crate::portwatch::PortWatch::new()),
+        })
     }
 
     /// The same, with the gRPC wire whose halves [`LinkOps::ensure_half`] makes.
@@ -886,6 +904,18 @@ impl LinkOps for Kernel {
 
     fn carrier_changed(&self) -> Option<Arc<Notify>> {
         self.wire.as_ref().map(|w| Arc::clone(&w.changed))
+    }
+
+    fn watch_ports(&self, netns: HashSet<PathBuf>) {
+        self.ports.retain(&netns);
+    }
+
+    fn port_admin_up(&self, netns: &Path, ifname: &str) -> Option<bool> {
+        self.ports.admin_up(netns, ifname)
+    }
+
+    fn ports_changed(&self) -> Option<Arc<Notify>> {
+        Some(self.ports.changed())
     }
 
     async fn ensure_veth(
