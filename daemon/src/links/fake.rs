@@ -77,6 +77,10 @@ struct State {
     carrier: HashMap<WireKey, bool>,
     /// The node's kernel lacks `sch_netem` (as this project's CI machine does).
     no_netem: bool,
+    /// Ports' admin state as the pods set it (absent: not known).
+    admin: HashMap<(PathBuf, String), bool>,
+    /// The namespaces whose ports the reconciler last asked to watch.
+    watched: HashSet<PathBuf>,
 }
 
 /// See the module documentation.
@@ -133,6 +137,16 @@ impl FakeOps {
 
     pub fn set_carrier(&self, key: WireKey, up: bool) {
         self.st().carrier.insert(key, up);
+    }
+
+    /// The pod sets its port `ifname` in `netns` up or down (`ip link set`).
+    pub fn set_admin(&self, netns: &str, ifname: &str, up: bool) {
+        self.st().admin.insert((netns.into(), ifname.into()), up);
+    }
+
+    /// The namespaces whose ports are watched.
+    pub fn watched(&self) -> HashSet<PathBuf> {
+        self.st().watched.clone()
     }
 
     /// Makes or checks the ends `ends` of one link with `alias`.
@@ -286,6 +300,17 @@ impl LinkOps for FakeOps {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         !self.st().gone.contains(netns)
+    }
+
+    fn watch_ports(&self, netns: HashSet<PathBuf>) {
+        self.st().watched = netns;
+    }
+
+    fn port_admin_up(&self, netns: &Path, ifname: &str) -> Option<bool> {
+        self.st()
+            .admin
+            .get(&(netns.to_path_buf(), ifname.to_string()))
+            .copied()
     }
 
     async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError> {

@@ -25,6 +25,10 @@ impl Drop for Env {
 }
 
 fn env(inter: InterNodeLink) -> Env {
+    env_with(inter, None)
+}
+
+fn env_with(inter: InterNodeLink, beacon: Option<Arc<crate::beacon::Beacon>>) -> Env {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mnd-reconcile-{}-{}",
@@ -48,6 +52,10 @@ fn env(inter: InterNodeLink) -> Env {
         inter,
         None,
     );
+    let rec = match beacon {
+        Some(b) => rec.with_beacon(b),
+        None => rec,
+    };
     Env { dir, ops, rec }
 }
 
@@ -74,6 +82,18 @@ impl Env {
             .await
             .unwrap();
         self.sandbox(pod, node, cid).await;
+    }
+
+    /// The protodown switches (`true`: carrier off) since the last `take_calls`.
+    fn protodowns(&self) -> Vec<bool> {
+        self.ops
+            .take_calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::ProtoDown { down, .. } => Some(down),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Records `pod` alive on `node` with sandbox `cid` (as an ADD on that node would).
@@ -479,16 +499,7 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
         .await;
     e.pod("r2", vec![down], OTHER, "bbbb").await;
-    let pulls = |e: &Env| -> Vec<bool> {
-        e.ops
-            .take_calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::ProtoDown { down, .. } => Some(down),
-                _ => None,
-            })
-            .collect()
-    };
+    let pulls = Env::protodowns;
     e.rec.run(Depth::Full).await.unwrap();
     assert_eq!(pulls(&e), [true], "the peer's declaration pulls this end");
     let st = e.status("r1").await;
@@ -587,4 +598,133 @@ async fn a_wire_end_gets_the_incoming_impairment_and_its_cable_state() {
         }]
     );
     assert_eq!(e.status("r1").await.links[0].state, LinkState::Down);
+}
+
+/// r2 on the far node 127.0.0.2, its end of uid 1 declaring `state`.
+async fn r2_far(e: &Env, state: &str) {
+    let l = Link {
+        state: state.into(),
+        ..link(1, "r1", "eth1", "eth1")
+    };
+    e.pod("r2", vec![l], "127.0.0.2", "bbbb").await;
+}
+
+/// A VXLAN end under the beacon: this side's port state goes to the far daemon (here a socket on
+/// 127.0.0.2 standing in for it), and what the far daemon says switches this end's carrier
+/// (protodown) and its status — combined with `state: down`, each change once.
+#[tokio::test]
+async fn a_vxlan_end_follows_its_far_end_through_the_beacon() {
+    use crate::beacon::{self, Beacon, BeaconOptions, FarEnd};
+    let socket = beacon::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let b = Beacon::start(socket, BeaconOptions::default()).unwrap();
+    // The far node's daemon: 127.0.0.2 on the beacon port (all nodes use the same port).
+    let far = tokio::net::UdpSocket::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
+    let e = env_with(InterNodeLink::Vxlan, Some(Arc::clone(&b)));
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    r2_far(&e, "").await;
+    let ns1 = PathBuf::from(netns("r1", "aaaa"));
+    let key = meshnet_wire::table::link_hash("default", 1);
+    let pulls = Env::protodowns;
+    let heard = |want: bool| {
+        let far = &far;
+        async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let (n, _) = tokio::time::timeout(Duration::from_secs(2), far.recv_from(&mut buf))
+                    .await
+                    .expect("a datagram within 2 s")
+                    .unwrap();
+                if beacon::decode(&buf[..n]).unwrap().links == [(key, want)] {
+                    return;
+                }
+            }
+        }
+    };
+    let mut seq = 0;
+    let mut say = |up: bool| {
+        seq += 1;
+        let d = beacon::encode(7, seq, &[(key, up)]);
+        let far = &far;
+        async move {
+            far.send_to(&d, ("127.0.0.1", port)).await.unwrap();
+        }
+    };
+    let verdict = |want: FarEnd| {
+        let b = &b;
+        async move {
+            let t = Instant::now();
+            while b.far_end(key) != want {
+                assert!(t.elapsed() < Duration::from_secs(2), "never {want:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(e.ops.watched(), HashSet::from([ns1.clone()]));
+    // First sight under a beacon: plugged in, in case a former daemon left it off.
+    assert_eq!(pulls(&e), [false]);
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
+    heard(true).await;
+
+    // The far router shuts its port.
+    say(false).await;
+    verdict(FarEnd::PortDown).await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    let st = e.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert!(
+        st.links[0].message.contains("far router shut its port"),
+        "{st:?}"
+    );
+    // ... and opens it again (after the hold-down).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say(true).await;
+    verdict(FarEnd::Up).await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [false]);
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
+
+    // This pod shuts its own port: the far daemon is told.
+    e.ops.set_admin(&netns("r1", "aaaa"), "eth1", false);
+    e.rec.run(Depth::Changes).await.unwrap();
+    heard(false).await;
+    e.ops.set_admin(&netns("r1", "aaaa"), "eth1", true);
+
+    // A declared state: down and a silent far end: still one protodown, the declaration named.
+    r2_far(&e, "down").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    verdict(FarEnd::Silent).await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&e), Vec::<bool>::new());
+    assert_eq!(
+        e.status("r1").await.links[0].message,
+        "state: down (declared by r2)"
+    );
+    // The declaration lifted, the far end still silent: the carrier stays off, and says why.
+    r2_far(&e, "").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), Vec::<bool>::new());
+    let st = e.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert!(
+        st.links[0].message.contains("far end silent since"),
+        "{st:?}"
+    );
+
+    // The link goes: the beacon and the port watch forget it.
+    e.rec
+        .store()
+        .delete(&PodKey::new("default", "r2"))
+        .await
+        .unwrap();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(b.verdict(key).is_none());
+    assert!(e.ops.watched().is_empty());
 }
