@@ -24,8 +24,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::linkstats;
 use crate::reconcile::Reconciler;
 
-/// Brings values kept outside the metrics registry (the wire's counters) into it.
-pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+/// Brings values kept outside the metrics registry (the wire's per-peer counters) into it, and
+/// returns the per-link rows of links that the reconciler's kernel list does not cover (the
+/// wire's halves), rendered fresh at each scrape.
+pub type Refresh = Arc<dyn Fn() -> Vec<linkstats::Row> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -59,16 +61,15 @@ async fn topology(State(s): State<AppState>) -> axum::response::Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    if let Some(f) = &s.refresh {
-        f();
-    }
+    let mut rows = s.refresh.as_ref().map(|f| f()).unwrap_or_default();
     match &s.metrics {
         Some(h) => {
             let mut text = h.render();
             if let Some(r) = &s.reconciler {
                 let ends = linkstats::collect(r.kernel_links()).await;
-                text = linkstats::merge(&text, &linkstats::families(&ends));
+                rows.extend(ends.iter().map(|(l, e)| linkstats::Row::kernel(l, e)));
             }
+            text = linkstats::merge(&text, &linkstats::families(&rows));
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -256,7 +256,10 @@ pub async fn run(
     let http = listeners.http.map(|l| {
         // The wire's counters are copied into the registry right before each scrape.
         let refresh: Option<http::Refresh> = wire.clone().map(|w| {
-            let f: http::Refresh = Arc::new(move || w.export_metrics());
+            let f: http::Refresh = Arc::new(move || {
+                w.export_metrics();
+                w.link_rows()
+            });
             f
         });
         let app = http::router(

@@ -570,12 +570,14 @@ impl Reconciler {
                 } = r
                 {
                     kernel_links.push(crate::linkstats::KernelLink {
-                        namespace: p.key.namespace.clone(),
-                        pod: p.key.name.clone(),
-                        interface: l.local_intf.clone(),
-                        peer_pod: l.peer_pod.clone(),
-                        uid: l.uid,
-                        kind,
+                        labels: crate::linkstats::Labels {
+                            namespace: p.key.namespace.clone(),
+                            pod: p.key.name.clone(),
+                            interface: l.local_intf.clone(),
+                            peer_pod: l.peer_pod.clone(),
+                            uid: l.uid,
+                            kind,
+                        },
                         netns: PathBuf::from(&p.net_ns),
                     });
                 }
