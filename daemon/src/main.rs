@@ -55,6 +55,8 @@ struct Args {
     wire_addr: SocketAddr,
     /// UDP port of the beacon that tells VXLAN links' far ends this node's port states (all
     /// nodes use the same; used with INTER_NODE_LINK_TYPE=VXLAN). `[::]` also receives IPv4.
+    /// 0 turns the beacon off; a port that cannot be bound is logged and the daemon runs
+    /// without it.
     #[arg(long, env = "MESHNET_BEACON_PORT", default_value_t = meshnet_daemon::beacon::DEFAULT_PORT)]
     beacon_port: u16,
     /// Milliseconds between two beacon datagrams to a peer node; a far end unheard for 3 of them
@@ -251,12 +253,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let beacon = if args.inter_node_link_type == InterNodeLink::Vxlan {
+    // Without its beacon a node still serves every link (their carrier just does not follow the
+    // far end, as with a peer that has none), so a taken port is said loudly but not fatal.
+    let beacon = if args.inter_node_link_type == InterNodeLink::Vxlan && args.beacon_port != 0 {
         let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.beacon_port));
-        Some(
-            meshnet_daemon::beacon::bind_udp(addr)
-                .with_context(|| format!("binding the beacon port UDP {addr}"))?,
-        )
+        match meshnet_daemon::beacon::bind_udp(addr) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(%addr, error = %e,
+                    "cannot bind the beacon port: VXLAN links' carrier will not follow their far end");
+                None
+            }
+        }
     } else {
         None
     };
