@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use meshnet_wire::table::{DropReason, WireKey as LinkKey};
+use meshnet_wire::table::WireKey as LinkKey;
 use meshnet_wire::transport::{self, HalfIo, WireOptions};
 use tokio::sync::Notify;
 
@@ -157,30 +157,10 @@ impl WireNode {
         self.inner.retain(&keep);
     }
 
-    /// Copies the wire's counters into the metrics registry (called before each scrape, so a
-    /// scrape sees exactly what the wire counted).
+    /// Copies the wire's per-peer counters into the metrics registry (called before each
+    /// scrape, so a scrape sees exactly what the wire counted); per-link series are
+    /// [`Self::link_rows`].
     pub fn export_metrics(&self) {
-        for l in self.inner.link_stats() {
-            let labels = [
-                ("namespace", l.labels.namespace.clone()),
-                ("pod", l.labels.pod.clone()),
-                ("interface", l.labels.interface.clone()),
-                ("peer_pod", l.labels.peer_pod.clone()),
-                ("uid", l.labels.uid.to_string()),
-                ("kind", "grpc".to_string()),
-            ];
-            let c = &l.counters;
-            metrics::counter!("meshnet_link_tx_frames_total", &labels).absolute(c.tx_frames);
-            metrics::counter!("meshnet_link_tx_bytes_total", &labels).absolute(c.tx_bytes);
-            metrics::counter!("meshnet_link_rx_frames_total", &labels).absolute(c.rx_frames);
-            metrics::counter!("meshnet_link_rx_bytes_total", &labels).absolute(c.rx_bytes);
-            for r in DropReason::ALL {
-                let mut ls = labels.to_vec();
-                ls.push(("reason", r.as_label().to_string()));
-                metrics::counter!("meshnet_link_drops_total", &ls).absolute(c.drops(r));
-            }
-            metrics::gauge!("meshnet_link_carrier", &labels).set(if l.carrier { 1.0 } else { 0.0 });
-        }
         for p in self.inner.peer_stats() {
             let peer = p.peer.to_string();
             let set = |name: &'static str, v: u64| {
@@ -197,5 +177,37 @@ impl WireNode {
                     .set(if *up { 1.0 } else { 0.0 });
             }
         }
+    }
+
+    /// Every half's series as of now ([`crate::linkstats::families`] renders them at each
+    /// scrape, so a half that goes takes its series with it).
+    pub fn link_rows(&self) -> Vec<crate::linkstats::Row> {
+        self.inner
+            .link_stats()
+            .into_iter()
+            .map(|l| {
+                let c = &l.counters;
+                crate::linkstats::Row {
+                    labels: crate::linkstats::Labels {
+                        namespace: l.labels.namespace,
+                        pod: l.labels.pod,
+                        interface: l.labels.interface,
+                        peer_pod: l.labels.peer_pod,
+                        uid: l.labels.uid,
+                        kind: "grpc",
+                    },
+                    tx_frames: c.tx_frames,
+                    tx_bytes: c.tx_bytes,
+                    rx_frames: c.rx_frames,
+                    rx_bytes: c.rx_bytes,
+                    drops: c
+                        .drops_by_reason()
+                        .map(|(r, n)| (r.as_label(), n))
+                        .collect(),
+                    carrier: l.carrier,
+                    admin_up: None,
+                }
+            })
+            .collect()
     }
 }

@@ -24,8 +24,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::linkstats;
 use crate::reconcile::Reconciler;
 
-/// Brings values kept outside the metrics registry (the wire's counters) into it.
-pub type Refresh = Arc<dyn Fn() + Send + Sync>;
+/// Brings values kept outside the metrics registry (the wire's per-peer counters) into it, and
+/// returns the per-link rows of links that the reconciler's kernel list does not cover (the
+/// wire's halves), rendered fresh at each scrape.
+pub type Refresh = Arc<dyn Fn() -> Vec<linkstats::Row> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -59,16 +61,15 @@ async fn topology(State(s): State<AppState>) -> axum::response::Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    if let Some(f) = &s.refresh {
-        f();
-    }
+    let mut rows = s.refresh.as_ref().map(|f| f()).unwrap_or_default();
     match &s.metrics {
         Some(h) => {
             let mut text = h.render();
             if let Some(r) = &s.reconciler {
                 let ends = linkstats::collect(r.kernel_links()).await;
-                text = linkstats::merge(&text, &linkstats::families(&ends));
+                rows.extend(ends.iter().map(|(l, e)| linkstats::Row::kernel(l, e)));
             }
+            text = linkstats::merge(&text, &linkstats::families(&rows));
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -127,7 +128,20 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// # Errors
 /// The socket cannot be made, bound (address in use, not on this node) or listened on.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let fd = match listen_fd(addr) {
+    use nix::sys::socket::{Backlog, SockType, listen};
+    let fd = bind_dual(addr, SockType::Stream)?;
+    listen(&fd, Backlog::new(LISTEN_BACKLOG).map_err(io::Error::from)?)?;
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+}
+
+/// A socket of type `ty` bound to `addr` (close-on-exec, non-blocking; `SO_REUSEADDR` for
+/// streams only: two UDP sockets must not share a port). An IPv6 address is bound with
+/// `IPV6_V6ONLY` off; a kernel without IPv6 gets `0.0.0.0` on the same port for `[::]`.
+///
+/// # Errors
+/// The socket cannot be made or bound.
+pub(crate) fn bind_dual(addr: SocketAddr, ty: nix::sys::socket::SockType) -> io::Result<OwnedFd> {
+    match bound_fd(addr, ty) {
         Err(e)
             if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
                 && addr.is_ipv6()
@@ -135,17 +149,15 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
         {
             let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
             tracing::warn!(%addr, fallback = %v4, "no IPv6 in this kernel: listening on IPv4 only");
-            listen_fd(v4)?
+            bound_fd(v4, ty)
         }
-        r => r?,
-    };
-    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+        r => r,
+    }
 }
 
-fn listen_fd(addr: SocketAddr) -> io::Result<OwnedFd> {
+fn bound_fd(addr: SocketAddr, ty: nix::sys::socket::SockType) -> io::Result<OwnedFd> {
     use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
-        socket, sockopt,
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
     };
     let family = if addr.is_ipv6() {
         AddressFamily::Inet6
@@ -154,11 +166,13 @@ fn listen_fd(addr: SocketAddr) -> io::Result<OwnedFd> {
     };
     let fd = socket(
         family,
-        SockType::Stream,
+        ty,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if ty == SockType::Stream {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
     if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
     }
@@ -166,7 +180,6 @@ fn listen_fd(addr: SocketAddr) -> io::Result<OwnedFd> {
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(addr),
     )?;
-    listen(&fd, Backlog::new(LISTEN_BACKLOG).map_err(io::Error::from)?)?;
     Ok(fd)
 }
 

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 pub mod afhalf;
 pub mod api;
+pub mod beacon;
 pub mod capture;
 pub mod gwire;
 pub mod http;
@@ -32,6 +33,7 @@ pub mod netns;
 pub mod pcapng;
 pub mod plan;
 pub mod ports;
+pub mod portwatch;
 pub mod qdisc;
 pub mod reconcile;
 pub mod tapio;
@@ -117,6 +119,8 @@ pub struct Config {
     pub keep_cni_config: bool,
     /// Mutual TLS for the node-to-node API.
     pub wire_tls: Option<gwire::WireTls>,
+    /// Between two beacon datagrams to a peer node (VXLAN links' far-end state).
+    pub beacon_interval: Duration,
 }
 
 /// Sockets the daemon serves on, bound by the caller.
@@ -128,6 +132,9 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// The node-to-node gRPC wire (needed when the inter-node link type is GRPC).
     pub wire: Option<TcpListener>,
+    /// The beacon's UDP socket ([`beacon`]): VXLAN links' carrier follows their far end. All
+    /// nodes use the same port.
+    pub beacon: Option<std::net::UdpSocket>,
 }
 
 /// Opens the configured store.
@@ -175,7 +182,7 @@ pub async fn run(
             .context("netlink socket in the node namespace")?
             .with_wire(wire.clone()),
     );
-    let reconciler = Arc::new(Reconciler::new(
+    let mut reconciler = Reconciler::new(
         NodeIdentity {
             name: config.node_name.clone(),
             ip: config.host_ip,
@@ -184,7 +191,18 @@ pub async fn run(
         ops,
         config.inter_node_link,
         config.host_intf.clone(),
-    ));
+    );
+    if let Some(socket) = listeners.beacon {
+        let b = beacon::Beacon::start(
+            socket,
+            beacon::BeaconOptions {
+                timing: beacon::Timing::new(config.beacon_interval),
+            },
+        )
+        .context("starting the beacon")?;
+        reconciler = reconciler.with_beacon(b);
+    }
+    let reconciler = Arc::new(reconciler);
     reconciler.set_default_mtu(config.default_mtu);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -243,7 +261,10 @@ pub async fn run(
     let http = listeners.http.map(|l| {
         // The wire's counters are copied into the registry right before each scrape.
         let refresh: Option<http::Refresh> = wire.clone().map(|w| {
-            let f: http::Refresh = Arc::new(move || w.export_metrics());
+            let f: http::Refresh = Arc::new(move || {
+                w.export_metrics();
+                w.link_rows()
+            });
             f
         });
         let app = http::router(

@@ -423,6 +423,24 @@ pub trait LinkOps: Send + Sync + 'static {
     /// off (on) without touching its admin state, which is the pod's. VXLAN and macvlan only:
     /// the kernel refuses it for veth and TAP.
     async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError>;
+    /// Follows the admin state of the ports in exactly these pod namespaces (VXLAN ends under
+    /// the beacon; see [`crate::portwatch`]).
+    fn watch_ports(&self, _netns: HashSet<PathBuf>) {}
+    /// Whether the pod has its port `ifname` in `netns` administratively up (`Some(false)`:
+    /// shut or missing; `None`: not known yet).
+    fn port_admin_up(&self, _netns: &Path, _ifname: &str) -> Option<bool> {
+        None
+    }
+    /// Fired when a watched port's admin state changes, or the set of ports whose far router
+    /// shut its port ([`LinkOps::far_port_shut`]) does.
+    fn ports_changed(&self) -> Option<Arc<Notify>> {
+        None
+    }
+    /// Whether the same-node port whose node end is `node_end` has its carrier off because the
+    /// far router shut its port ([`crate::ports::Patchbay::far_shut`]).
+    fn far_port_shut(&self, _node_end: &str) -> bool {
+        false
+    }
 }
 
 /// Netlink errno of an rtnetlink error, if it is one.
@@ -635,6 +653,8 @@ pub struct Kernel {
     /// Wire halves whose router shut its port (unbound from the peer until it opens it), and
     /// the peer node each half is planned toward.
     shut_halves: Arc<std::sync::Mutex<ShutHalves>>,
+    /// Routers' admin state of the watched pod ports.
+    ports: Arc<crate::portwatch::PortWatch>,
 }
 
 /// Wire halves unbound because their router shut its port, and each half's planned peer.
@@ -648,11 +668,13 @@ impl Kernel {
     pub fn new() -> std::io::Result<Self> {
         let (conn, node, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
+        let ports = Arc::new(crate::portwatch::PortWatch::new());
         Ok(Kernel {
             node,
             wire: None,
-            bay: Patchbay::start()?,
+            bay: Patchbay::start(ports.changed())?,
             shut_halves: Arc::default(),
+            ports,
         })
     }
 
@@ -937,6 +959,22 @@ impl LinkOps for Kernel {
 
     fn carrier_changed(&self) -> Option<Arc<Notify>> {
         self.wire.as_ref().map(|w| Arc::clone(&w.changed))
+    }
+
+    fn watch_ports(&self, netns: HashSet<PathBuf>) {
+        self.ports.retain(&netns);
+    }
+
+    fn port_admin_up(&self, netns: &Path, ifname: &str) -> Option<bool> {
+        self.ports.admin_up(netns, ifname)
+    }
+
+    fn ports_changed(&self) -> Option<Arc<Notify>> {
+        Some(self.ports.changed())
+    }
+
+    fn far_port_shut(&self, node_end: &str) -> bool {
+        self.bay.far_shut(node_end)
     }
 
     async fn ensure_port(

@@ -4,9 +4,10 @@
 //! The gRPC wire counts its own frames; the kernel counts these links' frames itself, so there is
 //! nothing to count on a hot path: a scrape dumps each namespace that holds a live kernel-link
 //! end once (one netlink link dump, at most [`PARALLEL_DUMPS`] at a time) and renders one series
-//! per end. The series are made at render time from the reconciler's current list of live ends
-//! ([`crate::reconcile::Reconciler::kernel_links`]), so a link that goes stops being exported at
-//! the next scrape — no stale carrier gauge stays at 1.
+//! per end. The series are made at render time ([`families`], from [`Row`]s) from the
+//! reconciler's current list of live ends ([`crate::reconcile::Reconciler::kernel_links`]) and
+//! the wire's current halves ([`crate::gwire::WireNode::link_rows`]), so a link that goes stops
+//! being exported at the next scrape — no stale carrier gauge stays at 1, on any kind.
 //!
 //! Names and labels are the gRPC links' (`namespace`, `pod`, `interface`, `peer_pod`, `uid`,
 //! `kind`), so one query covers every kind; [`merge`] puts the samples into the exporter's
@@ -24,16 +25,22 @@ use futures::StreamExt;
 /// Namespaces dumped at once during a scrape.
 pub const PARALLEL_DUMPS: usize = 4;
 
-/// One pod's end of a live kernel link, with its metric labels.
+/// A link end's metric labels (every kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelLink {
+pub struct Labels {
     pub namespace: String,
     pub pod: String,
     pub interface: String,
     pub peer_pod: String,
     pub uid: i64,
-    /// `veth`, `vxlan` or `macvlan`.
+    /// `veth`, `vxlan`, `macvlan` or `grpc`.
     pub kind: &'static str,
+}
+
+/// One pod's end of a live kernel link, with its metric labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLink {
+    pub labels: Labels,
     /// The pod's network namespace.
     pub netns: PathBuf,
 }
@@ -57,25 +64,58 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn labels(l: &KernelLink, extra: Option<(&str, &str)>) -> String {
-    let mut s = format!(
-        "namespace=\"{}\",pod=\"{}\",interface=\"{}\",peer_pod=\"{}\",uid=\"{}\",kind=\"{}\"",
-        escape(&l.namespace),
-        escape(&l.pod),
-        escape(&l.interface),
-        escape(&l.peer_pod),
-        l.uid,
-        l.kind
-    );
-    if let Some((k, v)) = extra {
-        let _ = write!(s, ",{k}=\"{}\"", escape(v));
-    }
-    s
+/// One link end's series, whatever its kind: the labels and the values a scrape renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub labels: Labels,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// `(reason, frames)`, every reason of the kind (zeros included, so each series exists).
+    pub drops: Vec<(&'static str, u64)>,
+    pub carrier: bool,
+    /// The pod's admin state of its port, where meshnet reads it (kernel link kinds).
+    pub admin_up: Option<bool>,
 }
 
-/// The families for `ends` (pure; what a scrape renders).
-pub fn families(ends: &[(KernelLink, EndStats)]) -> Vec<Family> {
-    type Pick = fn(&EndStats) -> u64;
+impl Row {
+    /// A kernel link's end, from its interface statistics.
+    pub fn kernel(l: &KernelLink, s: &EndStats) -> Self {
+        Row {
+            labels: l.labels.clone(),
+            tx_frames: s.tx_frames,
+            tx_bytes: s.tx_bytes,
+            rx_frames: s.rx_frames,
+            rx_bytes: s.rx_bytes,
+            drops: vec![("tx_dropped", s.tx_dropped), ("rx_dropped", s.rx_dropped)],
+            carrier: s.carrier,
+            admin_up: Some(s.admin_up),
+        }
+    }
+
+    fn labels(&self, extra: Option<(&str, &str)>) -> String {
+        let l = &self.labels;
+        let mut s = format!(
+            "namespace=\"{}\",pod=\"{}\",interface=\"{}\",peer_pod=\"{}\",uid=\"{}\",kind=\"{}\"",
+            escape(&l.namespace),
+            escape(&l.pod),
+            escape(&l.interface),
+            escape(&l.peer_pod),
+            l.uid,
+            l.kind
+        );
+        if let Some((k, v)) = extra {
+            let _ = write!(s, ",{k}=\"{}\"", escape(v));
+        }
+        s
+    }
+}
+
+/// The families for `rows` (pure; what a scrape renders). Made anew at every scrape from the
+/// links that exist then, so a link that goes takes its series with it.
+pub fn families(rows: &[Row]) -> Vec<Family> {
+    type Pick = fn(&Row) -> u64;
     let counters: [(&'static str, &'static str, Pick); 4] = [
         (
             "meshnet_link_tx_frames_total",
@@ -104,9 +144,9 @@ pub fn families(ends: &[(KernelLink, EndStats)]) -> Vec<Family> {
             name,
             kind: "counter",
             help,
-            samples: ends
+            samples: rows
                 .iter()
-                .map(|(l, s)| format!("{name}{{{}}} {}", labels(l, None), pick(s)))
+                .map(|r| format!("{name}{{{}}} {}", r.labels(None), pick(r)))
                 .collect(),
         })
         .collect();
@@ -114,13 +154,13 @@ pub fn families(ends: &[(KernelLink, EndStats)]) -> Vec<Family> {
         name: "meshnet_link_drops_total",
         kind: "counter",
         help: "Frames dropped on this link, by reason",
-        samples: ends
+        samples: rows
             .iter()
-            .flat_map(|(l, s)| {
-                [("tx_dropped", s.tx_dropped), ("rx_dropped", s.rx_dropped)].map(|(r, n)| {
+            .flat_map(|r| {
+                r.drops.iter().map(|(reason, n)| {
                     format!(
                         "meshnet_link_drops_total{{{}}} {n}",
-                        labels(l, Some(("reason", r)))
+                        r.labels(Some(("reason", reason)))
                     )
                 })
             })
@@ -130,21 +170,23 @@ pub fn families(ends: &[(KernelLink, EndStats)]) -> Vec<Family> {
         (
             "meshnet_link_carrier",
             "1 when the link's carrier is up",
-            (|s: &EndStats| s.carrier) as fn(&EndStats) -> bool,
+            (|r: &Row| Some(r.carrier)) as fn(&Row) -> Option<bool>,
         ),
         (
             "meshnet_link_admin_up",
             "1 while the pod's port is administratively up (the pod decides)",
-            |s: &EndStats| s.admin_up,
+            |r: &Row| r.admin_up,
         ),
     ] {
         out.push(Family {
             name,
             kind: "gauge",
             help,
-            samples: ends
+            samples: rows
                 .iter()
-                .map(|(l, s)| format!("{name}{{{}}} {}", labels(l, None), u8::from(pick(s))))
+                .filter_map(|r| {
+                    pick(r).map(|v| format!("{name}{{{}}} {}", r.labels(None), u8::from(v)))
+                })
                 .collect(),
         });
     }
@@ -212,7 +254,7 @@ pub async fn collect(links: Vec<KernelLink>) -> Vec<(KernelLink, EndStats)> {
             };
             ls.into_iter()
                 .filter_map(|l| {
-                    let s = stats.get(&l.interface)?.clone();
+                    let s = stats.get(&l.labels.interface)?.clone();
                     Some((l, s))
                 })
                 .collect::<Vec<_>>()
@@ -230,12 +272,14 @@ mod tests {
 
     fn end(pod: &str, kind: &'static str) -> KernelLink {
         KernelLink {
-            namespace: "default".into(),
-            pod: pod.into(),
-            interface: "eth1".into(),
-            peer_pod: "r\"2".into(),
-            uid: 7,
-            kind,
+            labels: Labels {
+                namespace: "default".into(),
+                pod: pod.into(),
+                interface: "eth1".into(),
+                peer_pod: "r\"2".into(),
+                uid: 7,
+                kind,
+            },
             netns: PathBuf::from("/run/netns/x"),
         }
     }
@@ -256,7 +300,7 @@ mod tests {
             admin_up: false,
             ..EndStats::default()
         };
-        let fams = families(&[(end("r1", "veth"), stats)]);
+        let fams = families(&[Row::kernel(&end("r1", "veth"), &stats)]);
         let out = merge(EXPORTER, &fams);
         // One block per name: the gRPC and the veth carrier side by side.
         assert_eq!(
@@ -278,6 +322,25 @@ mod tests {
         assert!(out.contains("reason=\"tx_dropped\"} 0"));
         // The exporter's other families are untouched.
         assert!(out.contains("meshnet_reconcile_runs_total 4\n"));
+    }
+
+    /// A wire half's row: every drop reason it has, no admin series (the wire has no port
+    /// state of its own to report); gone from the next render once the half is.
+    #[test]
+    fn a_wire_row_renders_its_reasons_and_goes_with_its_half() {
+        let wire = Row {
+            drops: vec![("peer_down", 3), ("stream_lost", 0)],
+            admin_up: None,
+            carrier: true,
+            ..Row::kernel(&end("w1", "grpc"), &EndStats::default())
+        };
+        let out = merge(EXPORTER, &families(std::slice::from_ref(&wire)));
+        assert!(out.contains("reason=\"peer_down\"} 3"), "{out}");
+        assert!(out.contains("reason=\"stream_lost\"} 0"), "{out}");
+        assert!(!out.contains("meshnet_link_admin_up"), "{out}");
+        assert!(!out.contains("tx_dropped"), "{out}");
+        let gone = merge("", &families(&[]));
+        assert!(!gone.contains("pod=\"w1\""), "{gone}");
     }
 
     #[test]

@@ -53,6 +53,17 @@ struct Args {
     /// `[::]` also accepts IPv4.
     #[arg(long, env = "MESHNET_WIRE_ADDR", default_value = "[::]:51111")]
     wire_addr: SocketAddr,
+    /// UDP port of the beacon that tells VXLAN links' far ends this node's port states (all
+    /// nodes use the same; used with INTER_NODE_LINK_TYPE=VXLAN). `[::]` also receives IPv4.
+    /// 0 turns the beacon off; a port that cannot be bound is logged and the daemon runs
+    /// without it.
+    #[arg(long, env = "MESHNET_BEACON_PORT", default_value_t = meshnet_daemon::beacon::DEFAULT_PORT)]
+    beacon_port: u16,
+    /// Milliseconds between two beacon datagrams to a peer node; a far end unheard for 3 of them
+    /// (+100 ms) takes its links' carrier off.
+    #[arg(long, env = "MESHNET_BEACON_INTERVAL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    beacon_interval_ms: u64,
     /// Streams per peer node (each its own HTTP/2 connection) at most; default: one per core, at
     /// most 4. Two nodes use the smaller of their counts.
     #[arg(long, env = "MESHNET_WIRE_SHARDS")]
@@ -268,6 +279,21 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Without its beacon a node still serves every link (their carrier just does not follow the
+    // far end, as with a peer that has none), so a taken port is said loudly but not fatal.
+    let beacon = if args.inter_node_link_type == InterNodeLink::Vxlan && args.beacon_port != 0 {
+        let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.beacon_port));
+        match meshnet_daemon::beacon::bind_udp(addr) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(%addr, error = %e,
+                    "cannot bind the beacon port: VXLAN links' carrier will not follow their far end");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let install = match &args.cni_conf_dir {
         None => None,
         Some(conf) => {
@@ -312,10 +338,16 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         wire_endpoint: args.wire_endpoint,
         wire_legacy: args.wire_legacy,
         wire_poll: Duration::from_micros(u64::from(args.wire_poll_us)),
+        beacon_interval: Duration::from_millis(args.beacon_interval_ms),
     };
     let r = meshnet_daemon::run(
         config,
-        Listeners { local, http, wire },
+        Listeners {
+            local,
+            http,
+            wire,
+            beacon,
+        },
         Some(metrics),
         shutdown,
     )

@@ -32,6 +32,19 @@ pub fn describe() {
         "meshnet_link_carrier",
         "1 when the link's carrier is up (the peer's half is connected)"
     );
+    // The beacon (VXLAN links' far-end state; carrier is meshnet_link_carrier).
+    describe_counter!(
+        "meshnet_beacon_datagrams_total",
+        "Beacon datagrams, by direction (sent, received: accepted from a tracked peer)"
+    );
+    describe_counter!(
+        "meshnet_beacon_bad_total",
+        "Beacon datagrams ignored, by reason (short, oversize, magic, version, length, state, unknown_peer, stale)"
+    );
+    describe_counter!(
+        "meshnet_beacon_send_errors_total",
+        "Beacon datagrams the kernel refused to send"
+    );
     // Per peer node.
     describe_counter!(
         "meshnet_wire_connects_total",

@@ -37,7 +37,7 @@ use netlink_packet_route::tc::{
     TcOption,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::links::{
@@ -419,6 +419,9 @@ pub struct Patchbay {
     table: watch::Sender<Vec<Cable>>,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
+    /// Node ends of same-node ports held down because the far router shut its port, as of the
+    /// last evaluation (what the link's status says).
+    far_shut: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Patchbay {
@@ -434,28 +437,42 @@ pub type ShutHook = Box<dyn Fn(&(String, i64), bool) + Send + Sync>;
 impl Patchbay {
     /// Starts the patchbay on the calling thread's namespace (the node's): a netlink socket
     /// subscribed to link events, and one task. The task ends when the patchbay is dropped.
+    /// `changed` is notified when the set of ports whose far router shut its port changes
+    /// ([`Patchbay::far_shut`]).
     ///
     /// # Errors
     /// The netlink sockets cannot be opened.
-    pub fn start() -> std::io::Result<Arc<Self>> {
+    pub fn start(changed: Arc<Notify>) -> std::io::Result<Arc<Self>> {
         let (conn, handle, events) =
             rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
         tokio::spawn(conn);
         let (table, rx) = watch::channel(Vec::new());
         let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let on_shut = Arc::new(std::sync::Mutex::new(None));
+        let far_shut = Arc::new(std::sync::Mutex::new(HashSet::new()));
         tokio::spawn(run(
             handle,
             rx,
             events,
             Arc::clone(&wires),
             Arc::clone(&on_shut),
+            (Arc::clone(&far_shut), changed),
         ));
         Ok(Arc::new(Patchbay {
             table,
             wires,
             on_shut,
+            far_shut,
         }))
+    }
+
+    /// Whether the same-node port whose node end is `node_end` has its carrier off because the
+    /// router at the far port shut it.
+    pub fn far_shut(&self, node_end: &str) -> bool {
+        self.far_shut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(node_end)
     }
 
     /// Installs what is told when a wire half's router shuts or opens its port.
@@ -519,6 +536,7 @@ async fn run(
     mut events: Events,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
+    (far_shut, far_shut_changed): (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
 ) {
     let mut bay = Bay::default();
     let mut next: Option<Instant> = None;
@@ -558,6 +576,15 @@ async fn run(
                 }
             }
         }
+        {
+            let mut told = far_shut
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *told != bay.far_shut {
+                told.clone_from(&bay.far_shut);
+                far_shut_changed.notify_one();
+            }
+        }
         next = match r {
             Ok(n) => n,
             Err(e) => {
@@ -589,6 +616,8 @@ struct Bay {
     shut: HashMap<String, bool>,
     /// Shut/opened wire ports found by the last evaluation, to tell.
     shut_changes: Vec<((String, i64), bool)>,
+    /// Node ends of same-node ports whose far router has its port shut.
+    far_shut: HashSet<String>,
 }
 
 /// What one evaluation decided for a node end.
@@ -651,6 +680,7 @@ impl Bay {
         // Pod ends whose node end is down: their router's state is read directly.
         let mut polled: HashMap<String, bool> = HashMap::new();
         let mut decided: Vec<(&Cable, NodeEnd, Switch)> = Vec::with_capacity(cables.len());
+        self.far_shut.clear();
         for c in cables {
             let Some(x) = ends.get(&c.node) else { continue };
             let want = match (&c.far, c.pulled) {
@@ -667,6 +697,9 @@ impl Bay {
                             soon(now + POLL, &mut next);
                             polled[f]
                         };
+                        if !far_on {
+                            self.far_shut.insert(c.node.clone());
+                        }
                         far_on && (x.up || patched_both(h, x.index, fe.index).await)
                     }
                     _ => false,

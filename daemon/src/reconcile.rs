@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::InterNodeLink;
+use crate::beacon::{Beacon, FarEnd};
 use crate::gwire::LinkLabels;
 use crate::links::snapshot::Snapshot;
 use crate::links::{
@@ -198,6 +199,8 @@ pub struct Reconciler {
     /// The pod ends of the kernel links (veth, vxlan, macvlan) that are up, as of the last run:
     /// what `/metrics` reports (its own lock, so a scrape never waits for a run).
     kernel_links: std::sync::Mutex<Vec<crate::linkstats::KernelLink>>,
+    /// VXLAN links' far ends ([`crate::beacon`]); `None`: their carrier does not follow them.
+    beacon: Option<Arc<Beacon>>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -235,7 +238,16 @@ impl Reconciler {
             default_mtu: std::sync::OnceLock::new(),
             memo: Mutex::new(Memo::default()),
             kernel_links: std::sync::Mutex::new(Vec::new()),
+            beacon: None,
         }
+    }
+
+    /// VXLAN ends' carrier follows their far end as `beacon` judges it (peers are told on the
+    /// beacon's own port).
+    #[must_use]
+    pub fn with_beacon(mut self, beacon: Arc<Beacon>) -> Self {
+        self.beacon = Some(beacon);
+        self
     }
 
     /// The pod ends of the kernel links that were up after the last run.
@@ -488,6 +500,7 @@ impl Reconciler {
         let mut kernel_links = Vec::new();
         let mut cables: Vec<Cable> = Vec::new();
         let mut impaired_seen = HashSet::new();
+        let mut far_ends = FarEnds::default();
         for (p, ws) in plans.iter().zip(works) {
             self.sweep_stale(&snapshot, memo, p, &ws, &topos, depth)
                 .await;
@@ -519,6 +532,22 @@ impl Reconciler {
                     pulled: false,
                 });
             }
+            // VXLAN links' far nodes: the beacon tells them this end's state and hears theirs.
+            let remotes: HashMap<i64, IpAddr> = p
+                .links
+                .iter()
+                .zip(&ws)
+                .filter_map(|(l, w)| match w {
+                    Work::Carried(
+                        _,
+                        SingleSpec {
+                            kind: SingleKind::Vxlan { remote, .. },
+                            ..
+                        },
+                    ) => Some((l.uid, *remote)),
+                    _ => None,
+                })
+                .collect();
             let mut report = PodReport {
                 key: p.key.clone(),
                 links: p
@@ -540,7 +569,31 @@ impl Reconciler {
                     if !note.is_empty() {
                         report.impairments.insert(l.uid, note);
                     }
-                    if let Some(o) = self.cable_state(memo, &end, kind, &topos, &p.key, l).await {
+                    let key = (p.key.namespace.clone(), l.uid);
+                    let far = match remotes.get(&l.uid) {
+                        Some(remote) => {
+                            self.track_far_end(
+                                &mut far_ends,
+                                &key,
+                                *remote,
+                                &end,
+                                &topos,
+                                &p.key,
+                                l,
+                            );
+                            self.far_end_down(&key)
+                        }
+                        // A same-node port: the patchbay says whether the far router shut
+                        // its port.
+                        None => cables[first_cable..]
+                            .iter()
+                            .find(|c| c.pod == end && self.ops.far_port_shut(&c.node))
+                            .map(|_| FarNote::Off(FAR_PORT_SHUT.to_string())),
+                    };
+                    if let Some(o) = self
+                        .cable_state(memo, &end, kind, &topos, &p.key, l, far)
+                        .await
+                    {
                         report.overrides.insert(l.uid, o);
                     }
                     impaired_seen.insert(end);
@@ -567,12 +620,14 @@ impl Reconciler {
                 } = r
                 {
                     kernel_links.push(crate::linkstats::KernelLink {
-                        namespace: p.key.namespace.clone(),
-                        pod: p.key.name.clone(),
-                        interface: l.local_intf.clone(),
-                        peer_pod: l.peer_pod.clone(),
-                        uid: l.uid,
-                        kind,
+                        labels: crate::linkstats::Labels {
+                            namespace: p.key.namespace.clone(),
+                            pod: p.key.name.clone(),
+                            interface: l.local_intf.clone(),
+                            peer_pod: l.peer_pod.clone(),
+                            uid: l.uid,
+                            kind,
+                        },
                         netns: PathBuf::from(&p.net_ns),
                     });
                 }
@@ -582,6 +637,10 @@ impl Reconciler {
         memo.impaired.retain(|k, _| impaired_seen.contains(k));
         memo.pulled.retain(|k, _| impaired_seen.contains(k));
         self.ops.set_cables(cables);
+        if let Some(b) = &self.beacon {
+            b.retain(&far_ends.links);
+            self.ops.watch_ports(far_ends.netns);
+        }
         *self
             .kernel_links
             .lock()
@@ -721,6 +780,11 @@ impl Reconciler {
     /// protocol-down flag on a macvlan end, by the node end's admin state on a port (same-node
     /// and VXLAN links: recorded here, applied by [`ports::Patchbay`]). Returns the state and
     /// message that replace `up`: `down` where the cable is pulled.
+    ///
+    /// `far` is why a VXLAN link's far end takes this end's carrier off
+    /// ([`Self::far_end_down`]), if it does: the port's node end goes down as for a pulled
+    /// cable; a declaration is named first.
+    #[allow(clippy::too_many_arguments)]
     async fn cable_state(
         &self,
         memo: &mut Memo,
@@ -729,38 +793,100 @@ impl Reconciler {
         topos: &[Topology],
         pod: &PodKey,
         l: &plan::LinkPlan,
+        far: Option<FarNote>,
     ) -> Option<(LinkState, String)> {
         let [(_, own), (_, peer)] = Self::declarations(topos, pod, l);
         let who = match pulled_by(pod, l, own, peer) {
             Ok(who) => who,
             Err(e) => return Some((LinkState::Error, e)),
         };
-        let down = who.is_some();
+        let declared = who.is_some();
+        let far_down = matches!(far, Some(FarNote::Down(_)));
+        let down = declared || far_down;
         let who = who.unwrap_or_default();
         if kind == "veth" || kind == "vxlan" {
-            // The patchbay takes both ports' node ends down (see `ports`), from the cable table
+            // The patchbay takes the port's node end down (see `ports`), from the cable table
             // this run hands it.
             memo.pulled.insert(end.clone(), down);
-            return down.then(|| (LinkState::Down, format!("state: down (declared by {who})")));
-        }
-        match memo.pulled.get(end) {
-            Some(&d) if d == down => {}
-            // First sight of an end nobody pulled: nothing to switch back on.
-            None if !down => {
-                memo.pulled.insert(end.clone(), false);
+        } else {
+            match memo.pulled.get(end) {
+                Some(&d) if d == down => {}
+                // First sight of an end nobody pulled: nothing to switch back on.
+                None if !down => {
+                    memo.pulled.insert(end.clone(), false);
+                }
+                _ => match self.ops.set_protodown(&end.0, &end.1, down).await {
+                    Ok(()) => {
+                        tracing::info!(netns = %end.0.display(), ifname = %end.1, down, "cable");
+                        memo.pulled.insert(end.clone(), down);
+                    }
+                    Err(e) => {
+                        memo.pulled.remove(end);
+                        return Some((LinkState::Error, format!("state: down not applied: {e}")));
+                    }
+                },
             }
-            _ => match self.ops.set_protodown(&end.0, &end.1, down).await {
-                Ok(()) => {
-                    tracing::info!(netns = %end.0.display(), ifname = %end.1, down, "cable");
-                    memo.pulled.insert(end.clone(), down);
-                }
-                Err(e) => {
-                    memo.pulled.remove(end);
-                    return Some((LinkState::Error, format!("state: down not applied: {e}")));
-                }
-            },
         }
-        down.then(|| (LinkState::Down, format!("state: down (declared by {who})")))
+        if declared {
+            return Some((LinkState::Down, format!("state: down (declared by {who})")));
+        }
+        match far {
+            Some(FarNote::Down(m) | FarNote::Off(m)) => Some((LinkState::Down, m)),
+            Some(FarNote::Unheard(m)) => Some((LinkState::Up, m)),
+            None => None,
+        }
+    }
+
+    /// Tells the beacon about a VXLAN end toward `remote`: this side's port is up unless the
+    /// pod shut it (admin down), it is missing, or this pod declares `state: down`.
+    #[allow(clippy::too_many_arguments)]
+    fn track_far_end(
+        &self,
+        far_ends: &mut FarEnds,
+        key: &LinkKey,
+        remote: IpAddr,
+        end: &(PathBuf, String),
+        topos: &[Topology],
+        pod: &PodKey,
+        l: &plan::LinkPlan,
+    ) {
+        let Some(b) = &self.beacon else { return };
+        let [(_, own), _] = Self::declarations(topos, pod, l);
+        let admin = self.ops.port_admin_up(&end.0, &end.1);
+        let local_up = admin.unwrap_or(true) && own != "down";
+        let h = meshnet_wire::table::link_hash(&key.0, key.1);
+        b.track(h, std::net::SocketAddr::new(remote, b.port()), local_up);
+        far_ends.links.insert(h);
+        far_ends.netns.insert(end.0.clone());
+    }
+
+    /// Why link `key`'s far end takes this end's carrier off (`Down`), or a note that it is not
+    /// heard at all (`Unheard`, after a grace period: the carrier stays on, see
+    /// [`crate::beacon`]); `None` when the far end is up or no beacon runs. The one place the
+    /// beacon's judgement becomes a carrier decision.
+    fn far_end_down(&self, key: &LinkKey) -> Option<FarNote> {
+        let b = self.beacon.as_ref()?;
+        let v = b.verdict(meshnet_wire::table::link_hash(&key.0, key.1))?;
+        let since = crate::beacon::clock(v.since);
+        match v.far {
+            FarEnd::Up => None,
+            FarEnd::Silent => Some(FarNote::Down(format!(
+                "carrier off: far end silent since {since} (no beacon from its node on UDP {})",
+                b.port()
+            ))),
+            FarEnd::PortDown => Some(FarNote::Down(format!(
+                "{FAR_PORT_SHUT}, or it has none (since {since})"
+            ))),
+            FarEnd::Unknown => {
+                (v.since.elapsed().unwrap_or_default() >= UNHEARD_GRACE).then(|| {
+                    FarNote::Unheard(format!(
+                        "far end not heard on UDP {} (its daemon predates beacons, or the port is \
+                     blocked): carrier does not follow it",
+                        b.port()
+                    ))
+                })
+            }
+        }
     }
 
     /// Treats a pod of this node whose recorded namespace no longer exists (its sandbox was
@@ -1137,17 +1263,27 @@ impl Reconciler {
         let mut events = self.store.watch();
         let mut tick = tokio::time::interval(resync);
         let carrier = self.ops.carrier_changed();
+        let far_end = self.beacon.as_ref().map(|b| b.changed());
+        let ports = self.ops.ports_changed();
         tokio::pin!(shutdown);
-        loop {
-            let carrier_changed = async {
-                match &carrier {
+        let notified = |n: &Option<Arc<tokio::sync::Notify>>| {
+            let n = n.clone();
+            async move {
+                match n {
                     Some(n) => n.notified().await,
                     None => std::future::pending().await,
                 }
-            };
+            }
+        };
+        loop {
+            let carrier_changed = notified(&carrier);
             let depth = tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => Depth::Full,
+                // A VXLAN link's far end, or a router's port of one, changed: the carrier
+                // follows at once.
+                _ = notified(&far_end) => Depth::Changes,
+                _ = notified(&ports) => Depth::Changes,
                 // A wire's carrier changed: its link's status follows.
                 _ = carrier_changed => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1205,6 +1341,31 @@ async fn clear_status(
 
 /// A link's identity on this node: (namespace, uid).
 type LinkKey = (String, i64);
+
+/// Why a port's carrier is off when its far router shut its port (the status message).
+const FAR_PORT_SHUT: &str = "carrier off: far router shut its port";
+
+/// How long a VXLAN link's far end may stay unheard before its status says so.
+const UNHEARD_GRACE: Duration = Duration::from_secs(2);
+
+/// What a link's far end does to this end's carrier: [`Reconciler::far_end_down`] for VXLAN links,
+/// the patchbay for same-node ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FarNote {
+    /// The carrier goes off, for this reason.
+    Down(String),
+    /// The carrier is off already (the patchbay holds it off), for this reason: status only.
+    Off(String),
+    /// The carrier stays on; the status notes that the far end is not heard.
+    Unheard(String),
+}
+
+/// The VXLAN links a run handed to the beacon.
+#[derive(Debug, Default)]
+struct FarEnds {
+    links: HashSet<u64>,
+    netns: HashSet<PathBuf>,
+}
 
 /// What one link end needs after node facts are applied to the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -334,6 +334,7 @@ fn base_renders_with_vxlan() {
         "no wire port without the gRPC wire"
     );
     assert!(by_name(seq(c, &["env"]), "MESHNET_WIRE_ADDR").is_empty());
+    assert_eq!(env_value(c, "MESHNET_BEACON_PORT"), "51112");
 }
 
 #[test]

@@ -85,6 +85,12 @@ struct State {
     no_netem: bool,
     /// The last cable table handed to the patchbay.
     cables: Vec<Cable>,
+    /// Ports' admin state as the pods set it (absent: not known).
+    admin: HashMap<(PathBuf, String), bool>,
+    /// The namespaces whose ports the reconciler last asked to watch.
+    watched: HashSet<PathBuf>,
+    /// Node ends whose far router shut its port (as the patchbay would find).
+    far_shut: HashSet<String>,
 }
 
 /// See the module documentation.
@@ -148,6 +154,27 @@ impl FakeOps {
 
     pub fn set_carrier(&self, key: WireKey, up: bool) {
         self.st().carrier.insert(key, up);
+    }
+
+    /// The pod sets its port `ifname` in `netns` up or down (`ip link set`).
+    pub fn set_admin(&self, netns: &str, ifname: &str, up: bool) {
+        self.st().admin.insert((netns.into(), ifname.into()), up);
+    }
+
+    /// The router at the far port of the same-node port whose node end is `node_end` shuts it
+    /// (`true`) or opens it.
+    pub fn set_far_shut(&self, node_end: &str, shut: bool) {
+        let mut st = self.st();
+        if shut {
+            st.far_shut.insert(node_end.to_string());
+        } else {
+            st.far_shut.remove(node_end);
+        }
+    }
+
+    /// The namespaces whose ports are watched.
+    pub fn watched(&self) -> HashSet<PathBuf> {
+        self.st().watched.clone()
     }
 
     /// Makes or checks the ends `ends` of one link with `alias`.
@@ -315,6 +342,21 @@ impl LinkOps for FakeOps {
 
     fn netns_exists(&self, netns: &Path) -> bool {
         !self.st().gone.contains(netns)
+    }
+
+    fn watch_ports(&self, netns: HashSet<PathBuf>) {
+        self.st().watched = netns;
+    }
+
+    fn far_port_shut(&self, node_end: &str) -> bool {
+        self.st().far_shut.contains(node_end)
+    }
+
+    fn port_admin_up(&self, netns: &Path, ifname: &str) -> Option<bool> {
+        self.st()
+            .admin
+            .get(&(netns.to_path_buf(), ifname.to_string()))
+            .copied()
     }
 
     async fn set_protodown(&self, netns: &Path, ifname: &str, down: bool) -> Result<(), LinkError> {

@@ -122,7 +122,8 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
     let b2 = port(&rb2, "rb", "cccc", "192.0.2.2/24");
     crate::netns::in_netns(&node.path(), move |h| async move {
         let snap = Snapshot::default();
-        let bay = Patchbay::start().unwrap();
+        let told = Arc::new(tokio::sync::Notify::new());
+        let bay = Patchbay::start(Arc::clone(&told)).unwrap();
         for p in [&a, &b] {
             assert_eq!(
                 ensure_port(&h, &snap, p, Mode::Repair).await.unwrap(),
@@ -174,17 +175,28 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
         assert!(ping(&na, "192.0.2.2"), "frames pass the new patch");
         assert_eq!(ifindex(&na, "eth1"), survivor, "same ifindex and MAC");
 
-        // The far router shuts its port, and turns it back on.
+        assert!(!bay.far_shut(&a.node));
+        // The far router shuts its port, and turns it back on: the carrier follows, and the
+        // patchbay says why (the status) and tells that it changed.
         Command::new("ip")
             .args(["-n", &nb2, "link", "set", "eth1", "down"])
             .output()
             .unwrap();
         wait_carrier(&na, "eth1", false).await;
+        tokio::time::timeout(Duration::from_secs(2), told.notified())
+            .await
+            .expect("told that a far port was shut");
+        assert!(bay.far_shut(&a.node), "a's far router shut its port");
+        assert!(
+            !bay.far_shut(&b2.node),
+            "b2's own router shut, not its far one"
+        );
         Command::new("ip")
             .args(["-n", &nb2, "link", "set", "eth1", "up"])
             .output()
             .unwrap();
         wait_carrier(&na, "eth1", true).await;
+        assert!(!bay.far_shut(&a.node));
         // Both routers shut their ports, then turn them on: both carriers come back.
         for ns in [&na, &nb2] {
             Command::new("ip")

@@ -25,6 +25,10 @@ impl Drop for Env {
 }
 
 fn env(inter: InterNodeLink) -> Env {
+    env_with(inter, None)
+}
+
+fn env_with(inter: InterNodeLink, beacon: Option<Arc<crate::beacon::Beacon>>) -> Env {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mnd-reconcile-{}-{}",
@@ -48,6 +52,10 @@ fn env(inter: InterNodeLink) -> Env {
         inter,
         None,
     );
+    let rec = match beacon {
+        Some(b) => rec.with_beacon(b),
+        None => rec,
+    };
     Env { dir, ops, rec }
 }
 
@@ -569,6 +577,23 @@ async fn a_declared_down_state_pulls_the_cable_once_per_change() {
     v.rec.run(Depth::Full).await.unwrap();
     assert!(v.ops.cables().iter().all(|c| !c.pulled));
     assert_eq!(v.status("r2").await.links[0].state, LinkState::Up);
+
+    // r2's router shuts its port: r1's carrier is off (the patchbay found it), and r1's status
+    // says so; r2's own status stays up. Opened again: both up.
+    let r1_node = ports::node_end_name("default", 1, "r1");
+    v.ops.set_far_shut(&r1_node, true);
+    v.rec.run(Depth::Changes).await.unwrap();
+    let st = v.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down, "{st:?}");
+    assert_eq!(st.links[0].message, "carrier off: far router shut its port");
+    assert_eq!(v.status("r2").await.links[0].state, LinkState::Up);
+    assert!(
+        v.ops.cables().iter().all(|c| !c.pulled),
+        "not a pulled cable"
+    );
+    v.ops.set_far_shut(&r1_node, false);
+    v.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(v.status("r1").await.links[0].state, LinkState::Up);
 }
 
 /// On a gRPC wire this node applies the impairment of what the *peer* sends (the peer's node
@@ -719,4 +744,133 @@ async fn a_wire_half_becomes_a_patch_on_the_same_port() {
         far.iter().all(|f| matches!(f, Some(Far::Port(_)))),
         "{far:?}"
     );
+}
+
+/// r2 on the far node 127.0.0.2, its end of uid 1 declaring `state`.
+async fn r2_far(e: &Env, state: &str) {
+    let l = Link {
+        state: state.into(),
+        ..link(1, "r1", "eth1", "eth1")
+    };
+    e.pod("r2", vec![l], "127.0.0.2", "bbbb").await;
+}
+
+/// A VXLAN end under the beacon: this side's port state goes to the far daemon (here a socket on
+/// 127.0.0.2 standing in for it), and what the far daemon says switches this end's carrier
+/// (the port's node end, through the patchbay) and its status — combined with `state: down`.
+#[tokio::test]
+async fn a_vxlan_end_follows_its_far_end_through_the_beacon() {
+    use crate::beacon::{self, Beacon, BeaconOptions, FarEnd};
+    let socket = beacon::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let b = Beacon::start(socket, BeaconOptions::default()).unwrap();
+    // The far node's daemon: 127.0.0.2 on the beacon port (all nodes use the same port).
+    let far = tokio::net::UdpSocket::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
+    let e = env_with(InterNodeLink::Vxlan, Some(Arc::clone(&b)));
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    r2_far(&e, "").await;
+    let ns1 = PathBuf::from(netns("r1", "aaaa"));
+    let key = meshnet_wire::table::link_hash("default", 1);
+    // The port's carrier as the patchbay is told to keep it (off: the cable is pulled).
+    let pulls = |e: &Env| -> Vec<bool> { e.ops.cables().into_iter().map(|c| c.pulled).collect() };
+    let heard = |want: bool| {
+        let far = &far;
+        async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let (n, _) = tokio::time::timeout(Duration::from_secs(2), far.recv_from(&mut buf))
+                    .await
+                    .expect("a datagram within 2 s")
+                    .unwrap();
+                if beacon::decode(&buf[..n]).unwrap().links == [(key, want)] {
+                    return;
+                }
+            }
+        }
+    };
+    let mut seq = 0;
+    let mut say = |up: bool| {
+        seq += 1;
+        let d = beacon::encode(7, seq, &[(key, up)]);
+        let far = &far;
+        async move {
+            far.send_to(&d, ("127.0.0.1", port)).await.unwrap();
+        }
+    };
+    let verdict = |want: FarEnd| {
+        let b = &b;
+        async move {
+            let t = Instant::now();
+            while b.far_end(key) != want {
+                assert!(t.elapsed() < Duration::from_secs(2), "never {want:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(e.ops.watched(), HashSet::from([ns1.clone()]));
+    assert_eq!(pulls(&e), [false]);
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
+    heard(true).await;
+
+    // The far router shuts its port.
+    say(false).await;
+    verdict(FarEnd::PortDown).await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    let st = e.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert!(
+        st.links[0].message.contains("far router shut its port"),
+        "{st:?}"
+    );
+    // ... and opens it again (after the hold-down).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say(true).await;
+    verdict(FarEnd::Up).await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [false]);
+    assert_eq!(e.status("r1").await.links[0].state, LinkState::Up);
+
+    // This pod shuts its own port: the far daemon is told.
+    e.ops.set_admin(&netns("r1", "aaaa"), "eth1", false);
+    e.rec.run(Depth::Changes).await.unwrap();
+    heard(false).await;
+    e.ops.set_admin(&netns("r1", "aaaa"), "eth1", true);
+
+    // A declared state: down and a silent far end: pulled, the declaration named.
+    r2_far(&e, "down").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    verdict(FarEnd::Silent).await;
+    e.rec.run(Depth::Full).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    assert_eq!(
+        e.status("r1").await.links[0].message,
+        "state: down (declared by r2)"
+    );
+    // The declaration lifted, the far end still silent: the carrier stays off, and says why.
+    r2_far(&e, "").await;
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(pulls(&e), [true]);
+    let st = e.status("r1").await;
+    assert_eq!(st.links[0].state, LinkState::Down);
+    assert!(
+        st.links[0].message.contains("far end silent since"),
+        "{st:?}"
+    );
+
+    // The link goes: the beacon and the port watch forget it.
+    e.rec
+        .store()
+        .delete(&PodKey::new("default", "r2"))
+        .await
+        .unwrap();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert!(b.verdict(key).is_none());
+    assert!(e.ops.watched().is_empty());
 }

@@ -299,9 +299,19 @@ impl LabGuard {
 pub fn until(
     what: &str,
     limit: std::time::Duration,
+    f: impl FnMut() -> bool,
+) -> std::time::Duration {
+    since(std::time::Instant::now(), what, limit, f)
+}
+
+/// Waits until `t` + `limit` for `f`; returns how long after `t` it held (`t`: when a fault was
+/// made, before the command that makes it, so the command's own time counts).
+pub fn since(
+    t: std::time::Instant,
+    what: &str,
+    limit: std::time::Duration,
     mut f: impl FnMut() -> bool,
 ) -> std::time::Duration {
-    let t = std::time::Instant::now();
     while !f() {
         assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(std::time::Duration::from_millis(10));
