@@ -76,9 +76,13 @@ enum Cmd {
     },
     /// Ping both ends of every link with addresses; check that the others are present and up.
     Verify,
-    /// Delete a pod's sandbox and start a new one (CNI DEL, new namespace, CNI ADD).
+    /// Delete a pod's sandbox and start a new one (CNI DEL, new namespace, CNI ADD), on the same
+    /// node or on `--node`.
     Restart {
         pod: String,
+        /// Start the new sandbox on this node (the pod moves).
+        #[arg(long)]
+        node: Option<String>,
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
@@ -325,9 +329,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 lines.iter().filter(|l| l.starts_with("OK")).count()
             );
         }
-        Cmd::Restart { pod, timeout } => {
-            lab.restart(&pod, Duration::from_secs(timeout))?;
-            println!("pod {pod} restarted; its links are up");
+        Cmd::Restart { pod, node, timeout } => {
+            lab.restart(&pod, node.as_deref(), Duration::from_secs(timeout))?;
+            match node {
+                Some(n) => println!("pod {pod} restarted on {n}; its links are up"),
+                None => println!("pod {pod} restarted; its links are up"),
+            }
         }
         Cmd::Apply { file, timeout } => {
             let started = lab.apply(&file, Duration::from_secs(timeout))?;

@@ -124,9 +124,19 @@ fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
     let _ = std::fs::remove_file(f2);
 }
 
+/// What the status of a port whose far router shut its port says.
+const SHUT: &str = "far router shut its port";
+
 /// The far router shutting its port takes this port's carrier off within a second and keeps it
-/// off across a full resync; turning it back on restores both.
-fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+/// off across a full resync, and this end's status is no longer `up` (it says `says`, where
+/// given); turning it back on restores both.
+fn far_port_shut(
+    tag: &str,
+    r2_node: &str,
+    up_args: &[&str],
+    ips: (&str, &str),
+    says: Option<&str>,
+) {
     let lab = LabGuard::pair(
         tag,
         r2_node,
@@ -152,12 +162,22 @@ fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) 
         !carrier(&n1, "eth1")
     });
     eprintln!("{tag}: r1 lost carrier {took:?} after r2 shut its port");
+    until("r1's status follows", Duration::from_secs(3), || {
+        let st = lab.end_status("r1", 1);
+        st["state"] != "up"
+            && says.is_none_or(|m| st["message"].as_str().unwrap_or_default().contains(m))
+    });
+    eprintln!("{tag}: r1's status: {}", lab.end_status("r1", 1));
     // Full resyncs come and go: the router's shut stays, and so does the far carrier loss.
     std::thread::sleep(Duration::from_millis(2500));
     assert!(!carrier(&n1, "eth1"), "carrier came back while r2 is shut");
+    assert_ne!(lab.end_status("r1", 1)["state"], "up", "after the resyncs");
     ip(&n2, "up");
     until("carrier back", Duration::from_secs(2), || {
         carrier(&n1, "eth1") && carrier(&n2, "eth1")
+    });
+    until("r1's status up", Duration::from_secs(3), || {
+        lab.end_status("r1", 1)["state"] == "up"
     });
     lab.ok(&["verify"]);
     assert_eq!(identity(&n1, "eth1"), before);
@@ -165,7 +185,13 @@ fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) 
 
 #[test]
 fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
-    far_port_shut("prs", "node1", &[], ("192.0.2.25/30", "192.0.2.26/30"));
+    far_port_shut(
+        "prs",
+        "node1",
+        &[],
+        ("192.0.2.25/30", "192.0.2.26/30"),
+        Some(SHUT),
+    );
 }
 
 /// On the gRPC wire the shut port's half is unbound, so the far half loses its peer.
@@ -176,5 +202,61 @@ fn a_far_port_shut_on_the_grpc_wire_takes_the_carrier_off_until_it_is_back() {
         "node2",
         &["--nodes", "2", "--link", "grpc"],
         ("192.0.2.45/30", "192.0.2.46/30"),
+        None,
+    );
+}
+
+/// A peer that moves to another node and back: the survivor's port keeps its ifindex and MAC
+/// while the link is carried across the nodes (a vxlan device, or the gRPC wire) and then
+/// patched on one node again; traffic passes after every move.
+fn peer_moves(tag: &str, up_args: &[&str], ips: (&str, &str), across: &str) {
+    let lab = LabGuard::pair(tag, "node1", ips, &[], up_args);
+    lab.assert_links_up(1);
+    let n1 = lab.pod_netns("r1");
+    let before = identity(&n1, "eth1");
+    for (node, kind) in [("node2", across), ("node1", "veth"), ("node2", across)] {
+        lab.ok(&["restart", "r2", "--node", node]);
+        until("carrier back", Duration::from_secs(5), || {
+            carrier(&n1, "eth1")
+        });
+        assert_eq!(lab.end_status("r1", 1)["kind"], kind, "r2 on {node}");
+        lab.ok(&["verify"]);
+        assert_eq!(
+            identity(&n1, "eth1"),
+            before,
+            "r2 moved to {node}: port replaced"
+        );
+    }
+}
+
+#[test]
+fn a_peer_moving_between_nodes_under_vxlan_never_replaces_the_survivors_port() {
+    peer_moves(
+        "pmvx",
+        &["--nodes", "2"],
+        ("192.0.2.53/30", "192.0.2.54/30"),
+        "vxlan",
+    );
+}
+
+#[test]
+fn a_peer_moving_between_nodes_under_the_grpc_wire_never_replaces_the_survivors_port() {
+    peer_moves(
+        "pmvg",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.57/30", "192.0.2.58/30"),
+        "grpc",
+    );
+}
+
+/// Over VXLAN the far router's shut reaches this node through the daemons' beacons.
+#[test]
+fn a_far_port_shut_over_vxlan_takes_the_carrier_off_until_it_is_back() {
+    far_port_shut(
+        "prsx",
+        "node2",
+        &["--nodes", "2"],
+        ("192.0.2.61/30", "192.0.2.62/30"),
+        Some(SHUT),
     );
 }

@@ -159,22 +159,35 @@ impl Lab {
         r.map(|_| ())
     }
 
-    /// `restart POD`: DEL, a new sandbox (new namespace and container id), ADD; waits for the
-    /// pod's links.
+    /// `restart POD [--node NODE]`: DEL, a new sandbox (new namespace and container id) on the
+    /// pod's node or on `node` (the pod moves), ADD; waits for the pod's links.
     ///
     /// # Errors
     /// Unknown pod, a failing chain, or links not up in time.
-    pub fn restart(&self, pod: &str, timeout: Duration) -> anyhow::Result<()> {
+    pub fn restart(&self, pod: &str, node: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
         let mut st = self.load()?;
         let i = find_pod(&st, pod)?;
         let old = st.pods[i].clone();
+        let node = match node {
+            None => old.node.clone(),
+            Some(n) if st.nodes.iter().any(|x| x.name == n) => n.to_string(),
+            Some(n) => anyhow::bail!(
+                "no node {n} in lab {} (nodes: {})",
+                self.name,
+                st.nodes
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         self.stop_pod(&st, &old)?;
         let decl = PodDecl {
             namespace: old.namespace.clone(),
             name: old.name.clone(),
             node_name: None,
         };
-        let new = self.start_pod(&st, &decl, &old.node, old.generation + 1);
+        let new = self.start_pod(&st, &decl, &node, old.generation + 1);
         match new {
             Ok(p) => st.pods[i] = p,
             Err(e) => {
