@@ -503,11 +503,10 @@ pub async fn get_iface(
         Err(e) => return Err(e),
     };
     let mut s = state_of(&msg);
-    let mut addrs = handle
-        .address()
-        .get()
-        .set_link_index_filter(s.index)
-        .execute();
+    let mut req = handle.address().get().set_link_index_filter(s.index);
+    // Filtered by the kernel on a strict socket ([`connection`]), here otherwise.
+    req.message_mut().header.index = s.index;
+    let mut addrs = req.execute();
     while let Some(a) = addrs.try_next().await? {
         add_addresses(&mut s, &a);
     }
@@ -666,7 +665,7 @@ impl Kernel {
     /// # Errors
     /// The netlink socket cannot be created.
     pub fn new() -> std::io::Result<Self> {
-        let (conn, node, _) = rtnetlink::new_connection()?;
+        let (conn, node) = connection()?;
         tokio::spawn(conn);
         let ports = Arc::new(crate::portwatch::PortWatch::new());
         Ok(Kernel {
@@ -888,8 +887,32 @@ pub(crate) fn is_owned(st: &IfaceState) -> bool {
 /// A netlink connection of its own in the node's namespace (the daemon's), and its task: a
 /// socket runs one dump at a time, and link operations run in parallel (EBUSY otherwise).
 fn node_netlink() -> std::io::Result<(Handle, tokio::task::JoinHandle<()>)> {
-    let (conn, h, _) = rtnetlink::new_connection()?;
+    let (conn, h) = connection()?;
     Ok((h, tokio::spawn(conn)))
+}
+
+/// A route netlink connection in the calling thread's namespace with strict checking of dump
+/// requests (`NETLINK_GET_STRICT_CHK`, Linux 4.20+), so that the kernel itself filters an
+/// address dump by interface: [`get_iface`] in a pod with a thousand ports reads its own
+/// addresses, not everyone's (without it a burst of N ports costs O(N²)). On a kernel without
+/// it the same requests work, filtered here.
+///
+/// # Errors
+/// The socket cannot be opened.
+pub fn connection() -> std::io::Result<(
+    rtnetlink::proto::Connection<netlink_packet_route::RouteNetlinkMessage>,
+    Handle,
+)> {
+    let (mut conn, h, _) = rtnetlink::new_connection()?;
+    use rtnetlink::sys::AsyncSocket as _;
+    if let Err(e) = conn
+        .socket_mut()
+        .socket_mut()
+        .set_netlink_get_strict_chk(true)
+    {
+        tracing::debug!(error = %e, "netlink strict checking not available: address dumps filtered here");
+    }
+    Ok((conn, h))
 }
 
 fn node_socket_err(source: std::io::Error) -> LinkError {

@@ -83,8 +83,8 @@ where
                         reason: e.to_string(),
                     })?;
                 rt.block_on(async {
-                    let (conn, handle, _) =
-                        rtnetlink::new_connection().map_err(|source| NetnsError::Netlink {
+                    let (conn, handle) =
+                        crate::links::connection().map_err(|source| NetnsError::Netlink {
                             path: p.clone(),
                             source,
                         })?;

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::tc::{
     TcActionAttribute, TcActionMirrorOption, TcActionOption, TcAttribute, TcFilterU32Option,
     TcOption,
@@ -54,6 +56,10 @@ pub const HOLD: Duration = Duration::from_millis(300);
 /// waits on it (no event in the node's namespace says when a router turns its port back on
 /// while meshnet holds its node end down).
 pub const POLL: Duration = Duration::from_millis(250);
+
+/// How often the patchbay reads the node's links in full although it follows their events (a
+/// safety net: an event lost without an overrun report would otherwise never be corrected).
+pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// MTU of node ends: the largest a veth takes, so that only the pod end's MTU counts.
 pub const NODE_END_MTU: u32 = 65535;
@@ -540,6 +546,11 @@ async fn run(
 ) {
     let mut bay = Bay::default();
     let mut next: Option<Instant> = None;
+    // The node's links are followed from their events; a full dump at start, when the event
+    // socket overran, and every RESYNC as a safety net. (A new table needs none: the node ends
+    // it names were made before it was handed over, and their events are on their way.)
+    let mut dump_due = true;
+    let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
     loop {
         let wake = async {
             match next {
@@ -549,22 +560,42 @@ async fn run(
         };
         tokio::select! {
             changed = table.changed() => if changed.is_err() { return },
-            ev = events.next() => {
-                if ev.is_none() {
+            ev = events.next() => match ev {
+                None => {
                     tracing::warn!("node link events closed; carrier follows reconcile runs only");
                     events = futures::channel::mpsc::unbounded().1;
+                    dump_due = true;
                 }
-                // A burst (a namespace going away) is one evaluation.
-                while events.try_recv().is_ok() {}
-            }
+                Some((m, _)) => {
+                    // A burst (a namespace going away) is one evaluation.
+                    dump_due |= bay.links.apply(m);
+                    while let Ok((m, _)) = events.try_recv() {
+                        dump_due |= bay.links.apply(m);
+                    }
+                }
+            },
+            _ = resync.tick() => dump_due = true,
             () = wake => {}
+        }
+        if dump_due {
+            match NodeLinks::dump(&h).await {
+                Ok(l) => {
+                    bay.links = l;
+                    dump_due = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "patchbay: cannot read the node's links");
+                    next = Some(Instant::now() + POLL);
+                    continue;
+                }
+            }
         }
         let cables = table.borrow_and_update().clone();
         bay.wires = wires
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let r = bay.evaluate(&h, &cables).await;
+        next = bay.evaluate(&h, &cables).await;
         if !bay.shut_changes.is_empty() {
             let hook = on_shut
                 .lock()
@@ -585,18 +616,11 @@ async fn run(
                 far_shut_changed.notify_one();
             }
         }
-        next = match r {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "patchbay: cannot read the node's links");
-                Some(Instant::now() + POLL)
-            }
-        };
     }
 }
 
 /// A node end as the node's link dump shows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NodeEnd {
     index: u32,
     up: bool,
@@ -604,8 +628,79 @@ struct NodeEnd {
     lower_up: bool,
 }
 
+/// Every interface of the node's namespace by name, as of the last dump and the link events
+/// since. Following events instead of dumping the namespace at every one keeps a burst of N
+/// port changes O(N), not O(N²), with thousands of node ends and wire TAPs.
+#[derive(Debug, Default)]
+struct NodeLinks {
+    by_name: HashMap<String, NodeEnd>,
+    names: HashMap<u32, String>,
+}
+
+impl NodeLinks {
+    /// One link dump of the namespace `h` is in.
+    async fn dump(h: &Handle) -> Result<Self, rtnetlink::Error> {
+        let mut out = NodeLinks::default();
+        let mut links = h.link().get().execute();
+        while let Some(msg) = links.try_next().await? {
+            out.put(&msg);
+        }
+        Ok(out)
+    }
+
+    fn put(&mut self, msg: &LinkMessage) {
+        let Some(name) = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) else {
+            return;
+        };
+        let index = msg.header.index;
+        // A renamed interface leaves its old name.
+        if let Some(old) = self.names.insert(index, name.clone())
+            && old != name
+        {
+            self.by_name.remove(&old);
+        }
+        self.by_name.insert(
+            name,
+            NodeEnd {
+                index,
+                up: msg.header.flags.contains(LinkFlags::Up),
+                lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
+            },
+        );
+    }
+
+    /// Applies one link event; `true` when events were lost (the socket overran) and only a
+    /// new dump tells the truth.
+    fn apply(&mut self, m: rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        use rtnetlink::packet_core::NetlinkPayload;
+        match m.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => self.put(&l),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                if let Some(name) = self.names.remove(&l.header.index) {
+                    self.by_name.remove(&name);
+                }
+            }
+            NetlinkPayload::Overrun(_) => return true,
+            _ => {}
+        }
+        false
+    }
+
+    fn get(&self, name: &str) -> Option<&NodeEnd> {
+        self.by_name.get(name)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Bay {
+    /// The node's interfaces.
+    links: NodeLinks,
+    /// Pairs of node-side interfaces (by ifindex, which the kernel does not reuse) found patched
+    /// to each other; a rebuilt far end has a new ifindex, so a new pair is checked again.
+    patched: HashSet<(u32, u32)>,
     /// When each node end went down.
     down_since: HashMap<String, Instant>,
     /// Node ends up at the last evaluation.
@@ -643,11 +738,7 @@ pub fn decide(want: bool, up: bool, held_for: Option<Duration>) -> Switch {
 
 impl Bay {
     /// One pass over the table; returns when to look again (hold times, polled pod ends).
-    async fn evaluate(
-        &mut self,
-        h: &Handle,
-        cables: &[Cable],
-    ) -> Result<Option<Instant>, rtnetlink::Error> {
+    async fn evaluate(&mut self, h: &Handle, cables: &[Cable]) -> Option<Instant> {
         let mut wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
         let wires = std::mem::take(&mut self.wires);
         wanted.extend(cables.iter().filter_map(|c| match &c.far {
@@ -655,7 +746,12 @@ impl Bay {
             Some(Far::Wire) => wires.get(&c.node).and_then(|w| w.device.as_deref()),
             _ => None,
         }));
-        let ends = dump_node_ends(h, &wanted).await?;
+        let ends: HashMap<String, NodeEnd> = wanted
+            .iter()
+            .filter_map(|n| self.links.get(n).map(|e| ((*n).to_string(), *e)))
+            .collect();
+        self.patched
+            .retain(|(a, b)| self.links.names.contains_key(a) && self.links.names.contains_key(b));
         let by_node: HashMap<&str, &Cable> = cables.iter().map(|c| (c.node.as_str(), c)).collect();
         let now = Instant::now();
         // A node end that was up and is now down (its far end's pod or node end vanished,
@@ -700,12 +796,12 @@ impl Bay {
                         if !far_on {
                             self.far_shut.insert(c.node.clone());
                         }
-                        far_on && (x.up || patched_both(h, x.index, fe.index).await)
+                        far_on && (x.up || self.patched_both(h, x.index, fe.index).await)
                     }
                     _ => false,
                 },
                 (Some(Far::Device(d)), false) => match ends.get(d) {
-                    Some(de) => de.up && (x.up || patched_both(h, x.index, de.index).await),
+                    Some(de) => de.up && (x.up || self.patched_both(h, x.index, de.index).await),
                     None => false,
                 },
                 (Some(Far::Wire), false) => match wires.get(&c.node) {
@@ -729,7 +825,7 @@ impl Bay {
                         w.up && match &w.device {
                             None => true,
                             Some(d) => match ends.get(d) {
-                                Some(de) => x.up || patched_both(h, x.index, de.index).await,
+                                Some(de) => x.up || self.patched_both(h, x.index, de.index).await,
                                 None => false,
                             },
                         }
@@ -779,14 +875,22 @@ impl Bay {
                 }
             }
         }
-        Ok(next)
+        next
     }
-}
 
-/// Whether node ends `a` and `b` are patched to each other.
-async fn patched_both(h: &Handle, a: u32, b: u32) -> bool {
-    matches!(patched_to(h, a).await, Ok(Some(t)) if t == b)
-        && matches!(patched_to(h, b).await, Ok(Some(t)) if t == a)
+    /// Whether node ends `a` and `b` are patched to each other (asked of the kernel until it
+    /// says yes once).
+    async fn patched_both(&mut self, h: &Handle, a: u32, b: u32) -> bool {
+        if self.patched.contains(&(a, b)) {
+            return true;
+        }
+        let yes = matches!(patched_to(h, a).await, Ok(Some(t)) if t == b)
+            && matches!(patched_to(h, b).await, Ok(Some(t)) if t == a);
+        if yes {
+            self.patched.insert((a, b));
+        }
+        yes
+    }
 }
 
 /// Whether the router keeps its pod end up (a namespace or interface that is gone: no).
@@ -800,34 +904,6 @@ async fn pod_end_state(netns: &Path, ifname: &str) -> Option<bool> {
         Ok(Some(st)) => Some(st.up),
         _ => None,
     }
-}
-
-/// The node ends named in `wanted`, from one link dump of the node's namespace.
-async fn dump_node_ends(
-    h: &Handle,
-    wanted: &HashSet<&str>,
-) -> Result<HashMap<String, NodeEnd>, rtnetlink::Error> {
-    let mut out = HashMap::new();
-    let mut links = h.link().get().execute();
-    while let Some(msg) = links.try_next().await? {
-        let name = msg.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.as_str()),
-            _ => None,
-        });
-        if let Some(n) = name
-            && wanted.contains(n)
-        {
-            out.insert(
-                n.to_string(),
-                NodeEnd {
-                    index: msg.header.index,
-                    up: msg.header.flags.contains(LinkFlags::Up),
-                    lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
-                },
-            );
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -49,13 +49,13 @@ impl<H: HalfIo> HalfIo for Ported<H> {
         Ok(())
     }
     fn kernel_tx_dropped(&self) -> Option<u64> {
+        let (ns, name) = self.tx_dropped_source()?;
+        meshnet_wire::sys::tap::tx_dropped_of(&meshnet_wire::sys::tap::net_dev_in(&ns)?, &name)
+    }
+
+    fn tx_dropped_source(&self) -> Option<(std::fs::File, String)> {
         let ns = std::fs::File::open(&self.pod_netns).ok()?;
-        let text = meshnet_wire::sys::netns::in_netns(&ns, || {
-            std::fs::read_to_string("/proc/thread-self/net/dev")
-        })
-        .ok()?
-        .ok()?;
-        meshnet_wire::sys::tap::tx_dropped_of(&text, &self.pod_ifname)
+        Some((ns, self.pod_ifname.clone()))
     }
 }
 

@@ -130,6 +130,13 @@ pub trait HalfIo: Send + Sync + 'static {
     fn kernel_tx_dropped(&self) -> Option<u64> {
         None
     }
+    /// Where [`HalfIo::kernel_tx_dropped`] reads, when it is an interface's line of
+    /// `/proc/net/dev`: its network namespace (open) and the interface name in it. Lets the wire
+    /// read the counters of every down half of one pod with one read of that file (a pod with a
+    /// thousand ports would otherwise read a thousand lines a thousand times a second).
+    fn tx_dropped_source(&self) -> Option<(std::fs::File, String)> {
+        None
+    }
 }
 
 /// A frame owned by a test endpoint.

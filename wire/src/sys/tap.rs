@@ -640,6 +640,13 @@ impl FrameEndpoint for Tap {
     }
 }
 
+/// `/proc/net/dev` as seen in the network namespace `ns` (blocking: a thread enters it).
+pub fn net_dev_in(ns: &std::fs::File) -> Option<String> {
+    super::netns::in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/dev"))
+        .ok()?
+        .ok()
+}
+
 /// The `tx_dropped` column of `ifname` in a `/proc/net/dev` text.
 pub fn tx_dropped_of(net_dev: &str, ifname: &str) -> Option<u64> {
     net_dev.lines().find_map(|l| {
@@ -706,15 +713,13 @@ impl HalfIo for TapHalf {
     }
 
     fn kernel_tx_dropped(&self) -> Option<u64> {
-        let (ns, name) = {
-            let tap = self.tap.lock().ok()?;
-            (tap.netns().ok()?, tap.name().to_string())
-        };
-        let text =
-            super::netns::in_netns(&ns, || std::fs::read_to_string("/proc/thread-self/net/dev"))
-                .ok()?
-                .ok()?;
-        tx_dropped_of(&text, &name)
+        let (ns, name) = self.tx_dropped_source()?;
+        tx_dropped_of(&net_dev_in(&ns)?, &name)
+    }
+
+    fn tx_dropped_source(&self) -> Option<(std::fs::File, String)> {
+        let tap = self.tap.lock().ok()?;
+        Some((tap.netns().ok()?, tap.name().to_string()))
     }
 }
 

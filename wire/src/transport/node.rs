@@ -183,22 +183,18 @@ impl Half {
         *self.peer.lock().expect("peer lock")
     }
 
-    /// Adds the frames the kernel dropped at the interface since the last look to `peer_down`,
-    /// and remembers the new baseline (`keep`) or forgets it.
-    fn account_peer_down(self: &Arc<Self>, keep: bool) {
-        let half = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let Some(now) = half.io.kernel_tx_dropped() else {
-                return;
-            };
-            let mut base = half.dropped_base.lock().expect("dropped_base lock");
-            if let Some(b) = *base
-                && now > b
-            {
-                half.counters.add_drops(DropReason::PeerDown, now - b);
-            }
-            *base = keep.then_some(now);
-        });
+    /// Adds the frames the kernel dropped at the interface since the last look (`now`, its
+    /// `tx_dropped`; `None`: unknown, nothing changes) to `peer_down`, and remembers the new
+    /// baseline (`keep`) or forgets it.
+    fn settle_dropped(&self, now: Option<u64>, keep: bool) {
+        let Some(now) = now else { return };
+        let mut base = self.dropped_base.lock().expect("dropped_base lock");
+        if let Some(b) = *base
+            && now > b
+        {
+            self.counters.add_drops(DropReason::PeerDown, now - b);
+        }
+        *base = keep.then_some(now);
     }
 }
 
@@ -345,6 +341,44 @@ pub struct WireNode {
     hot_until: AtomicU64,
     epoch: Instant,
     poll_wake: Notify,
+    /// Halves whose `peer_down` baseline is to be taken (`true`) or settled, in order, for
+    /// [`WireNode::account_loop`].
+    settle: Mutex<Vec<(Arc<Half>, bool)>>,
+    settle_wake: Notify,
+}
+
+/// Settles the `peer_down` counts of `work` in order (see [`Half`]'s `dropped_base`), reading
+/// each pod namespace's `/proc/net/dev` once. Blocking.
+fn settle_all(work: Vec<(Arc<Half>, bool)>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut groups: Vec<(std::fs::File, Vec<(Arc<Half>, bool, String)>)> = Vec::new();
+    let mut by_ns: HashMap<(u64, u64), usize> = HashMap::new();
+    for (h, keep) in work {
+        let Some((ns, name)) = h.io.tx_dropped_source() else {
+            let now = h.io.kernel_tx_dropped();
+            h.settle_dropped(now, keep);
+            continue;
+        };
+        let id = ns.metadata().map(|m| (m.dev(), m.ino())).ok();
+        match id.and_then(|id| by_ns.get(&id).copied()) {
+            Some(i) => groups[i].1.push((h, keep, name)),
+            None => {
+                if let Some(id) = id {
+                    by_ns.insert(id, groups.len());
+                }
+                groups.push((ns, vec![(h, keep, name)]));
+            }
+        }
+    }
+    for (ns, halves) in groups {
+        let text = crate::sys::tap::net_dev_in(&ns);
+        for (h, keep, name) in halves {
+            let now = text
+                .as_deref()
+                .and_then(|t| crate::sys::tap::tx_dropped_of(t, &name));
+            h.settle_dropped(now, keep);
+        }
+    }
 }
 
 /// Retired counters by link, and the order they were retired in (oldest first).
@@ -382,6 +416,8 @@ impl WireNode {
             hot_until: AtomicU64::new(0),
             epoch: Instant::now(),
             poll_wake: Notify::new(),
+            settle: Mutex::new(Vec::new()),
+            settle_wake: Notify::new(),
         })
     }
 
@@ -459,22 +495,32 @@ impl WireNode {
         }
     }
 
-    /// Every second, counts what the pods of down wires sent meanwhile (see `dropped_base`), so
-    /// `peer_down` grows during an outage, not only after it.
+    /// Counts what the pods of down wires sent meanwhile (see `dropped_base`): at every carrier
+    /// change (queued by [`Self::set_carrier`]), and every second for the halves that are down,
+    /// so `peer_down` grows during an outage, not only after it. One blocking task per round,
+    /// reading `/proc/net/dev` once per pod namespace ([`settle_all`]): a peer node that goes
+    /// away takes a thousand wires down at once.
     pub async fn account_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            let down: Vec<Arc<Half>> = {
+            let periodic = tokio::select! {
+                _ = tick.tick() => true,
+                () = self.settle_wake.notified() => false,
+            };
+            let mut work = std::mem::take(&mut *self.settle.lock().expect("settle lock"));
+            if periodic {
                 let mut down = self.down.lock().expect("down lock");
                 down.retain(|_, h| h.strong_count() > 0);
-                down.values()
-                    .filter_map(Weak::upgrade)
-                    .filter(|h| !h.carrier.load(Ordering::Acquire))
-                    .collect()
-            };
-            for h in down {
-                h.account_peer_down(true);
+                work.extend(
+                    down.values()
+                        .filter_map(Weak::upgrade)
+                        .filter(|h| !h.carrier.load(Ordering::Acquire))
+                        .map(|h| (h, true)),
+                );
+            }
+            if !work.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || settle_all(work)).await;
             }
         }
     }
@@ -513,7 +559,11 @@ impl WireNode {
         }
         if !half.removed.load(Ordering::Acquire) {
             // Down: take the baseline; up: count what was dropped meanwhile.
-            half.account_peer_down(!up);
+            self.settle
+                .lock()
+                .expect("settle lock")
+                .push((Arc::clone(half), !up));
+            self.settle_wake.notify_one();
             let light = up && !half.pulled.load(Ordering::Acquire);
             if let Err(e) = half.io.set_carrier(light) {
                 tracing::warn!(wire = %half.key, error = %e, "cannot set carrier");
