@@ -409,6 +409,11 @@ pub trait LinkOps: Send + Sync + 'static {
     ) -> Result<Vec<(String, OwnedAlias)>, LinkError>;
     /// Deletes `ifname` in `netns` if it exists and is meshnet's; a missing one is fine.
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError>;
+    /// Deletes every port in `netns` in one request (their group, [`crate::ports::PORT_GROUP`]),
+    /// both ends of each; ports made before groups are left for [`LinkOps::delete_owned`].
+    async fn delete_ports(&self, _netns: &Path) -> Result<(), LinkError> {
+        Ok(())
+    }
     /// Whether the recorded sandbox namespace `netns` still exists.
     fn netns_exists(&self, netns: &Path) -> bool;
     /// Puts a declared impairment on the egress of the kernel link end `ifname` in `netns`
@@ -1167,6 +1172,16 @@ impl LinkOps for Kernel {
 
     async fn delete_owned(&self, netns: &Path, ifname: &str) -> Result<(), LinkError> {
         Self::delete_in(netns, ifname).await
+    }
+
+    async fn delete_ports(&self, netns: &Path) -> Result<(), LinkError> {
+        let ns = netns.to_path_buf();
+        netns::in_netns(netns, move |h| async move {
+            crate::ports::delete_group(&h)
+                .await
+                .map_err(|e| LinkError::netlink("delete the ports of", "the pod", &ns, e))
+        })
+        .await?
     }
 
     fn netns_exists(&self, netns: &Path) -> bool {

@@ -61,6 +61,24 @@ pub const POLL: Duration = Duration::from_millis(250);
 /// safety net: an event lost without an overrun report would otherwise never be corrected).
 pub const RESYNC: Duration = Duration::from_secs(10);
 
+/// The interface group of pod ends (`ip link show group 1835951476`, "mnet"): a DEL removes a
+/// pod's ports in one request ([`delete_group`]), which the kernel does in one batch — one by
+/// one, each costs tens of milliseconds (an RCU grace period), 20 s for a pod with a thousand.
+pub const PORT_GROUP: u32 = 0x6d6e_6574;
+
+/// Deletes every interface of group [`PORT_GROUP`] in the namespace `h` is in (none: fine).
+///
+/// # Errors
+/// Netlink refuses.
+pub async fn delete_group(h: &Handle) -> Result<(), rtnetlink::Error> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::Group(PORT_GROUP));
+    match h.link().del_with_message(msg).execute().await {
+        Err(e) if links::errno(&e) == Some(libc::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
 /// MTU of node ends: the largest a veth takes, so that only the pod end's MTU counts.
 pub const NODE_END_MTU: u32 = 65535;
 
@@ -233,6 +251,7 @@ async fn create_pair(node: &Handle, spec: &PortSpec) -> Result<(), LinkError> {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(end.ifname.clone())
         .alias(spec.alias.clone())
+        .append_extra_attribute(LinkAttribute::Group(PORT_GROUP))
         .setns_by_fd(pod_ns.as_raw_fd());
     if let Some(m) = spec.mtu {
         peer = peer.mtu(m);

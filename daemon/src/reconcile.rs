@@ -483,7 +483,12 @@ impl Reconciler {
         }
         // Forget memo entries for links no longer planned (peer gone, spec changed).
         memo.built.retain(|k, _| seen.contains(k));
-        self.sweep_node(&snapshot, memo, &works, depth).await;
+        let planned: HashSet<LinkKey> = plans
+            .iter()
+            .flat_map(|p| p.links.iter().map(|l| (p.key.namespace.clone(), l.uid)))
+            .collect();
+        self.sweep_node(&snapshot, memo, &works, &planned, depth)
+            .await;
         if self.inter_node == InterNodeLink::Grpc {
             let mut halves = HashSet::new();
             let mut peers = HashSet::new();
@@ -995,13 +1000,18 @@ impl Reconciler {
     }
 
     /// Removes meshnet's link-carrying devices in the node's namespace (vxlan devices and wire
-    /// TAPs of ports, host ends of wire halves from before ports) that no link plans any more (peer gone, moved to this node, link removed). Done
-    /// when the set of planned devices changed, and on full runs.
+    /// TAPs of ports, host ends of wire halves from before ports) that no link plans any more
+    /// (peer gone, moved to this node, link removed). Done when the set of planned devices
+    /// changed, and on full runs. A device of a link that no pod of this node plans at all (its
+    /// pod is between two sandboxes, or gone) is left to the next full run: a restarted pod
+    /// takes its devices over ([`crate::tapio`]) instead of waiting for them to be deleted and
+    /// made again (tens of milliseconds each in the kernel).
     async fn sweep_node(
         &self,
         snap: &Snapshot,
         memo: &mut Memo,
         works: &[Vec<Work>],
+        planned: &HashSet<LinkKey>,
         depth: Depth,
     ) {
         let mut keep: Vec<(String, String)> = works
@@ -1025,7 +1035,12 @@ impl Reconciler {
                         continue;
                     }
                     let full = links::alias(&alias.namespace, alias.uid, &alias.kind, &alias.tag);
-                    if keep.iter().any(|(i, a)| *i == ifname && *a == full) {
+                    // A device whose name a planned link uses is that link's to take over or
+                    // replace (`ensure_half`, `ensure_single`), not this sweep's.
+                    if keep.iter().any(|(i, _)| *i == ifname)
+                        || (depth == Depth::Changes
+                            && !planned.contains(&(alias.namespace.clone(), alias.uid)))
+                    {
                         continue;
                     }
                     tracing::info!(ifname, alias = %full, "removing a node-side device no link plans");
@@ -1150,6 +1165,11 @@ impl Reconciler {
             String::new()
         };
         if !ns.is_empty() && Path::new(&ns).exists() {
+            // The ports first, all in one request (see `ports::PORT_GROUP`); what remains
+            // (ports made before groups, macvlan ends) one by one.
+            if let Err(e) = self.ops.delete_ports(Path::new(&ns)).await {
+                tracing::debug!(pod = %key, error = %e, "DEL: ports not deleted as a group");
+            }
             match self.ops.owned(&Snapshot::default(), Path::new(&ns)).await {
                 Ok(owned) => {
                     for (ifname, alias) in owned {

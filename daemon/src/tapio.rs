@@ -121,11 +121,28 @@ pub async fn ensure_half(
         EndpointKind::Tap => {
             let name = ports::wire_tap_name(&spec.key.0, spec.key.1);
             let st = ports::node_side(h, &name).await?;
-            let ours = st.as_ref().is_some_and(|s| {
+            let exact = st.as_ref().is_some_and(|s| {
                 s.kind.as_deref() == Some("tun") && s.alias.as_deref() == Some(spec.alias.as_str())
             });
+            // The same link's TAP from the pod's previous sandbox (its alias names that one) is
+            // taken over (attached and re-aliased) rather than deleted and made again, which
+            // costs the kernel tens of milliseconds per device: a restarted pod with a thousand
+            // wires would wait 20 s for it.
+            let ours = exact
+                || (mode == Mode::Repair
+                    && st.as_ref().is_some_and(|s| {
+                        s.kind.as_deref() == Some("tun")
+                            && s.alias
+                                .as_deref()
+                                .and_then(links::OwnedAlias::parse)
+                                .is_some_and(|a| {
+                                    a.kind == "grpc"
+                                        && a.namespace == spec.key.0
+                                        && a.uid == spec.key.1
+                                })
+                    }));
             let attach = match (&st, ours) {
-                (Some(s), true) if registered == Some(s.index) => {
+                (Some(s), true) if exact && registered == Some(s.index) => {
                     node.update_peer(&spec.key, spec.peer);
                     None
                 }
@@ -156,9 +173,26 @@ pub async fn ensure_half(
                 if mode == Mode::Verify {
                     return Err(wire_err(format!("{name} is not attached to the wire")));
                 }
-                let (tap, ifindex) =
-                    open_node_tap(&name, create, node.legacy().tap_offloads()).await?;
-                if create {
+                let offloads = node.legacy().tap_offloads();
+                let (tap, ifindex, create) = match open_node_tap(&name, create, offloads).await {
+                    Ok((tap, ifindex)) => (tap, ifindex, create),
+                    // The previous sandbox's half still holds it (its queue is busy): made
+                    // anew after all.
+                    Err(e) if !exact && !create => {
+                        tracing::debug!(tap = %name, error = %e, "cannot take the TAP over: made anew");
+                        if let Some(s) = &st {
+                            h.link()
+                                .del(s.index)
+                                .execute()
+                                .await
+                                .map_err(|e| ports::node_err("delete stale wire TAP", &name, e))?;
+                        }
+                        let (tap, ifindex) = open_node_tap(&name, true, offloads).await?;
+                        (tap, ifindex, true)
+                    }
+                    Err(e) => return Err(e),
+                };
+                if create || !exact {
                     // The TAP's MTU checks nothing on this path (mirred into it, the wire
                     // writing to it); the link's is a value the kernel takes.
                     let msg = LinkUnspec::new_with_index(ifindex)
@@ -171,7 +205,9 @@ pub async fn ensure_half(
                         let _ = h.link().del(ifindex).execute().await;
                         return Err(ports::node_err("configure the wire TAP", &name, e));
                     }
-                    ports::disable_ipv6(&name, "a wire TAP");
+                    if create {
+                        ports::disable_ipv6(&name, "a wire TAP");
+                    }
                 }
                 bay.wire_attached(&port.node, Some(name.clone()), spec.key.clone());
                 let io = Ported {

@@ -874,3 +874,42 @@ async fn a_vxlan_end_follows_its_far_end_through_the_beacon() {
     assert!(b.verdict(key).is_none());
     assert!(e.ops.watched().is_empty());
 }
+
+/// A pod between two sandboxes: its link's device in the node's namespace waits for the next
+/// full run instead of being deleted by the DEL's run (the next sandbox takes it over), and a
+/// full run removes a device no pod of this node plans.
+#[tokio::test]
+async fn a_device_of_a_pod_between_sandboxes_waits_for_a_full_run() {
+    let e = env(InterNodeLink::Vxlan);
+    e.pod("r1", vec![link(1, "r2", "eth1", "eth1")], NODE, "aaaa")
+        .await;
+    e.pod("r2", vec![link(1, "r1", "eth1", "eth1")], OTHER, "bbbb")
+        .await;
+    let dev = ports::device_name("default", 1);
+    let node_devs = |e: &Env| e.ops.ifaces(ports::NODE_NETNS);
+    e.rec.run(Depth::Changes).await.unwrap();
+    let made = node_devs(&e)[&dev].clone();
+    e.rec
+        .del(&PodKey::new("default", "r1"), "aaaa", &netns("r1", "aaaa"))
+        .await
+        .unwrap();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(
+        node_devs(&e).get(&dev),
+        Some(&made),
+        "kept for the next sandbox"
+    );
+    // The next sandbox finds it as it was.
+    e.sandbox("r1", NODE, "cccc").await;
+    e.ops.take_calls();
+    e.rec.run(Depth::Changes).await.unwrap();
+    assert_eq!(node_devs(&e).get(&dev), Some(&made));
+    assert_nothing_deleted_in(&e.ops.take_calls(), ports::NODE_NETNS);
+    // Gone for good: the full run removes it.
+    e.rec
+        .del(&PodKey::new("default", "r1"), "cccc", &netns("r1", "cccc"))
+        .await
+        .unwrap();
+    e.rec.run(Depth::Full).await.unwrap();
+    assert!(!node_devs(&e).contains_key(&dev), "{:?}", node_devs(&e));
+}
