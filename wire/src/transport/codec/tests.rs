@@ -51,6 +51,7 @@ fn batches_encode_exactly_as_prost_does() {
             shard: 1,
             shards: 2,
             version: "x".into(),
+            stream: 9,
         })),
     };
     assert_eq!(
