@@ -4,7 +4,10 @@
 //!
 //! A stream starts with a Hello each way: the dialler names itself, its shard and its shard
 //! count; the server checks the address and answers with its own count. Both use the smaller
-//! count from then on ([`WireNode::set_active`]). Then the session's Binds, then data.
+//! count from then on ([`WireNode::set_active`]). The dialler's Hello also carries a fresh
+//! token naming the stream on both nodes, which the server echoes. Then the tallies of the
+//! sender's ended streams, the session's Binds, and data — on the dialler's side only once the
+//! server's Hello came (see [`crate::tally`] for the accounting of frames lost with a stream).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
