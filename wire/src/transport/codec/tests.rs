@@ -9,6 +9,19 @@ fn batches(v: &[Bytes]) -> WireMessage {
     }
 }
 
+/// A Hello of node 192.0.2.1 for shard 1 of 2 on stream `stream`.
+fn hello(stream: u64) -> WireMessage {
+    WireMessage {
+        body: Some(Body::Hello(Hello {
+            node_ip: "192.0.2.1".into(),
+            shard: 1,
+            shards: 2,
+            version: "x".into(),
+            stream,
+        })),
+    }
+}
+
 /// What tonic's prost codec puts on the stream for `m`.
 fn tonic_bytes(m: &WireMessage) -> Vec<u8> {
     let body = m.encode_to_vec();
@@ -45,15 +58,7 @@ fn batches_encode_exactly_as_prost_does() {
             v.len()
         );
     }
-    let hello = WireMessage {
-        body: Some(Body::Hello(Hello {
-            node_ip: "192.0.2.1".into(),
-            shard: 1,
-            shards: 2,
-            version: "x".into(),
-            stream: 9,
-        })),
-    };
+    let hello = hello(9);
     assert_eq!(
         encode_to_vec(Outgoing::Control(hello.clone())),
         tonic_bytes(&hello)
@@ -198,15 +203,7 @@ mod before_tallies {
 fn a_peer_without_stream_accounting_reads_the_token_and_tallies_as_nothing() {
     use meshnet_proto::v1::Tally;
     use prost::Message as _;
-    let hello = WireMessage {
-        body: Some(Body::Hello(Hello {
-            node_ip: "192.0.2.1".into(),
-            shard: 1,
-            shards: 2,
-            version: "x".into(),
-            stream: 0xdead_beef,
-        })),
-    };
+    let hello = hello(0xdead_beef);
     let old = before_tallies::WireMessage::decode(hello.encode_to_vec().as_slice()).unwrap();
     let h = old.hello.unwrap();
     assert_eq!((h.node_ip.as_str(), h.shard, h.shards), ("192.0.2.1", 1, 2));
