@@ -135,8 +135,10 @@ fuzz:
 	cd wire && cargo +nightly fuzz run session_ops -- -max_total_time=$(FUZZ_SECONDS)
 	cd cni && cargo +nightly fuzz run cni_request -- -max_total_time=$(FUZZ_SECONDS)
 
-## soak: 10 minutes of TCP + small-frame UDP across a 3-node gRPC lab while r5 restarts every 30 s,
-## then every frame accounted for, memory bounded, every link verified (SOAK_SECONDS to change).
+## soak: 10 minutes of TCP + small-frame UDP across a 3-node gRPC lab while r5 restarts every 30 s
+## and node1's underlay is cut for 4 s every 60 s (the wire's streams die and reconnect), then
+## every frame accounted for (stream_lost included), memory bounded, every link verified
+## (SOAK_SECONDS to change).
 SOAK_SECONDS ?= 600
 soak: deps build
-	scripts/soak.py --seconds $(SOAK_SECONDS) --flap-every 30
+	scripts/soak.py --seconds $(SOAK_SECONDS) --flap-every 30 --cut-every 60 --cut-for 4

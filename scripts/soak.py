@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
-"""Soak: mixed traffic across a 3-node gRPC-wire lab while links flap, then account for every frame.
+"""Soak: mixed traffic across a 3-node gRPC-wire lab while links flap and the underlay is cut, then account for every frame.
 
-  scripts/soak.py [--seconds N] [--flap-every S] [--lab NAME] [--rss-bound-mb MB]
+  scripts/soak.py [--seconds N] [--flap-every S] [--cut-every S] [--cut-for S] [--lab NAME]
+                  [--rss-bound-mb MB]
 
 * Lab: tests/5node.yml across 3 nodes with --link grpc (VXLAN blocked on the underlay).
 * Traffic for the whole run: TCP (iperf3) r1 -> r2 over uid 1, and 64-byte UDP frames (iperf3 -u)
   r3 -> r4 over uid 6.
 * Flaps: pod r5 (links to r1, r2, r3, r4) is restarted every --flap-every seconds: a new sandbox,
   its four wires torn down and rebuilt each time.
+* Cuts: every --cut-every seconds (0: never) the underlay of r1's node (node1, which both
+  traffic wires cross) is cut for --cut-for seconds (`meshnet-lab node node1 down`: its end of
+  the lab's underlay goes down, so everything toward it is lost). That outlasts the wire's
+  keepalive: its streams die with whatever was in flight, and reconnect when it is back. Per
+  cut the report gives the frames sent and received over the grpc wires, and those counted as
+  `stream_lost`, from just before the cut until the streams were back and settled.
 * Afterwards, from every daemon's /metrics:
   - for every wire whose two pods were never restarted: frames sent by one half = frames received
     by the other + frames the receiver counted as dropped, in both directions, exactly;
@@ -27,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Drop reasons counted by the receiving half (the rest are the sender's).
-RECEIVER_DROPS = ("queue_full", "oversize", "io_error")
+RECEIVER_DROPS = ("queue_full", "oversize", "io_error", "impairment", "stream_lost")
 REPO = os.path.dirname(HERE)
 
 
@@ -69,10 +76,51 @@ def pid_rss_mb(pid):
         return None, None
 
 
+def wire_totals(lab):
+    """Frames sent, received and lost with dead streams over every grpc wire, all nodes."""
+    st = json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)
+    series = []
+    for n in st["nodes"]:
+        series += metrics(lab, n["name"])
+    streams = [v for (m, l, v) in series if m == "meshnet_wire_connected"]
+
+    def total(name, **want):
+        return sum(v for (m, l, v) in series
+                   if m == name and l.get("kind") == "grpc" and all(l.get(k) == w for k, w in want.items()))
+    return {"sent": total("meshnet_link_tx_frames_total"),
+            "received": total("meshnet_link_rx_frames_total"),
+            "stream_lost": total("meshnet_link_drops_total", reason="stream_lost"),
+            "peer_down": total("meshnet_link_drops_total", reason="peer_down"),
+            "up": bool(streams) and all(v == 1 for v in streams)}
+
+
+def cut(lab, seconds, node="node1"):
+    """Cuts `node`'s underlay for `seconds`; returns what the grpc wires counted meanwhile."""
+    before = wire_totals(lab)
+    t0 = time.time()
+    run([LAB, "--lab", lab, "node", node, "down"])
+    time.sleep(seconds)
+    run([LAB, "--lab", lab, "node", node, "up"])
+    # Until every stream is back and the tallies settled (stream_lost stopped moving).
+    last, after = None, None
+    for _ in range(40):
+        time.sleep(0.5)
+        after = wire_totals(lab)
+        if after["up"] and after["stream_lost"] == last:
+            break
+        last = after["stream_lost"]
+    d = {k: int(after[k] - before[k]) for k in after if k != "up"}
+    d["seconds"] = round(time.time() - t0, 1)
+    d["streams_back"] = after["up"]
+    return d
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=600)
     ap.add_argument("--flap-every", type=int, default=30)
+    ap.add_argument("--cut-every", type=float, default=0.0)
+    ap.add_argument("--cut-for", type=float, default=4.0)
     ap.add_argument("--lab", default="soak")
     ap.add_argument("--rss-bound-mb", type=float, default=150.0)
     a = ap.parse_args()
@@ -101,12 +149,23 @@ def soak(a, lab):
     start = time.time()
     flaps = 0
     peak = {}
-    while time.time() - start < a.seconds:
-        time.sleep(min(a.flap_every, max(0.0, a.seconds - (time.time() - start))))
-        if time.time() - start >= a.seconds:
-            break
-        run([LAB, "--lab", lab, "restart", "r5"])
-        flaps += 1
+    cuts = []
+    # Flaps at k*flap_every, cuts at (k-1/2)*cut_every: both while the traffic runs (a cut
+    # ends at least 2 s before it stops), in time order.
+    events = [(k * a.flap_every, "flap") for k in range(1, int(a.seconds // max(a.flap_every, 1)) + 1)
+              if k * a.flap_every < a.seconds]
+    if a.cut_every > 0:
+        k = 0.5
+        while k * a.cut_every + a.cut_for + 2 < a.seconds:
+            events.append((k * a.cut_every, "cut"))
+            k += 1
+    for at, kind in sorted(events):
+        time.sleep(max(0.0, at - (time.time() - start)))
+        if kind == "flap":
+            run([LAB, "--lab", lab, "restart", "r5"])
+            flaps += 1
+        else:
+            cuts.append(cut(lab, a.cut_for))
         for n in json.loads(run([LAB, "--lab", lab, "status", "--json"]).stdout)["nodes"]:
             rss, hwm = pid_rss_mb(n["pid"])
             if hwm is not None:
@@ -114,7 +173,7 @@ def soak(a, lab):
     tcp_out, _ = tcp.communicate()
     udp_out, _ = udp.communicate()
     time.sleep(2)  # let queues drain before reading counters
-    report = {"seconds": a.seconds, "flaps": flaps}
+    report = {"seconds": a.seconds, "flaps": flaps, "cuts": cuts}
     try:
         t = json.loads(tcp_out)["end"]["sum_received"]
         report["tcp_gbytes"] = round(t["bytes"] / 1e9, 2)
@@ -191,7 +250,13 @@ def soak(a, lab):
     rx_drops = sum(v for (m, l, v) in series if m == "meshnet_link_drops_total" and l.get("kind") == "grpc" and l.get("reason") in RECEIVER_DROPS)
     unknown = total("meshnet_wire_unknown_wire_frames_total")
     report.update(sent=tx, received=rx, dropped_at_receiver=rx_drops, unknown_wire=unknown,
-                  peer_down=total("meshnet_link_drops_total", reason="peer_down"))
+                  peer_down=total("meshnet_link_drops_total", reason="peer_down"),
+                  stream_lost=total("meshnet_link_drops_total", kind="grpc", reason="stream_lost"))
+    for i, c in enumerate(cuts):
+        if not c["streams_back"]:
+            failures.append(f"cut {i + 1}: the wire's streams were not all back {c['seconds']} s after it")
+    if cuts and not any(c["stream_lost"] > 0 for c in cuts):
+        failures.append("no cut lost a frame in flight: the cuts did not kill a loaded stream")
     if tx != rx + rx_drops + unknown:
         failures.append(f"all wires: sent {tx:.0f} != received {rx:.0f} + dropped {rx_drops:.0f} + unknown {unknown:.0f}")
     for node, mb in peak.items():

@@ -24,6 +24,8 @@ fn hello(me: &str, shard: u32, shards: u32) -> WireMessage {
             shard,
             shards,
             version: "rogue".into(),
+            // Like a peer of a version without stream accounting.
+            stream: 0,
         })),
     }
 }

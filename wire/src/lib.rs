@@ -47,6 +47,7 @@ pub mod session;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
+pub mod tally;
 pub mod transport;
 pub mod vnet;
 

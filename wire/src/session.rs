@@ -29,6 +29,9 @@
 //!   counters; frames for unknown ids are counted on the inbound table's stray counters.
 //! - Ordering: a Bind is transmitted before any data batch queued after [`Session::attach`]
 //!   (control is asked first), so the peer never sees data for an id it was not told about.
+//! - Arrivals: every frame taken off the stream for an id the peer bound on it (since
+//!   [`Session::connected`]) is counted, whatever became of it, on the link it was bound to
+//!   ([`Session::take_arrivals`]; the receiver's half of [`crate::tally`]).
 //!
 //! Handles `H` are the caller's per-half value (the transport's `Arc<Half>`; tests use ids).
 
@@ -41,6 +44,7 @@ use bytes::Bytes;
 use crate::WireId;
 use crate::batch::{self, BatchError};
 use crate::table::{DropReason, WireCounters, WireKey, WireTable};
+use crate::tally::{Arrivals, Arrived};
 use crate::vnet::VnetBytes;
 
 /// How long an attached but unbound half waits before it is announced again.
@@ -120,6 +124,10 @@ pub struct Session<H> {
     /// so a half detached meanwhile sends nothing stale.
     control: VecDeque<Pending>,
     malformed: u64,
+    /// Frames taken off this stream per id of the peer's bound on it (at most `max_wires` ids:
+    /// past that, an id's frames are not counted and its losses cannot be).
+    arrivals: Arrivals,
+    max_wires: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +146,8 @@ impl<H> Session<H> {
             inbound: WireTable::new(max_wires),
             control: VecDeque::new(),
             malformed: 0,
+            arrivals: Arrivals::new(),
+            max_wires,
         }
     }
 
@@ -175,6 +185,12 @@ impl<H> Session<H> {
     /// Batches that could not be decoded whole.
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+
+    /// What this stream delivered so far per id the peer bound on it (see [`crate::tally`]);
+    /// the count starts afresh. The transport takes it when the stream ends.
+    pub fn take_arrivals(&mut self) -> Arrivals {
+        std::mem::take(&mut self.arrivals)
     }
 
     /// Control messages waiting (bounded: see the module doc).
@@ -241,6 +257,7 @@ impl<H> Session<H> {
     pub fn connected(&mut self, now: Instant) {
         self.connected = true;
         self.control.clear();
+        self.arrivals.clear();
         let keys: Vec<WireKey> = self.locals.keys().cloned().collect();
         for l in self.locals.values_mut() {
             l.queued = false;
@@ -399,6 +416,12 @@ impl<H> Session<H> {
             }
             return;
         }
+        if self.arrivals.len() < self.max_wires || self.arrivals.contains_key(&id) {
+            self.arrivals.entry(id).or_insert_with(|| Arrived {
+                counters: Arc::clone(&l.counters),
+                frames: 0,
+            });
+        }
         let fresh = l.bound.replace(id).is_none();
         if fresh {
             let _ = events(Event::Bound(&l.handle));
@@ -416,15 +439,25 @@ impl<H> Session<H> {
         b: Bytes,
         events: &mut impl FnMut(Event<'_, H>) -> Result<(), DropReason>,
     ) {
+        // Arrivals are counted per run of one id (a batch is usually one wire's).
+        let mut run: Option<(WireId, u64)> = None;
         for f in batch::decode(b) {
             let f = match f {
                 Ok(f) => f,
                 Err(e) => {
                     self.malformed += 1;
                     let _ = events(Event::Malformed(e));
-                    return;
+                    break;
                 }
             };
+            match &mut run {
+                Some((id, n)) if *id == f.wire => *n += 1,
+                _ => {
+                    if let Some(done) = run.replace((f.wire, 1)) {
+                        self.count_arrivals(done);
+                    }
+                }
+            }
             let Some(key) = self.inbound.key_of(f.wire) else {
                 self.inbound.stray().count_drop(DropReason::UnknownWire);
                 let _ = events(Event::Stray(f.wire));
@@ -445,6 +478,15 @@ impl<H> Session<H> {
                 Ok(()) => l.counters.add_rx(1, len),
                 Err(r) => l.counters.count_drop(r),
             }
+        }
+        if let Some(done) = run {
+            self.count_arrivals(done);
+        }
+    }
+
+    fn count_arrivals(&mut self, (id, frames): (WireId, u64)) {
+        if let Some(a) = self.arrivals.get_mut(&id) {
+            a.frames += frames;
         }
     }
 }

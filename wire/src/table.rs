@@ -95,10 +95,14 @@ pub enum DropReason {
     /// Dropped by the link's declared impairment (loss, corruption that cannot be carried, the
     /// rate's backlog): on purpose, counted apart from the faults.
     Impairment,
+    /// Handed to a stream that died before the frame came off it (an underlay cut, a peer
+    /// restart): counted by the receiving half once the sender told it how many frames it sent on
+    /// that stream (see [`crate::tally`]).
+    StreamLost,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::QueueFull,
         DropReason::PeerDown,
@@ -106,6 +110,7 @@ impl DropReason {
         DropReason::UnknownWire,
         DropReason::IoError,
         DropReason::Impairment,
+        DropReason::StreamLost,
     ];
 
     pub const fn as_label(self) -> &'static str {
@@ -116,6 +121,7 @@ impl DropReason {
             DropReason::UnknownWire => "unknown_wire",
             DropReason::IoError => "io_error",
             DropReason::Impairment => "impairment",
+            DropReason::StreamLost => "stream_lost",
         }
     }
 

@@ -13,6 +13,8 @@
 //!   session → endpoint).
 //! * [`grpc`] — the tonic service (accepting streams), the dialler, the outbound message stream
 //!   (session control first, then data), TLS.
+//! * [`crate::tally`] — frames lost with a dead stream: what each side handed to / took off a
+//!   stream, settled on the next one (`stream_lost`).
 //! * [`codec`] — the `Carry` stream's gRPC framing below tonic's codec: batches go out as their
 //!   own `Bytes` chunks and come back as slices of the HTTP/2 DATA frames (no userspace copy of a
 //!   payload byte), in the same wire format as the generated types.

@@ -27,6 +27,8 @@ fn hello(ip: &str, shards: u32) -> WireMessage {
             shard: 0,
             shards,
             version: "plain-tonic".into(),
+            // An older peer: no stream token, so no tallies.
+            stream: 0,
         })),
     }
 }

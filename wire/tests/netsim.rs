@@ -39,6 +39,7 @@ use meshnet_wire::endpoint::{FaultInjector, FrameEndpoint, MemoryEndpoint, Memor
 use meshnet_wire::fault::{FaultQueue, Faults, Offer};
 use meshnet_wire::session::{Message, Session};
 use meshnet_wire::table::{DropReason, WireCounters, WireKey};
+use meshnet_wire::tally;
 use meshnet_wire::transport::pump;
 use meshnet_wire::vnet::{
     EthernetFrame, MacAddr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
@@ -895,4 +896,186 @@ fn restarts_of_one_end_under_saturation_rebind_every_wire() {
         assert_eq!(stale, 0, "no data for unbound wires");
     }
     assert!(worst <= BOUND);
+}
+
+/// What travels on one direction of a stream in [`killed_streams_run`].
+enum Item {
+    Control(meshnet_wire::session::Control),
+    Tally(tally::Tally),
+    /// One message of batches (queued batches combined: several wires in one).
+    Data(Bytes),
+}
+
+/// Streams killed mid-flight (issue 12): A saturates five wires toward B over a stream that is
+/// killed thirty times with messages still in flight (lost with the connection), while A's data
+/// queue survives into the next stream, as the transport's does. Each stream is accounted as
+/// the transport does it: A counts what it hands to the stream ([`tally::Sent`]), B what it
+/// takes off it (the session's arrivals, then [`tally::Ledger`]), and the tallies of A's ended
+/// streams go first on every new one ([`tally::Reports`]). B's pod refuses some frames
+/// (`queue_full`) and B's half of wire 0 is removed and re-added between some streams. Then,
+/// per wire, exactly: `sent = received + queue_full + stream_lost`, and `stream_lost` is what
+/// the oracle saw die in flight.
+fn killed_streams_run(seed: u64) -> u64 {
+    const N: usize = 5;
+    const STREAMS: u64 = 30;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut now = Instant::now();
+    let keys: Vec<WireKey> = (0..N).map(|w| WireKey::new("sim", w as i64)).collect();
+    let ca: Vec<Arc<WireCounters>> = (0..N).map(|_| Arc::default()).collect();
+    let cb: Vec<Arc<WireCounters>> = (0..N).map(|_| Arc::default()).collect();
+    let mut a = Session::<usize>::new(64);
+    let mut b = Session::<usize>::new(64);
+    for w in 0..N {
+        a.attach(keys[w].clone(), w, Arc::clone(&ca[w]), |_| {})
+            .unwrap();
+        b.attach(keys[w].clone(), w, Arc::clone(&cb[w]), |_| {})
+            .unwrap();
+    }
+    let wire_of = |a: &Session<usize>, id: WireId| {
+        (0..N)
+            .find(|&w| a.out_id(&WireKey::new("sim", w as i64)) == Some(id))
+            .expect("A's ids are stable")
+    };
+    let mut endpoints: Vec<MemoryPair> = (0..N).map(|_| MemoryPair::new(64, 1500)).collect();
+    let mut enc = BatchEncoder::new(LIMITS.max_bytes);
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
+    let mut reports = tally::Reports::default();
+    let mut ledger = tally::Ledger::default();
+    let mut lost = [0u64; N];
+    for stream in 1..=STREAMS + 1 {
+        let last = stream > STREAMS;
+        if stream % 4 == 0 {
+            // B's half re-registered while the stream is down (same link, same counters).
+            b.detach(&keys[0], |_| {});
+            b.attach(keys[0].clone(), 0, Arc::clone(&cb[0]), |_| {})
+                .unwrap();
+        }
+        a.connected(now);
+        b.connected(now);
+        let mut sent = tally::Sent::default();
+        let mut flight: VecDeque<Item> = reports.tallies().into_iter().map(Item::Tally).collect();
+        let steps = rng.random_range(30..80);
+        let mut step = 0;
+        loop {
+            step += 1;
+            let mut read_any = false;
+            // A's pods send; A's readers fill batches for bound wires into the bounded queue.
+            for (w, pair) in endpoints.iter_mut().enumerate() {
+                if !last || step < steps {
+                    for _ in 0..rng.random_range(0..6) {
+                        let (vnet, frame) = make_frame(w, 0, rng.random_range(60..1514));
+                        let _ = pair.a.send(&vnet, &frame);
+                    }
+                }
+                let Some(id) = a.data_id(&keys[w]) else {
+                    continue;
+                };
+                if queue.len() >= 8 {
+                    continue;
+                }
+                let mut batcher = Batcher::new(LIMITS);
+                let r =
+                    pump::fill_batch(&mut enc, &mut batcher, id, &ca[w], |buf| pair.b.recv(buf));
+                if r.frames > 0 {
+                    read_any = true;
+                    ca[w].add_tx(r.frames, r.bytes);
+                    queue.push_back(enc.finish());
+                }
+            }
+            // A's outbound: control first, then up to three queued batches in one message.
+            for _ in 0..3 {
+                if let Some(c) = a.poll_transmit() {
+                    flight.push_back(Item::Control(c));
+                    continue;
+                }
+                let mut msg = Vec::new();
+                for _ in 0..rng.random_range(1..=3) {
+                    match queue.pop_front() {
+                        Some(b) => msg.extend_from_slice(&b),
+                        None => break,
+                    }
+                }
+                if msg.is_empty() {
+                    break;
+                }
+                sent.count_batch(&msg);
+                flight.push_back(Item::Data(Bytes::from(msg)));
+            }
+            // B takes a few messages off the stream; its pod refuses one frame in ten.
+            for _ in 0..rng.random_range(1..=4) {
+                match flight.pop_front() {
+                    Some(Item::Control(c)) => b.handle(Message::Control(c), now, |_| Ok(())),
+                    Some(Item::Tally(t)) => {
+                        ledger.settle(t);
+                    }
+                    Some(Item::Data(d)) => {
+                        pump::deliver(&mut b, d, now, |_, _, _| {
+                            if rng.random_range(0..10) == 0 {
+                                Err(io::Error::from(io::ErrorKind::WouldBlock))
+                            } else {
+                                Ok(())
+                            }
+                        });
+                    }
+                    None => break,
+                }
+            }
+            while let Some(c) = b.poll_transmit() {
+                a.handle(Message::Control(c), now, |_| Ok(()));
+            }
+            a.tick(now);
+            b.tick(now);
+            now += Duration::from_millis(1);
+            let drained = flight.is_empty() && queue.is_empty() && !read_any;
+            if last && step >= steps && drained {
+                break;
+            }
+            if !last && step >= steps {
+                break;
+            }
+            assert!(
+                step < 100_000,
+                "seed {seed}: the last stream does not drain"
+            );
+        }
+        if last {
+            break;
+        }
+        // The kill: whatever is in flight is gone with the connection.
+        for item in flight.drain(..) {
+            if let Item::Data(d) = item {
+                for f in decode(d) {
+                    lost[wire_of(&a, f.unwrap().wire)] += 1;
+                }
+            }
+        }
+        reports.finish(stream, std::mem::take(&mut sent));
+        ledger.finish(stream, b.take_arrivals());
+        a.disconnected(|_| {});
+        b.disconnected(|_| {});
+    }
+    for w in 0..N {
+        let (sa, sb) = (ca[w].snapshot(), cb[w].snapshot());
+        let stream_lost = sb.drops(DropReason::StreamLost);
+        assert_eq!(stream_lost, lost[w], "seed {seed} wire {w}: stream_lost");
+        assert_eq!(
+            sa.tx_frames,
+            sb.rx_frames + sb.drops(DropReason::QueueFull) + stream_lost,
+            "seed {seed} wire {w}: sent = received + dropped ({sb:?})"
+        );
+        assert_eq!(
+            sb.drops_total(),
+            sb.drops(DropReason::QueueFull) + stream_lost
+        );
+    }
+    lost.iter().sum()
+}
+
+#[test]
+fn streams_killed_mid_flight_balance_every_wire_exactly() {
+    let mut lost = 0;
+    for seed in 0..6 {
+        lost += killed_streams_run(seed);
+    }
+    assert!(lost > 100, "the kills lost frames in flight ({lost})");
 }

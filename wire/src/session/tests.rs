@@ -318,3 +318,45 @@ fn a_replaced_half_is_unbound_then_announced_under_a_new_id() {
     exchange(&mut a, &mut b, now, |_| false);
     assert!(a.c.up(11) && b.c.up(20));
 }
+
+#[test]
+fn arrivals_count_every_frame_of_ids_bound_on_this_stream_until_it_is_taken() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Side::new(), Side::new());
+    a.attach(1, 10);
+    a.attach(2, 11);
+    let counters = Arc::new(WireCounters::default());
+    b.s.attach(key(1), 20, Arc::clone(&counters), |_| {})
+        .unwrap();
+    b.attach(2, 21);
+    connect(&mut a, &mut b, now);
+    exchange(&mut a, &mut b, now, |_| false);
+    let (id1, id2) = (a.s.data_id(&key(1)).unwrap(), a.s.data_id(&key(2)).unwrap());
+    // Written or refused, a frame taken off the stream has arrived; runs of ids are counted
+    // apart; a malformed tail is not a frame.
+    let mut mixed = batch_of(&[(id1, 1), (id1, 2), (id2, 3), (id1, 4)]).to_vec();
+    mixed.extend_from_slice(&[9, 9]);
+    let mut refused = false;
+    b.s.handle(Message::Batch(Bytes::from(mixed)), now, |e| match e {
+        Event::Deliver { .. } if !refused => {
+            refused = true;
+            Err(DropReason::QueueFull)
+        }
+        _ => Ok(()),
+    });
+    // After the peer unbinds an id, its late frames are stray yet still arrived.
+    b.detach(2);
+    b.handle(Message::Batch(batch_of(&[(id2, 5), (WireId(999), 6)])), now);
+    let arrivals = b.s.take_arrivals();
+    assert_eq!(arrivals.len(), 2, "only ids bound on this stream");
+    assert_eq!(arrivals[&id1].frames, 3);
+    assert!(Arc::ptr_eq(&arrivals[&id1].counters, &counters));
+    assert_eq!(arrivals[&id2].frames, 2);
+    assert!(b.s.take_arrivals().is_empty(), "taken once");
+    // A new stream counts afresh, and only once the peer binds again.
+    b.disconnect();
+    a.disconnect();
+    b.handle(Message::Batch(batch_of(&[(id1, 7)])), now);
+    connect(&mut a, &mut b, now);
+    assert!(b.s.take_arrivals().is_empty());
+}

@@ -146,7 +146,8 @@ fn drop_reason_labels_match_the_metrics_contract() {
             "oversize",
             "unknown_wire",
             "io_error",
-            "impairment"
+            "impairment",
+            "stream_lost"
         ]
     );
     for (i, r) in DropReason::ALL.iter().enumerate() {

@@ -4,7 +4,10 @@
 //!
 //! A stream starts with a Hello each way: the dialler names itself, its shard and its shard
 //! count; the server checks the address and answers with its own count. Both use the smaller
-//! count from then on ([`WireNode::set_active`]). Then the session's Binds, then data.
+//! count from then on ([`WireNode::set_active`]). The dialler's Hello also carries a fresh
+//! token naming the stream on both nodes, which the server echoes. Then the tallies of the
+//! sender's ended streams, the session's Binds, and data — on the dialler's side only once the
+//! server's Hello came (see [`crate::tally`] for the accounting of frames lost with a stream).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -17,7 +20,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use meshnet_proto::v1::wire_client::WireClient;
 use meshnet_proto::v1::wire_server::{Wire, WireServer};
-use meshnet_proto::v1::{Ack, Bind, Hello, UnaryFrame, Unbind, WireMessage, wire_message::Body};
+use meshnet_proto::v1::{
+    Ack, Bind, Hello, Tally as TallyMsg, UnaryFrame, Unbind, WireMessage, wire_message::Body,
+};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -27,6 +32,7 @@ use super::{Legacy, MAX_MESSAGE, MAX_SHARDS, MESSAGE_BYTES, WireNode};
 use crate::WireId;
 use crate::session::{Control, Message};
 use crate::table::WireKey;
+use crate::tally::{Sent, Tally};
 
 /// HTTP/2 windows sized for throughput (a 1 ms underlay at 10 Gbit/s holds ~1.25 MB in flight).
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
@@ -183,13 +189,25 @@ impl tower::Service<tonic::transport::Uri> for Dial {
     }
 }
 
-fn hello(me: IpAddr, shard: u32, shards: u32) -> WireMessage {
+fn hello(me: IpAddr, shard: u32, shards: u32, stream: u64) -> WireMessage {
     WireMessage {
         body: Some(Body::Hello(Hello {
             node_ip: me.to_string(),
             shard,
             shards,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            stream,
+        })),
+    }
+}
+
+/// A tally of an ended stream as it goes on a later one.
+fn tally_msg(t: Tally) -> WireMessage {
+    WireMessage {
+        body: Some(Body::Tally(TallyMsg {
+            stream: t.stream,
+            wire_id: t.id.0,
+            frames: t.frames,
         })),
     }
 }
@@ -221,7 +239,7 @@ fn session_msg(m: WireMessage) -> Vec<Message> {
             id: WireId(u.wire_id),
         })],
         Some(Body::Batches(bs)) => bs.batch.into_iter().map(Message::Batch).collect(),
-        Some(Body::Hello(_)) | None => Vec::new(),
+        Some(Body::Hello(_) | Body::Tally(_)) | None => Vec::new(),
     }
 }
 
@@ -286,9 +304,11 @@ impl WireNode {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-            let h = hello(self.opts.me, shard.index, peer.shards.len() as u32);
+            // A fresh token per stream, non-zero (0 means "not accounted").
+            let stream = rand::random::<u64>().max(1);
+            let h = hello(self.opts.me, shard.index, peer.shards.len() as u32, stream);
             match Arc::clone(&self)
-                .open_stream(&endpoint, &peer, Arc::clone(&shard), h)
+                .open_stream(&endpoint, &peer, Arc::clone(&shard), h, stream)
                 .await
             {
                 Ok((inbound, generation)) => {
@@ -319,12 +339,15 @@ impl WireNode {
         peer: &Arc<Peer>,
         shard: Arc<Shard>,
         hello: WireMessage,
+        stream: u64,
     ) -> Result<(Inbound, u64), String> {
         let channel = endpoint
             .connect_with_connector(Dial(SocketAddr::new(peer.ip, self.opts.port)))
             .await
             .map_err(|e| e.to_string())?;
-        let (out, generation) = self.outbound(Arc::clone(&shard), Some(hello)).await;
+        let (out, generation) = self
+            .outbound(Arc::clone(&shard), Some(hello), stream, false)
+            .await;
         let mut inbound = call_carry(channel, out)
             .await
             .map_err(|s| s.message().to_string())?;
@@ -343,33 +366,60 @@ impl WireNode {
         if shard.index >= peer.active.load(Ordering::Acquire) {
             return Err(format!("shard {} is past the agreed count", shard.index));
         }
+        // The server took the stream: data may flow.
+        {
+            let mut st = shard.state.lock().expect("shard lock");
+            if st.owner == generation {
+                st.open = generation;
+            }
+        }
+        shard.wake.wake();
         Ok((inbound, generation))
     }
 
     /// The outbound message stream of a shard for a new stream; takes over the shard's session
     /// (connected now: it announces every attached half) and data queue from any previous
-    /// stream. Returns the stream and its generation.
+    /// stream. `stream` is its token (0: not accounted); `open`: it may carry data at once (the
+    /// server's), else once [`ShardState::open`](super::node::ShardState) says so. Returns the
+    /// stream and its generation.
     async fn outbound(
         &self,
         shard: Arc<Shard>,
         hello: Option<WireMessage>,
+        stream: u64,
+        open: bool,
     ) -> (OutboundStream, u64) {
         let mut gen_now = 0;
         shard.generation.send_modify(|v| {
             *v += 1;
             gen_now = *v;
         });
+        // Held by the previous outbound stream until it is dropped (its tally is then final).
         let queue = Arc::clone(&shard.rx).lock_owned().await;
-        {
+        let reports = {
             let mut st = shard.state.lock().expect("shard lock");
+            st.end_stream();
             st.owner = gen_now;
+            st.stream = stream;
+            st.open = if open { gen_now } else { 0 };
             // A predecessor that has not ended yet leaves no binding behind.
             st.session.disconnected(|e| self.apply(&e));
             st.session.connected(Instant::now());
-        }
+            // A peer without tokens knows no tallies (the dialler learns it only from the
+            // answer: an older server ignores them).
+            if stream == 0 {
+                Vec::new()
+            } else {
+                st.reports.tallies()
+            }
+        };
         let mut gen_rx = shard.generation.subscribe();
         let out = OutboundStream {
             pending: hello,
+            reports: reports.into_iter().map(tally_msg).collect(),
+            generation: gen_now,
+            stream,
+            sent: Sent::default(),
             shard,
             queue,
             superseded: Box::pin(async move { superseded(&mut gen_rx, gen_now).await }),
@@ -403,6 +453,7 @@ impl WireNode {
             let mut st = shard.state.lock().expect("shard lock");
             let mine = st.owner == generation;
             if mine {
+                st.end_stream();
                 st.session.disconnected(|e| self.apply(&e));
             }
             mine
@@ -415,6 +466,18 @@ impl WireNode {
     }
 
     fn on_message(&self, peer: &Peer, shard: &Shard, m: WireMessage) {
+        if let Some(Body::Tally(t)) = &m.body {
+            let t = Tally {
+                stream: t.stream,
+                id: WireId(t.wire_id),
+                frames: t.frames,
+            };
+            let lost = shard.state.lock().expect("shard lock").ledger.settle(t);
+            if lost > 0 {
+                tracing::info!(peer = %peer.ip, shard = shard.index, wire_id = t.id.0, lost, "frames lost with a dead stream");
+            }
+            return;
+        }
         for msg in session_msg(m) {
             match msg {
                 Message::Batch(b) => self.deliver(peer, shard, b),
@@ -504,6 +567,13 @@ impl WireNode {
 /// provably `Send`, which rustc cannot show for `async` closures inside `unfold`.
 pub(crate) struct OutboundStream {
     pending: Option<WireMessage>,
+    /// Tallies of ended streams, sent after the Hello.
+    reports: std::collections::VecDeque<WireMessage>,
+    generation: u64,
+    /// This stream's token, and the frames it was handed per wire id (see [`crate::tally`]);
+    /// given to the shard's reports when it is dropped.
+    stream: u64,
+    sent: Sent,
     shard: Arc<Shard>,
     queue: tokio::sync::OwnedMutexGuard<mpsc::Receiver<super::node::Queued>>,
     superseded: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -521,17 +591,21 @@ impl Stream for OutboundStream {
         if let Some(m) = self.pending.take() {
             return Poll::Ready(Some(Outgoing::Control(m)));
         }
-        // Register before looking, so control queued after the look wakes us.
+        if let Some(m) = self.reports.pop_front() {
+            return Poll::Ready(Some(Outgoing::Control(m)));
+        }
+        // Register before looking, so control queued (or the stream opened) after the look
+        // wakes us.
         self.shard.wake.register(cx.waker());
-        let control = self
-            .shard
-            .state
-            .lock()
-            .expect("shard lock")
-            .session
-            .poll_transmit();
+        let (control, open) = {
+            let mut st = self.shard.state.lock().expect("shard lock");
+            (st.session.poll_transmit(), st.open == self.generation)
+        };
         if let Some(c) = control {
             return Poll::Ready(Some(Outgoing::Control(control_msg(c))));
+        }
+        if !open {
+            return Poll::Pending;
         }
         let first = match self.queue.poll_recv(cx) {
             // The permit goes here: the half may queue another batch.
@@ -551,7 +625,22 @@ impl Stream for OutboundStream {
                 Err(_) => break,
             }
         }
+        if self.stream != 0 {
+            for b in &batch {
+                self.sent.count_batch(b);
+            }
+        }
         Poll::Ready(Some(Outgoing::Batches(batch)))
+    }
+}
+
+impl Drop for OutboundStream {
+    fn drop(&mut self) {
+        // Before the queue guard (a field) is released: the next stream's reports include this.
+        let sent = std::mem::take(&mut self.sent);
+        if let Ok(mut st) = self.shard.state.lock() {
+            st.reports.finish(self.stream, sent);
+        }
     }
 }
 
@@ -731,8 +820,11 @@ async fn accept(
         )));
     }
     peer.counters.connects.fetch_add(1, Ordering::Relaxed);
-    let answer = super::grpc::hello(node.opts.me, shard.index, ours);
-    let (out, generation) = node.outbound(Arc::clone(&shard), Some(answer)).await;
+    // The dialler's token, echoed (0 from an older dialler: its stream is not accounted).
+    let answer = super::grpc::hello(node.opts.me, shard.index, ours, hello.stream);
+    let (out, generation) = node
+        .outbound(Arc::clone(&shard), Some(answer), hello.stream, true)
+        .await;
     let (n2, p2, s2) = (Arc::clone(node), Arc::clone(&peer), Arc::clone(&shard));
     tokio::spawn(n2.on_stream(p2, s2, inbound, generation));
     Ok(out)

@@ -223,6 +223,26 @@ pub(crate) struct ShardState {
     pub session: Session<Arc<Half>>,
     /// The generation of the stream that owns the session now (see [`Shard::generation`]).
     pub owner: u64,
+    /// The owner stream's token (its Hellos'; 0: not accounted), see [`crate::tally`].
+    pub stream: u64,
+    /// The generation whose stream may carry data: the server's at once, the dialler's once
+    /// the server answered (data handed to a stream the server then refuses would be lost
+    /// uncounted).
+    pub open: u64,
+    /// Receiver side of the accounting: arrivals of ended streams, awaiting the peer's tallies.
+    pub ledger: crate::tally::Ledger,
+    /// Sender side: what our ended streams carried, reported on each new stream.
+    pub reports: crate::tally::Reports,
+}
+
+impl ShardState {
+    /// The owner stream has ended (or is being replaced): what it delivered waits in the ledger
+    /// for the peer's tallies.
+    pub fn end_stream(&mut self) {
+        let arrivals = self.session.take_arrivals();
+        self.ledger
+            .finish(std::mem::take(&mut self.stream), arrivals);
+    }
 }
 
 /// One stream's worth of state toward one peer node.
@@ -250,6 +270,10 @@ impl Shard {
             state: Mutex::new(ShardState {
                 session: Session::new(MAX_WIRES_PER_STREAM),
                 owner: 0,
+                stream: 0,
+                open: 0,
+                ledger: crate::tally::Ledger::default(),
+                reports: crate::tally::Reports::default(),
             }),
             wake: AtomicWaker::new(),
             connected: AtomicBool::new(false),

@@ -28,6 +28,8 @@ struct Side {
     /// Control sent by this side, not yet handled by the other.
     wire: VecDeque<Control>,
     base: usize,
+    /// Frames taken off the stream since the arrivals were last reset (connected or taken).
+    decoded: u64,
 }
 
 impl Side {
@@ -37,6 +39,7 @@ impl Side {
             bound: [false; KEYS],
             wire: VecDeque::new(),
             base,
+            decoded: 0,
         }
     }
 
@@ -87,7 +90,32 @@ impl Side {
         self.s.detach(&Self::key(k), |e| Self::apply(b, base, &e));
     }
 
+    /// The stream's arrivals (what the ledger keeps): at most one entry per id the session may
+    /// hold, and never more frames than were taken off the stream.
+    fn take_arrivals(&mut self) {
+        let arrivals = self.s.take_arrivals();
+        assert!(arrivals.len() <= KEYS, "arrivals are bounded");
+        let sum: u64 = arrivals.values().map(|a| a.frames).sum();
+        assert!(
+            sum <= self.decoded,
+            "{sum} arrivals of {} frames",
+            self.decoded
+        );
+        assert!(self.s.take_arrivals().is_empty(), "taken once");
+        self.decoded = 0;
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.s.connected(now);
+        self.decoded = 0;
+        assert!(
+            self.s.take_arrivals().is_empty(),
+            "a new stream counts afresh"
+        );
+    }
+
     fn disconnect(&mut self) {
+        self.take_arrivals();
         let (b, base) = (&mut self.bound, self.base);
         self.s.disconnected(|e| Self::apply(b, base, &e));
         self.wire.clear();
@@ -98,10 +126,11 @@ impl Side {
         let (b, base) = (&mut self.bound, self.base);
         if let Message::Batch(batch) = m {
             let bound = *b;
-            pump::deliver(&mut self.s, batch, now, |&h, _, _| {
+            let r = pump::deliver(&mut self.s, batch, now, |&h, _, _| {
                 assert!(bound[h - base], "frame delivered to an unbound half");
                 Ok(())
             });
+            self.decoded += r.frames;
             return;
         }
         self.s.handle(m, now, |e| {
@@ -166,10 +195,10 @@ pub fn check_session_ops(data: &[u8]) {
             }
             4 => {
                 if !me.s.is_connected() {
-                    me.s.connected(now);
+                    me.connected(now);
                 }
                 if !other.s.is_connected() {
-                    other.s.connected(now);
+                    other.connected(now);
                 }
             }
             5 | 6 => carry(me, other, now, false),
@@ -216,8 +245,8 @@ pub fn check_session_ops(data: &[u8]) {
     // Forged Binds may have left stale state; a reconnect clears it.
     a.disconnect();
     b.disconnect();
-    a.s.connected(now);
-    b.s.connected(now);
+    a.connected(now);
+    b.connected(now);
     for round in 0..4 {
         for _ in 0..(4 * KEYS + 8) {
             carry(&mut a, &mut b, now, false);

@@ -9,6 +9,19 @@ fn batches(v: &[Bytes]) -> WireMessage {
     }
 }
 
+/// A Hello of node 192.0.2.1 for shard 1 of 2 on stream `stream`.
+fn hello(stream: u64) -> WireMessage {
+    WireMessage {
+        body: Some(Body::Hello(Hello {
+            node_ip: "192.0.2.1".into(),
+            shard: 1,
+            shards: 2,
+            version: "x".into(),
+            stream,
+        })),
+    }
+}
+
 /// What tonic's prost codec puts on the stream for `m`.
 fn tonic_bytes(m: &WireMessage) -> Vec<u8> {
     let body = m.encode_to_vec();
@@ -45,14 +58,7 @@ fn batches_encode_exactly_as_prost_does() {
             v.len()
         );
     }
-    let hello = WireMessage {
-        body: Some(Body::Hello(Hello {
-            node_ip: "192.0.2.1".into(),
-            shard: 1,
-            shards: 2,
-            version: "x".into(),
-        })),
-    };
+    let hello = hello(9);
     assert_eq!(
         encode_to_vec(Outgoing::Control(hello.clone())),
         tonic_bytes(&hello)
@@ -164,4 +170,58 @@ fn chunk_buf_reads_across_chunks() {
     assert_eq!(b.copy_to_bytes(1), Bytes::from_static(b"g"));
     assert_eq!(b.remaining(), 0);
     assert!(!b.peek(&mut [0u8; 1]));
+}
+
+/// `WireMessage` and `Hello` as a version without stream accounting declared them (fields 1-4).
+mod before_tallies {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Hello {
+        #[prost(string, tag = "1")]
+        pub node_ip: String,
+        #[prost(uint32, tag = "2")]
+        pub shard: u32,
+        #[prost(uint32, tag = "3")]
+        pub shards: u32,
+        #[prost(string, tag = "4")]
+        pub version: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WireMessage {
+        #[prost(message, optional, tag = "1")]
+        pub hello: Option<Hello>,
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub bind: Option<Vec<u8>>,
+        #[prost(bytes = "vec", optional, tag = "3")]
+        pub unbind: Option<Vec<u8>>,
+        #[prost(bytes = "vec", optional, tag = "4")]
+        pub batches: Option<Vec<u8>>,
+    }
+}
+
+#[test]
+fn a_peer_without_stream_accounting_reads_the_token_and_tallies_as_nothing() {
+    use meshnet_proto::v1::Tally;
+    use prost::Message as _;
+    let hello = hello(0xdead_beef);
+    let old = before_tallies::WireMessage::decode(hello.encode_to_vec().as_slice()).unwrap();
+    let h = old.hello.unwrap();
+    assert_eq!((h.node_ip.as_str(), h.shard, h.shards), ("192.0.2.1", 1, 2));
+    let tally = WireMessage {
+        body: Some(Body::Tally(Tally {
+            stream: 7,
+            wire_id: 3,
+            frames: 1000,
+        })),
+    };
+    let old = before_tallies::WireMessage::decode(tally.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(
+        old,
+        before_tallies::WireMessage::default(),
+        "an empty message"
+    );
+    // And our reader takes a Tally whole, as any control message.
+    let mut r = MessageReader::new(crate::transport::MAX_MESSAGE);
+    r.push(Bytes::from(encode_to_vec(Outgoing::Control(tally.clone()))));
+    assert_eq!(r.next_message().unwrap(), Some(tally));
 }
