@@ -59,7 +59,7 @@ pub const POLL: Duration = Duration::from_millis(250);
 
 /// How often the patchbay reads the node's links in full although it follows their events (a
 /// safety net: an event lost without an overrun report would otherwise never be corrected).
-pub const RESYNC: Duration = Duration::from_secs(10);
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// The interface group of pod ends (`ip link show group 1835951476`, "mnet"): a DEL removes a
 /// pod's ports in one request ([`delete_group`]), which the kernel does in one batch — one by
