@@ -170,15 +170,22 @@ async fn release_loop(
 
 impl Drop for Half {
     fn drop(&mut self) {
+        self.stop_reader();
+    }
+}
+
+impl Half {
+    /// Stops the half's reader task. A removed half must: its reader holds the half (and with
+    /// it the interface's fd) while it waits for a frame, so a silent interface would keep a
+    /// removed half alive, and its TAP busy for the next sandbox's half, for ever.
+    fn stop_reader(&self) {
         if let Ok(mut r) = self.reader.lock()
             && let Some(h) = r.take()
         {
             h.abort();
         }
     }
-}
 
-impl Half {
     pub(crate) fn peer(&self) -> Option<IpAddr> {
         *self.peer.lock().expect("peer lock")
     }
@@ -685,6 +692,7 @@ impl WireNode {
             .insert(key, Arc::clone(&half));
         if let Some(old) = old {
             old.removed.store(true, Ordering::Release);
+            old.stop_reader();
             self.detach(&old);
         }
         self.set_peer(&half, peer);
@@ -799,6 +807,7 @@ impl WireNode {
         };
         for h in gone {
             h.removed.store(true, Ordering::Release);
+            h.stop_reader();
             self.retire(&h);
             self.detach(&h);
             tracing::info!(namespace = %h.key.namespace, link_uid = h.key.uid, "wire half removed");
