@@ -382,7 +382,9 @@ pub struct WireNode {
 /// each pod namespace's `/proc/net/dev` once. Blocking.
 fn settle_all(work: Vec<(Arc<Half>, bool)>) {
     use std::os::unix::fs::MetadataExt;
-    let mut groups: Vec<(std::fs::File, Vec<(Arc<Half>, bool, String)>)> = Vec::new();
+    /// One pod namespace, open, and its halves to settle: (half, keep, interface).
+    type Group = (std::fs::File, Vec<(Arc<Half>, bool, String)>);
+    let mut groups: Vec<Group> = Vec::new();
     let mut by_ns: HashMap<(u64, u64), usize> = HashMap::new();
     for (h, keep) in work {
         let Some((ns, name)) = h.io.tx_dropped_source() else {
