@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LabGuard, topo};
+use common::{LabGuard, metric, topo};
 
 fn link_flags(netns: &str, ifname: &str) -> (u32, Vec<String>) {
     let out = Command::new("ip")
@@ -240,18 +240,6 @@ fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
     // Routers rely on link-local multicast: LLDP, LACP and STP cross unchanged.
     raw_frames_cross(&j1, &j2, "eth2");
     raw_frames_cross(&j2, &j1, "eth1");
-}
-
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

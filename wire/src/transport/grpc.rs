@@ -364,7 +364,7 @@ impl WireNode {
             let mut st = shard.state.lock().expect("shard lock");
             st.owner = gen_now;
             // A predecessor that has not ended yet leaves no binding behind.
-            st.session.disconnected(|e| self.apply(&e));
+            st.session.disconnected(|e| self.apply(shard.index, &e));
             st.session.connected(Instant::now());
         }
         let mut gen_rx = shard.generation.subscribe();
@@ -403,7 +403,7 @@ impl WireNode {
             let mut st = shard.state.lock().expect("shard lock");
             let mine = st.owner == generation;
             if mine {
-                st.session.disconnected(|e| self.apply(&e));
+                st.session.disconnected(|e| self.apply(shard.index, &e));
             }
             mine
         };
@@ -422,7 +422,7 @@ impl WireNode {
                     let queued = {
                         let mut st = shard.state.lock().expect("shard lock");
                         st.session.handle(control, Instant::now(), |e| {
-                            self.apply(&e);
+                            self.apply(shard.index, &e);
                             Ok(())
                         });
                         st.session.pending_control() > 0
