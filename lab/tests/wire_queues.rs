@@ -123,3 +123,63 @@ fn one_queue_keeps_a_link_on_one_stream() {
     let used = shard_tx(&text).values().filter(|n| **n > 0.0).count();
     assert_eq!(used, 1, "{:?}", shard_tx(&text));
 }
+
+/// The wire TAPs of `node`'s namespace, as `ip -d link` shows them.
+fn node_taps(lab: &LabGuard, node: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &format!("mnl-{}-{node}", lab.name),
+            "-d",
+            "link",
+            "show",
+            "type",
+            "tun",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_daemon_restarted_with_more_queues_makes_its_tap_again_and_the_port_stays() {
+    let lab = lab_with_queues("wq-kind", "1");
+    let n1 = lab.pod_netns("r1");
+    let port = common::port_identity(&n1, "eth1");
+    assert!(node_taps(&lab, "node1").contains("tap"));
+    assert!(!node_taps(&lab, "node1").contains("multi_queue"));
+    lab.ok(&["daemon", "node1", "stop"]);
+    lab.ok_env(
+        &[("MESHNET_WIRE_SHARDS", "4"), ("MESHNET_WIRE_QUEUES", "4")],
+        &["daemon", "node1", "start"],
+    );
+    until("the link carries again", Duration::from_secs(20), || {
+        lab.run(&[
+            "exec",
+            "r1",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "192.0.2.2",
+        ])
+        .status
+        .success()
+    });
+    assert!(
+        node_taps(&lab, "node1").contains("multi_queue"),
+        "{}",
+        node_taps(&lab, "node1")
+    );
+    assert_eq!(
+        common::port_identity(&n1, "eth1"),
+        port,
+        "the pod's port stayed"
+    );
+    // The peer has one queue: everything travels on the link's primary stream.
+    let bytes = iperf_p4(&lab, "5331");
+    assert!(bytes > 1e6, "{bytes} bytes");
+}

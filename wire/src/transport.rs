@@ -142,7 +142,8 @@ pub struct WireOptions {
     /// Queues of a half's TAP (`--wire-queues`): the kernel spreads the pod's flows over them,
     /// each has its own reader, and queue `q` travels on its own shard (see
     /// [`node::Lanes`]), so one link's flows use several streams and cores. The daemon opens
-    /// its TAPs with this many; an AF_PACKET half has one.
+    /// its TAPs with this many; an AF_PACKET half has one. Default 1: on the 2-core machine it
+    /// was measured on, 2 queues gained nothing (README, Benchmarks).
     pub queues: usize,
     /// Bounds of a batch read from a half.
     pub batch: BatchLimits,
@@ -168,7 +169,7 @@ impl WireOptions {
             me,
             port,
             shards: default_shards(),
-            queues: default_queues(),
+            queues: 1,
             batch: BatchLimits::DEFAULT,
             queue: 16,
             legacy: Legacy::None,
@@ -186,11 +187,6 @@ pub fn default_shards() -> u32 {
 
 /// Most queues a half's TAP gets from `--wire-queues`.
 pub const MAX_QUEUES: usize = 16;
-
-/// Default TAP queue count: one per default shard (one per core, at most 4).
-pub fn default_queues() -> usize {
-    default_shards() as usize
-}
 
 #[cfg(test)]
 mod tests {
