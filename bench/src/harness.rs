@@ -50,7 +50,7 @@ pub enum PathKind {
     Veth,
     Vxlan,
     Grpc,
-    GrpcMultiQueue,
+    GrpcOneQueue,
     GrpcPoll,
     GrpcAfpacket,
     TcpRelay,
@@ -63,7 +63,7 @@ impl PathKind {
         PathKind::Veth,
         PathKind::Vxlan,
         PathKind::Grpc,
-        PathKind::GrpcMultiQueue,
+        PathKind::GrpcOneQueue,
         PathKind::GrpcPoll,
         PathKind::GrpcAfpacket,
         PathKind::TcpRelay,
@@ -76,7 +76,7 @@ impl PathKind {
             PathKind::Veth => "veth",
             PathKind::Vxlan => "vxlan",
             PathKind::Grpc => "grpc",
-            PathKind::GrpcMultiQueue => "grpc-mq",
+            PathKind::GrpcOneQueue => "grpc-1q",
             PathKind::GrpcPoll => "grpc-poll",
             PathKind::GrpcAfpacket => "grpc-afpacket",
             PathKind::TcpRelay => "tcp-relay",
@@ -91,11 +91,12 @@ impl PathKind {
             PathKind::Vxlan => "kernel VXLAN across nodes (`--link vxlan`)",
             PathKind::Grpc => {
                 "meshnet's gRPC wire (`--link grpc`): TAP with the virtio-net header, batches, \
-                 sharded HTTP/2 streams (one TAP queue and one stream per link)"
+                 sharded HTTP/2 streams, multi-queue TAPs (one queue per shard, each queue's \
+                 flows on its own stream)"
             }
-            PathKind::GrpcMultiQueue => {
-                "meshnet's gRPC wire with multi-queue TAPs (`--wire-queues` = the shard count): \
-                 a link's flows spread over its TAP's queues, each queue on its own stream"
+            PathKind::GrpcOneQueue => {
+                "meshnet's gRPC wire with one TAP queue per link (`--wire-queues 1`): a link's \
+                 frames on one reader and one stream"
             }
             PathKind::GrpcPoll => {
                 "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
@@ -126,7 +127,7 @@ impl PathKind {
         match self {
             PathKind::Veth | PathKind::Vxlan | PathKind::TcpRelay => LabKind::Kernel,
             PathKind::Grpc => LabKind::Grpc,
-            PathKind::GrpcMultiQueue => LabKind::MultiQueue,
+            PathKind::GrpcOneQueue => LabKind::OneQueue,
             PathKind::GrpcPoll => LabKind::Poll,
             PathKind::GrpcAfpacket => LabKind::AfPacket,
             PathKind::GrpcPerFrame => LabKind::PerFrame,
@@ -197,7 +198,7 @@ impl std::str::FromStr for Condition {
 enum LabKind {
     Kernel,
     Grpc,
-    MultiQueue,
+    OneQueue,
     Poll,
     AfPacket,
     PerFrame,
@@ -209,7 +210,7 @@ impl LabKind {
         match self {
             LabKind::Kernel => "vx",
             LabKind::Grpc => "gr",
-            LabKind::MultiQueue => "mq",
+            LabKind::OneQueue => "1q",
             LabKind::Poll => "po",
             LabKind::AfPacket => "afp",
             LabKind::PerFrame => "pf",
@@ -232,18 +233,18 @@ impl LabKind {
             "0"
         };
         let (endpoint, legacy, shards) = match self {
-            LabKind::Kernel | LabKind::Grpc | LabKind::MultiQueue | LabKind::Poll => {
+            LabKind::Kernel | LabKind::Grpc | LabKind::OneQueue | LabKind::Poll => {
                 ("tap", "none", default_shards.to_string())
             }
             LabKind::AfPacket => ("afpacket", "none", default_shards.to_string()),
             LabKind::PerFrame => ("tap", "per-frame", "1".into()),
             LabKind::Unary => ("tap", "unary", "1".into()),
         };
-        // One TAP queue per link (the daemon's default), or one per shard.
-        let queues = if self == LabKind::MultiQueue {
-            shards.clone()
-        } else {
+        // One TAP queue per shard (the daemon's default), or one per link.
+        let queues = if self == LabKind::OneQueue {
             "1".to_string()
+        } else {
+            shards.clone()
         };
         vec![
             ("MESHNET_WIRE_ENDPOINT", endpoint.into()),
@@ -1180,7 +1181,7 @@ impl Bench {
             ("grpc-poll", "grpc"),
             ("grpc", "grpc-unary"),
             ("grpc-afpacket", "grpc"),
-            ("grpc-mq", "grpc"),
+            ("grpc", "grpc-1q"),
         ] {
             if names.contains(&p) && names.contains(&b) {
                 pairs.push((p, b));

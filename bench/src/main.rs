@@ -25,7 +25,7 @@ struct Cli {
     /// Write the JSON report here instead of OUT/bench.json.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Paths to measure (comma-separated): veth, vxlan, grpc, grpc-mq, grpc-poll,
+    /// Paths to measure (comma-separated): veth, vxlan, grpc, grpc-1q, grpc-poll,
     /// grpc-afpacket, tcp-relay, grpc-per-frame, grpc-unary. Default: all.
     #[arg(long, value_delimiter = ',')]
     paths: Option<Vec<PathKind>>,
