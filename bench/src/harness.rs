@@ -91,12 +91,12 @@ impl PathKind {
             PathKind::Vxlan => "kernel VXLAN across nodes (`--link vxlan`)",
             PathKind::Grpc => {
                 "meshnet's gRPC wire (`--link grpc`): TAP with the virtio-net header, batches, \
-                 sharded HTTP/2 streams, multi-queue TAPs (one queue per shard, each queue's \
-                 flows on its own stream)"
+                 sharded HTTP/2 streams, multi-queue TAPs (`--wire-queues` = the shard count: \
+                 each queue's flows on its own stream)"
             }
             PathKind::GrpcOneQueue => {
-                "meshnet's gRPC wire with one TAP queue per link (`--wire-queues 1`): a link's \
-                 frames on one reader and one stream"
+                "meshnet's gRPC wire with one TAP queue per link (`--wire-queues 1`, the \
+                 daemon's default): a link's frames on one reader and one stream"
             }
             PathKind::GrpcPoll => {
                 "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
@@ -1078,7 +1078,8 @@ impl Bench {
             let shards = std::thread::available_parallelism()
                 .map_or(2, |n| n.get().min(4))
                 .to_string();
-            LabKind::Grpc.env(&shards)
+            // The daemon's default: one TAP queue per link.
+            LabKind::OneQueue.env(&shards)
         } else {
             LabKind::Kernel.env("1")
         };

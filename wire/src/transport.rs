@@ -142,8 +142,8 @@ pub struct WireOptions {
     /// Queues of a half's TAP (`--wire-queues`): the kernel spreads the pod's flows over them,
     /// each has its own reader, and queue `q` travels on its own shard (see
     /// [`node::Lanes`]), so one link's flows use several streams and cores. The daemon opens
-    /// its TAPs with this many; an AF_PACKET half has one. Default: one per default shard
-    /// (measured: README, Benchmarks).
+    /// its TAPs with this many; an AF_PACKET half has one. Default 1 (measured: README,
+    /// Benchmarks).
     pub queues: usize,
     /// Bounds of a batch read from a half.
     pub batch: BatchLimits,
@@ -169,7 +169,7 @@ impl WireOptions {
             me,
             port,
             shards: default_shards(),
-            queues: default_shards() as usize,
+            queues: 1,
             batch: BatchLimits::DEFAULT,
             queue: 16,
             legacy: Legacy::None,
