@@ -50,6 +50,7 @@ pub enum PathKind {
     Veth,
     Vxlan,
     Grpc,
+    GrpcOneQueue,
     GrpcPoll,
     GrpcAfpacket,
     TcpRelay,
@@ -58,10 +59,11 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 8] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Veth,
         PathKind::Vxlan,
         PathKind::Grpc,
+        PathKind::GrpcOneQueue,
         PathKind::GrpcPoll,
         PathKind::GrpcAfpacket,
         PathKind::TcpRelay,
@@ -74,6 +76,7 @@ impl PathKind {
             PathKind::Veth => "veth",
             PathKind::Vxlan => "vxlan",
             PathKind::Grpc => "grpc",
+            PathKind::GrpcOneQueue => "grpc-1q",
             PathKind::GrpcPoll => "grpc-poll",
             PathKind::GrpcAfpacket => "grpc-afpacket",
             PathKind::TcpRelay => "tcp-relay",
@@ -88,7 +91,12 @@ impl PathKind {
             PathKind::Vxlan => "kernel VXLAN across nodes (`--link vxlan`)",
             PathKind::Grpc => {
                 "meshnet's gRPC wire (`--link grpc`): TAP with the virtio-net header, batches, \
-                 sharded HTTP/2 streams"
+                 sharded HTTP/2 streams, multi-queue TAPs (`--wire-queues` = the shard count: \
+                 each queue's flows on its own stream)"
+            }
+            PathKind::GrpcOneQueue => {
+                "meshnet's gRPC wire with one TAP queue per link (`--wire-queues 1`, the \
+                 daemon's default): a link's frames on one reader and one stream"
             }
             PathKind::GrpcPoll => {
                 "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
@@ -119,6 +127,7 @@ impl PathKind {
         match self {
             PathKind::Veth | PathKind::Vxlan | PathKind::TcpRelay => LabKind::Kernel,
             PathKind::Grpc => LabKind::Grpc,
+            PathKind::GrpcOneQueue => LabKind::OneQueue,
             PathKind::GrpcPoll => LabKind::Poll,
             PathKind::GrpcAfpacket => LabKind::AfPacket,
             PathKind::GrpcPerFrame => LabKind::PerFrame,
@@ -189,6 +198,7 @@ impl std::str::FromStr for Condition {
 enum LabKind {
     Kernel,
     Grpc,
+    OneQueue,
     Poll,
     AfPacket,
     PerFrame,
@@ -200,6 +210,7 @@ impl LabKind {
         match self {
             LabKind::Kernel => "vx",
             LabKind::Grpc => "gr",
+            LabKind::OneQueue => "1q",
             LabKind::Poll => "po",
             LabKind::AfPacket => "afp",
             LabKind::PerFrame => "pf",
@@ -222,17 +233,24 @@ impl LabKind {
             "0"
         };
         let (endpoint, legacy, shards) = match self {
-            LabKind::Kernel | LabKind::Grpc | LabKind::Poll => {
+            LabKind::Kernel | LabKind::Grpc | LabKind::OneQueue | LabKind::Poll => {
                 ("tap", "none", default_shards.to_string())
             }
             LabKind::AfPacket => ("afpacket", "none", default_shards.to_string()),
             LabKind::PerFrame => ("tap", "per-frame", "1".into()),
             LabKind::Unary => ("tap", "unary", "1".into()),
         };
+        // One TAP queue per shard (the daemon's default), or one per link.
+        let queues = if self == LabKind::OneQueue {
+            "1".to_string()
+        } else {
+            shards.clone()
+        };
         vec![
             ("MESHNET_WIRE_ENDPOINT", endpoint.into()),
             ("MESHNET_WIRE_LEGACY", legacy.into()),
             ("MESHNET_WIRE_SHARDS", shards),
+            ("MESHNET_WIRE_QUEUES", queues),
             ("MESHNET_WIRE_POLL_US", poll.into()),
         ]
     }
@@ -1060,7 +1078,8 @@ impl Bench {
             let shards = std::thread::available_parallelism()
                 .map_or(2, |n| n.get().min(4))
                 .to_string();
-            LabKind::Grpc.env(&shards)
+            // The daemon's default: one TAP queue per link.
+            LabKind::OneQueue.env(&shards)
         } else {
             LabKind::Kernel.env("1")
         };
@@ -1163,6 +1182,7 @@ impl Bench {
             ("grpc-poll", "grpc"),
             ("grpc", "grpc-unary"),
             ("grpc-afpacket", "grpc"),
+            ("grpc", "grpc-1q"),
         ] {
             if names.contains(&p) && names.contains(&b) {
                 pairs.push((p, b));

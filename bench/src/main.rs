@@ -25,8 +25,8 @@ struct Cli {
     /// Write the JSON report here instead of OUT/bench.json.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Paths to measure (comma-separated): veth, vxlan, grpc, grpc-afpacket, tcp-relay,
-    /// grpc-per-frame, grpc-unary. Default: all.
+    /// Paths to measure (comma-separated): veth, vxlan, grpc, grpc-1q, grpc-poll,
+    /// grpc-afpacket, tcp-relay, grpc-per-frame, grpc-unary. Default: all.
     #[arg(long, value_delimiter = ',')]
     paths: Option<Vec<PathKind>>,
     /// Underlay conditions (comma-separated): plain, delay-1ms, underlay-offloads-off.

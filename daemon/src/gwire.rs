@@ -100,6 +100,14 @@ impl WireNode {
         self.inner.options().legacy
     }
 
+    /// Queues of the TAPs this node opens (one in a legacy design, which has one stream).
+    pub fn tap_queues(&self) -> usize {
+        match self.legacy() {
+            WireLegacy::None => self.inner.options().queues.max(1),
+            WireLegacy::PerFrame | WireLegacy::Unary => 1,
+        }
+    }
+
     /// Nodes allowed to connect: the peer nodes of every planned wire.
     pub fn set_allowed(&self, peers: HashSet<IpAddr>) {
         self.inner.set_allowed(peers);
@@ -172,6 +180,11 @@ impl WireNode {
             set("meshnet_wire_malformed_batches_total", p.malformed);
             set("meshnet_wire_batches_total", p.batches);
             set("meshnet_wire_batch_frames_total", p.batch_frames);
+            for (i, (tx, rx)) in p.shard_tx_frames.iter().zip(&p.shard_rx_frames).enumerate() {
+                let labels = [("peer", peer.clone()), ("shard", i.to_string())];
+                metrics::counter!("meshnet_wire_shard_tx_frames_total", &labels).absolute(*tx);
+                metrics::counter!("meshnet_wire_shard_rx_frames_total", &labels).absolute(*rx);
+            }
             for (i, up) in p.connected.iter().enumerate() {
                 metrics::gauge!("meshnet_wire_connected", "peer" => peer.clone(), "shard" => i.to_string())
                     .set(if *up { 1.0 } else { 0.0 });

@@ -105,6 +105,9 @@ pub struct Config {
     /// Streams (each its own HTTP/2 connection) per peer node at most; two nodes use the
     /// smaller of their counts.
     pub wire_shards: u32,
+    /// Queues of a wire's TAP (each its own reader and stream); see
+    /// `meshnet_wire::transport::WireOptions::queues`.
+    pub wire_queues: usize,
     /// The pod's interface of a gRPC wire.
     pub wire_endpoint: gwire::EndpointKind,
     /// Benchmarks only: a legacy wire design.
@@ -168,6 +171,7 @@ pub async fn run(
         InterNodeLink::Grpc => Some(gwire::WireNode::new(
             meshnet_wire::transport::WireOptions {
                 shards: config.wire_shards,
+                queues: config.wire_queues,
                 legacy: config.wire_legacy,
                 tls: config.wire_tls.clone(),
                 poll: config.wire_poll,

@@ -68,6 +68,13 @@ struct Args {
     /// most 4. Two nodes use the smaller of their counts.
     #[arg(long, env = "MESHNET_WIRE_SHARDS")]
     wire_shards: Option<u32>,
+    /// Queues of a gRPC wire's TAP: the kernel spreads the pod's flows over them and each
+    /// travels on its own stream (up to the agreed shard count), so one link's flows can use
+    /// several cores. Default 1: one queue, one stream per link (several cost start-up time at
+    /// scale: README, Benchmarks). The AF_PACKET endpoint always has one.
+    #[arg(long, env = "MESHNET_WIRE_QUEUES",
+          value_parser = clap::value_parser!(u32).range(1..=meshnet_wire::transport::MAX_QUEUES as i64))]
+    wire_queues: Option<u32>,
     /// The pod's interface of a gRPC wire: `tap` (a TAP), or `afpacket` (a veth whose host end
     /// in the node is read and written with AF_PACKET).
     #[arg(long, env = "MESHNET_WIRE_ENDPOINT", default_value = "tap")]
@@ -335,6 +342,8 @@ async fn daemon(args: Args) -> anyhow::Result<()> {
         wire_shards: args
             .wire_shards
             .unwrap_or_else(meshnet_wire::transport::default_shards),
+        // One TAP queue per link unless told: more cost 3x the time to bring 1000 wires up.
+        wire_queues: args.wire_queues.map_or(1, |q| q as usize),
         wire_endpoint: args.wire_endpoint,
         wire_legacy: args.wire_legacy,
         wire_poll: Duration::from_micros(u64::from(args.wire_poll_us)),

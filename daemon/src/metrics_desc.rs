@@ -74,6 +74,14 @@ pub fn describe() {
         "meshnet_wire_malformed_batches_total",
         "Batches from a peer that failed to decode"
     );
+    describe_counter!(
+        "meshnet_wire_shard_tx_frames_total",
+        "Frames queued toward a peer node on a shard's stream"
+    );
+    describe_counter!(
+        "meshnet_wire_shard_rx_frames_total",
+        "Frames received from a peer node on a shard's stream"
+    );
     // Per daemon.
     describe_counter!(
         "meshnet_cni_requests_total",

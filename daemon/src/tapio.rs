@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use meshnet_wire::sys::tap::{Offloads, Tap, TapOptions};
+use meshnet_wire::sys::tap::{Offloads, Tap, TapError, TapOptions};
 use meshnet_wire::transport::{HalfIo, TapHalf};
 use rtnetlink::{Handle, LinkUnspec};
 
@@ -35,14 +35,22 @@ struct Ported<H> {
 }
 
 impl<H: HalfIo> HalfIo for Ported<H> {
-    fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.inner.dup_fd()
+    fn queues(&self) -> usize {
+        self.inner.queues()
     }
-    fn recv(&self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<usize>> {
-        self.inner.recv(buf)
+    fn dup_fd(&self, queue: usize) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.inner.dup_fd(queue)
     }
-    fn send(&self, vnet: &meshnet_wire::vnet::VnetBytes, frame: &[u8]) -> std::io::Result<()> {
-        self.inner.send(vnet, frame)
+    fn recv(&self, queue: usize, buf: &mut bytes::BytesMut) -> std::io::Result<Option<usize>> {
+        self.inner.recv(queue, buf)
+    }
+    fn send(
+        &self,
+        queue: usize,
+        vnet: &meshnet_wire::vnet::VnetBytes,
+        frame: &[u8],
+    ) -> std::io::Result<()> {
+        self.inner.send(queue, vnet, frame)
     }
     fn set_carrier(&self, up: bool) -> std::io::Result<()> {
         (self.carrier)(up);
@@ -63,36 +71,57 @@ fn wire_err(what: impl std::fmt::Display) -> LinkError {
     LinkError::Mismatch(what.to_string())
 }
 
-/// Opens (creating if `create`) the TAP `name` in the node's namespace (the daemon's threads
-/// never leave it).
+/// Opens (creating if `create`) the TAP `name` with `queues` queues in the node's namespace
+/// (the daemon's threads never leave it). A TAP left by a daemon that ran with the other queue
+/// kind (one queue against several) cannot be attached: it is deleted and made again (the
+/// pod's port stays; the patch to it is redone by the caller).
 async fn open_node_tap(
     name: &str,
     create: bool,
     offloads: Offloads,
-) -> Result<(TapHalf, u32), LinkError> {
+    queues: usize,
+) -> Result<(TapHalf, u32, bool), LinkError> {
     let n = name.to_string();
     let opts = TapOptions {
         persist: true,
         offloads,
+        queues,
         ..TapOptions::default()
     };
-    let tap = tokio::task::spawn_blocking(move || {
+    let (tap, created) = tokio::task::spawn_blocking(move || {
         if create {
-            Tap::create(&n, opts)
-        } else {
-            Tap::attach(&n, opts)
+            return (Tap::create(&n, opts), true);
+        }
+        match Tap::attach(&n, opts.clone()) {
+            Err(TapError::Io {
+                op: "TUNSETIFF",
+                source,
+                ..
+            }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(tap = %n, queues, "wire TAP of the other queue kind: made again");
+                // Attached with the kind it has, made not persistent, closed: it is gone.
+                let other = TapOptions {
+                    queues: if queues > 1 { 1 } else { 2 },
+                    ..opts.clone()
+                };
+                if let Ok(old) = Tap::attach(&n, other) {
+                    let _ = old.set_persist(false);
+                }
+                (Tap::create(&n, opts), true)
+            }
+            r => (r, false),
         }
     })
     .await
-    .map_err(|_| wire_err("TAP worker died"))?
-    .map_err(|e| wire_err(format!("{e} (in the node)")))?;
+    .map_err(|_| wire_err("TAP worker died"))?;
+    let tap = tap.map_err(|e| wire_err(format!("{e} (in the node)")))?;
     let ifindex = tap.ifindex();
     let io = TapHalf::new(tap).map_err(|e| wire_err(format!("TAP {name} for the wire: {e}")))?;
     // Always on: frames patched into the TAP must reach the wire; the pod's carrier is its
     // node end's (the patchbay's).
     io.set_carrier(true)
         .map_err(|e| wire_err(format!("carrier of TAP {name}: {e}")))?;
-    Ok((io, ifindex))
+    Ok((io, ifindex, created))
 }
 
 /// Makes (or in [`Mode::Verify`], checks) a wire half: the pod's port, the wire's endpoint in
@@ -174,24 +203,23 @@ pub async fn ensure_half(
                     return Err(wire_err(format!("{name} is not attached to the wire")));
                 }
                 let offloads = node.legacy().tap_offloads();
-                let (tap, ifindex, create) = match open_node_tap(&name, create, offloads).await {
-                    Ok((tap, ifindex)) => (tap, ifindex, create),
-                    // The previous sandbox's half still holds it (its queue is busy): made
-                    // anew after all.
-                    Err(e) if !exact && !create => {
-                        tracing::debug!(tap = %name, error = %e, "cannot take the TAP over: made anew");
-                        if let Some(s) = &st {
-                            h.link()
-                                .del(s.index)
-                                .execute()
-                                .await
-                                .map_err(|e| ports::node_err("delete stale wire TAP", &name, e))?;
+                let queues = node.tap_queues();
+                let (tap, ifindex, create) =
+                    match open_node_tap(&name, create, offloads, queues).await {
+                        Ok(t) => t,
+                        // The previous sandbox's half still holds it (its queue is busy):
+                        // made anew after all.
+                        Err(e) if !exact && !create => {
+                            tracing::debug!(tap = %name, error = %e, "cannot take the TAP over: made anew");
+                            if let Some(s) = &st {
+                                h.link().del(s.index).execute().await.map_err(|e| {
+                                    ports::node_err("delete stale wire TAP", &name, e)
+                                })?;
+                            }
+                            open_node_tap(&name, true, offloads, queues).await?
                         }
-                        let (tap, ifindex) = open_node_tap(&name, true, offloads).await?;
-                        (tap, ifindex, true)
-                    }
-                    Err(e) => return Err(e),
-                };
+                        Err(e) => return Err(e),
+                    };
                 if create || !exact {
                     // The TAP's MTU checks nothing on this path (mirred into it, the wire
                     // writing to it); the link's is a value the kernel takes.

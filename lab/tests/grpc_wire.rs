@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LabGuard, topo};
+use common::{LabGuard, metric, topo};
 
 fn link_flags(netns: &str, ifname: &str) -> (u32, Vec<String>) {
     let out = Command::new("ip")
@@ -242,18 +242,6 @@ fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
     raw_frames_cross(&j2, &j1, "eth1");
 }
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn counters_agree_with_traffic() {
     let lab = jumbo_lab("wire-count");
@@ -270,10 +258,28 @@ fn counters_agree_with_traffic() {
         "-q",
         "192.0.2.2",
     ]);
-    std::thread::sleep(Duration::from_millis(500));
-    let m1 = lab.ok(&["metrics", "node1"]);
-    let m2 = lab.ok(&["metrics", "node2"]);
     let link = |pod| [("uid", "1"), ("pod", pod), ("kind", "grpc")];
+    // The two nodes are scraped one after the other: a frame the pods send in between (IPv6 or
+    // ARP chatter) counts on one side only. Scrape until two rounds agree (nothing in flight).
+    let frames = |m1: &str, m2: &str| {
+        [
+            "meshnet_link_tx_frames_total",
+            "meshnet_link_rx_frames_total",
+        ]
+        .map(|name| (metric(m1, name, &link("j1")), metric(m2, name, &link("j2"))))
+    };
+    let (mut m1, mut m2) = (String::new(), String::new());
+    common::until(
+        "the nodes' counters settle",
+        Duration::from_secs(10),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            let before = frames(&m1, &m2);
+            m1 = lab.ok(&["metrics", "node1"]);
+            m2 = lab.ok(&["metrics", "node2"]);
+            frames(&m1, &m2) == before
+        },
+    );
     // A link's drops of frames coming from the peer, by every reason but `peer_down`: that one
     // counts what the link's own pod sent while the peer was away (the other direction), e.g.
     // IPv6 chatter before the wire came up.

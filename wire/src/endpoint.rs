@@ -104,22 +104,33 @@ impl<E: FrameEndpoint + ?Sized> FrameEndpoint for Box<E> {
 /// [`crate::sys::afpacket::PacketHalf`]): reads go through the endpoint under a lock only the
 /// reader takes, writes through a duplicate of its fd (the kernel serialises TAP and packet
 /// socket I/O itself), so delivering never waits for a read.
+///
+/// **Queues**: an endpoint may have several queues (a multi-queue TAP: the kernel spreads the
+/// pod's flows over them by flow hash), each read by its own reader. Every method names the
+/// queue; an index past [`queues`](Self::queues) is taken modulo the count, so a single-queue
+/// endpoint ignores it. A frame written on queue `q` teaches a multi-queue TAP that its flow
+/// belongs to `q` (the kernel's flow table steers the flow's frames from the pod there).
 pub trait HalfIo: Send + Sync + 'static {
-    /// A duplicate of the fd, to poll for readability.
+    /// How many queues the endpoint has (at least 1).
+    fn queues(&self) -> usize {
+        1
+    }
+    /// A duplicate of queue `queue`'s fd, to poll for readability.
     ///
     /// # Errors
     /// `dup` failed.
-    fn dup_fd(&self) -> io::Result<OwnedFd>;
-    /// Appends one `[virtio-net header][frame]` to `buf`; `None` when nothing is ready.
+    fn dup_fd(&self, queue: usize) -> io::Result<OwnedFd>;
+    /// Appends one `[virtio-net header][frame]` read from queue `queue` to `buf`; `None` when
+    /// nothing is ready there.
     ///
     /// # Errors
     /// Read failures other than "would block".
-    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
-    /// Writes one frame with its virtio-net header.
+    fn recv(&self, queue: usize, buf: &mut BytesMut) -> io::Result<Option<usize>>;
+    /// Writes one frame with its virtio-net header on queue `queue`.
     ///
     /// # Errors
     /// `WouldBlock` when the interface cannot take it now; other write failures.
-    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()>;
+    fn send(&self, queue: usize, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()>;
     /// Sets the interface's carrier.
     ///
     /// # Errors

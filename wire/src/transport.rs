@@ -5,9 +5,10 @@
 //!
 //! * [`node`] — the [`WireNode`]: halves keyed by link identity, one [`node::Peer`] per peer
 //!   node with its shards (one bidirectional stream each, over its own HTTP/2 connection); a
-//!   shard owns one [`crate::session::Session`] and a bounded data queue. A wire always travels
-//!   on shard `link_hash(key) % shards`, where `shards` is the smaller of the two nodes' counts
-//!   (negotiated in the Hello).
+//!   shard owns one [`crate::session::Session`] and a bounded data queue. A wire travels on
+//!   shard `link_hash(key) % shards` (its primary), where `shards` is the smaller of the two
+//!   nodes' counts (negotiated in the Hello); a wire with a multi-queue TAP also on the next
+//!   shards, one per queue ([`node::Lanes`]).
 //! * [`pump`] — the reader loop of a half (endpoint → [`crate::batch::BatchEncoder::push_with`],
 //!   flushed as [`crate::batching::Batcher`] says → the shard's queue) and delivery (batch →
 //!   session → endpoint).
@@ -140,6 +141,12 @@ pub struct WireOptions {
     pub port: u16,
     /// Streams per peer node at most (the peer may ask for fewer; the smaller count wins).
     pub shards: u32,
+    /// Queues of a half's TAP (`--wire-queues`): the kernel spreads the pod's flows over them,
+    /// each has its own reader, and queue `q` travels on its own shard (see
+    /// [`node::Lanes`]), so one link's flows use several streams and cores. The daemon opens
+    /// its TAPs with this many; an AF_PACKET half has one. Default 1 (measured: README,
+    /// Benchmarks).
+    pub queues: usize,
     /// Bounds of a batch read from a half.
     pub batch: BatchLimits,
     /// Batches a shard's data queue holds.
@@ -164,6 +171,7 @@ impl WireOptions {
             me,
             port,
             shards: default_shards(),
+            queues: 1,
             batch: BatchLimits::DEFAULT,
             queue: 16,
             legacy: Legacy::None,
@@ -178,6 +186,9 @@ impl WireOptions {
 pub fn default_shards() -> u32 {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(4) as u32)
 }
+
+/// Most queues a half's TAP gets from `--wire-queues`.
+pub const MAX_QUEUES: usize = 16;
 
 #[cfg(test)]
 mod tests {

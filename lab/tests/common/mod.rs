@@ -373,3 +373,17 @@ pub fn two_pods(a: (&str, &str), b: (&str, &str), links: &[PairLink<'_>]) -> Str
     }
     y
 }
+
+/// Sum of the samples of metric `name` (and of any metric whose name it begins) whose labels
+/// include every one of `labels`, in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1144,12 +1144,13 @@ impl PacketHalf {
     }
 }
 
+/// One queue: an AF_PACKET half ignores the queue index (`--wire-queues` applies to TAPs).
 impl HalfIo for PacketHalf {
-    fn dup_fd(&self) -> io::Result<OwnedFd> {
+    fn dup_fd(&self, _queue: usize) -> io::Result<OwnedFd> {
         self.writer.try_clone()
     }
 
-    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+    fn recv(&self, _queue: usize, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         let mut s = self
             .socket
             .lock()
@@ -1167,7 +1168,7 @@ impl HalfIo for PacketHalf {
         }
     }
 
-    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+    fn send(&self, _queue: usize, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
         // The kernel returns the frame's length, without the header.
         let iov = [IoSlice::new(vnet), IoSlice::new(frame)];
         let n = nix::sys::uio::writev(&self.writer, &iov).map_err(io::Error::from)?;

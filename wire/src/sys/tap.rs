@@ -659,46 +659,70 @@ pub fn tx_dropped_of(net_dev: &str, ifname: &str) -> Option<u64> {
     })
 }
 
-/// A TAP as a half.
+/// A TAP as a half, with every queue of it: queue 0 is the [`Tap`]'s own, the others are taken
+/// from it ([`Tap::take_queues`]). Each queue is read under its own lock (only its reader takes
+/// it) and written through a duplicate of its fd, so delivering never waits for a read.
 pub struct TapHalf {
     tap: Mutex<Tap>,
-    writer: OwnedFd,
+    /// Queues 1.. (empty for a single-queue TAP).
+    extra: Vec<Mutex<TapQueue>>,
+    /// One write fd per queue.
+    writers: Vec<OwnedFd>,
 }
 
 impl std::fmt::Debug for TapHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TapHalf").finish_non_exhaustive()
+        f.debug_struct("TapHalf")
+            .field("queues", &self.writers.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl TapHalf {
     /// # Errors
-    /// The TAP has no fd or it cannot be duplicated.
-    pub fn new(tap: Tap) -> io::Result<Self> {
-        let writer = super::dup_fd(tap.readiness_fd(), "TAP")?;
+    /// A queue has no fd or it cannot be duplicated.
+    pub fn new(mut tap: Tap) -> io::Result<Self> {
+        let extra = tap.take_queues();
+        let mut writers = vec![super::dup_fd(tap.readiness_fd(), "TAP")?];
+        for q in &extra {
+            writers.push(super::dup_fd(q.readiness_fd(), "TAP queue")?);
+        }
         Ok(Self {
             tap: Mutex::new(tap),
-            writer,
+            extra: extra.into_iter().map(Mutex::new).collect(),
+            writers,
         })
+    }
+
+    fn writer(&self, queue: usize) -> &OwnedFd {
+        &self.writers[queue % self.writers.len()]
     }
 }
 
+fn poisoned<T>(_: T) -> io::Error {
+    io::Error::other("tap lock poisoned")
+}
+
 impl HalfIo for TapHalf {
-    fn dup_fd(&self) -> io::Result<OwnedFd> {
-        self.writer.try_clone()
+    fn queues(&self) -> usize {
+        self.writers.len()
     }
 
-    fn recv(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        self.tap
-            .lock()
-            .map_err(|_| io::Error::other("tap lock poisoned"))?
-            .recv(buf)
+    fn dup_fd(&self, queue: usize) -> io::Result<OwnedFd> {
+        self.writer(queue).try_clone()
     }
 
-    fn send(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+    fn recv(&self, queue: usize, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        match queue % self.writers.len() {
+            0 => self.tap.lock().map_err(poisoned)?.recv(buf),
+            q => self.extra[q - 1].lock().map_err(poisoned)?.recv(buf),
+        }
+    }
+
+    fn send(&self, queue: usize, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
         // A TAP reports the header and the frame written.
         let iov = [IoSlice::new(vnet), IoSlice::new(frame)];
-        let n = nix::sys::uio::writev(&self.writer, &iov).map_err(io::Error::from)?;
+        let n = nix::sys::uio::writev(self.writer(queue), &iov).map_err(io::Error::from)?;
         if n < vnet.len() + frame.len() {
             return Err(io::Error::other(format!("short TAP write: {n} bytes")));
         }
@@ -706,10 +730,7 @@ impl HalfIo for TapHalf {
     }
 
     fn set_carrier(&self, up: bool) -> io::Result<()> {
-        self.tap
-            .lock()
-            .map_err(|_| io::Error::other("tap lock poisoned"))?
-            .set_carrier(up)
+        self.tap.lock().map_err(poisoned)?.set_carrier(up)
     }
 
     fn kernel_tx_dropped(&self) -> Option<u64> {

@@ -403,7 +403,7 @@ impl WireNode {
             st.stream = stream;
             st.open = if open { gen_now } else { 0 };
             // A predecessor that has not ended yet leaves no binding behind.
-            st.session.disconnected(|e| self.apply(&e));
+            st.session.disconnected(|e| self.apply(shard.index, &e));
             st.session.connected(Instant::now());
             // A peer without tokens knows no tallies (the dialler learns it only from the
             // answer: an older server ignores them).
@@ -454,7 +454,7 @@ impl WireNode {
             let mine = st.owner == generation;
             if mine {
                 st.end_stream();
-                st.session.disconnected(|e| self.apply(&e));
+                st.session.disconnected(|e| self.apply(shard.index, &e));
             }
             mine
         };
@@ -485,7 +485,7 @@ impl WireNode {
                     let queued = {
                         let mut st = shard.state.lock().expect("shard lock");
                         st.session.handle(control, Instant::now(), |e| {
-                            self.apply(&e);
+                            self.apply(shard.index, &e);
                             Ok(())
                         });
                         st.session.pending_control() > 0

@@ -7,7 +7,15 @@
 //!   while it stays unbound.
 //! * A **peer** has up to [`WireOptions::shards`] shards; the first `active` are used, `active`
 //!   being the smaller of the two nodes' counts once a Hello told it (until then, ours). When it
-//!   changes every attached half moves to its new shard.
+//!   changes every attached half moves to its new shards.
+//! * **Lanes** ([`Lanes`]): a half with several endpoint queues (a multi-queue TAP) is attached
+//!   on `min(queues, active)` shards, its lanes, starting at its *primary* shard
+//!   `link_hash % active`; queue `q` sends on lane `q % lanes` when the peer's half is bound
+//!   there, else on the primary. Frames that arrive on lane `l` are written on queue `l`, which
+//!   teaches the TAP's flow table to steer that flow's frames from the pod to queue `l`: both
+//!   directions of a flow keep to one stream, so its order holds. The carrier follows the
+//!   primary alone (an older peer, or one with fewer queues, binds fewer lanes; their queues'
+//!   frames then go on the primary).
 //!
 //! Locks: `halves`, `peers`, a peer's `attached`, a shard's `state` are std mutexes, never held
 //! across an await; a shard's `state` may be taken while holding nothing else but the `down` set
@@ -49,12 +57,19 @@ pub struct Half {
     peer: Mutex<Option<IpAddr>>,
     pub(crate) carrier: AtomicBool,
     pub(crate) counters: Arc<WireCounters>,
-    /// [`HALF_QUEUED`] permits: this half's share of its shard's data queue.
-    pub(crate) queued: Arc<tokio::sync::Semaphore>,
+    /// Per endpoint queue, [`HALF_QUEUED`] permits: that queue's share of its shard's data queue.
+    pub(crate) queued: Vec<Arc<tokio::sync::Semaphore>>,
+    /// `key.hash64()`, which places the half's lanes.
+    hash: u64,
+    /// Shards (bit = index, [`MAX_SHARDS`] ≤ 64) on which the peer's half is bound.
+    bound: AtomicU64,
+    /// The primary shard's index (the carrier follows it); `u32::MAX` when not attached.
+    primary: AtomicU32,
     /// Removed from the node: its interface may be gone, carrier changes are not applied.
     removed: AtomicBool,
     labels: LinkLabels,
-    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One reader per endpoint queue.
+    readers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     ifindex: u32,
     /// The interface's `tx_dropped` when its carrier last went down (or was last accounted):
     /// what the pod sends while the peer is away is dropped by the kernel at the interface, and
@@ -90,13 +105,18 @@ impl std::fmt::Debug for Half {
 }
 
 impl Half {
-    /// Writes a frame from the peer into our endpoint — through the declared impairment, if
-    /// any, which decides at once whether the frame is dropped (counted as `impairment`) and
-    /// otherwise releases it to the endpoint when due.
-    pub(crate) fn deliver_frame(&self, vnet: &VnetBytes, frame: &[u8]) -> io::Result<()> {
+    /// Writes a frame from the peer into our endpoint's queue `queue` — through the declared
+    /// impairment, if any, which decides at once whether the frame is dropped (counted as
+    /// `impairment`) and otherwise releases it to the endpoint (queue 0) when due.
+    pub(crate) fn deliver_frame(
+        &self,
+        queue: usize,
+        vnet: &VnetBytes,
+        frame: &[u8],
+    ) -> io::Result<()> {
         let imp = self.impair.lock().expect("impair lock");
         let Some(imp) = imp.as_ref() else {
-            return self.io.send(vnet, frame);
+            return self.io.send(queue, vnet, frame);
         };
         let mut buf = BytesMut::with_capacity(vnet.len() + frame.len());
         buf.extend_from_slice(vnet);
@@ -151,7 +171,7 @@ async fn release_loop(
         for f in due {
             let (vnet, frame) = f.split_at(VNET_HDR_LEN);
             let vnet: &VnetBytes = vnet.try_into().expect("pushed with a virtio-net header");
-            if let Err(e) = io.send(vnet, frame) {
+            if let Err(e) = io.send(0, vnet, frame) {
                 counters.add_drops(super::pump::drop_reason(&e), 1);
             }
         }
@@ -175,19 +195,29 @@ impl Drop for Half {
 }
 
 impl Half {
-    /// Stops the half's reader task. A removed half must: its reader holds the half (and with
+    /// Stops the half's reader tasks. A removed half must: a reader holds the half (and with
     /// it the interface's fd) while it waits for a frame, so a silent interface would keep a
     /// removed half alive, and its TAP busy for the next sandbox's half, for ever.
     fn stop_reader(&self) {
-        if let Ok(mut r) = self.reader.lock()
-            && let Some(h) = r.take()
-        {
-            h.abort();
+        if let Ok(mut r) = self.readers.lock() {
+            for h in r.drain(..) {
+                h.abort();
+            }
         }
     }
 
     pub(crate) fn peer(&self) -> Option<IpAddr> {
         *self.peer.lock().expect("peer lock")
+    }
+
+    /// Whether the peer's half is bound on shard `index`.
+    pub(crate) fn bound_on(&self, index: u32) -> bool {
+        index < 64 && self.bound.load(Ordering::Acquire) & (1 << index) != 0
+    }
+
+    /// The half's lanes under `active` shards.
+    pub(crate) fn lanes(&self, active: u32) -> Lanes {
+        Lanes::new(self.hash, active, self.io.queues())
     }
 
     /// Adds the frames the kernel dropped at the interface since the last look (`now`, its
@@ -202,6 +232,61 @@ impl Half {
             self.counters.add_drops(DropReason::PeerDown, now - b);
         }
         *base = keep.then_some(now);
+    }
+}
+
+/// Where the frames of one half travel toward one peer (see the module doc): `count` lanes on
+/// consecutive shards (modulo `active`) from the primary `hash % active`. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lanes {
+    primary: u32,
+    count: u32,
+    active: u32,
+}
+
+impl Lanes {
+    /// The lanes of a half whose link hashes to `hash`, with `queues` endpoint queues, when
+    /// `active` shards are in use (both taken as at least 1).
+    pub fn new(hash: u64, active: u32, queues: usize) -> Self {
+        let active = active.max(1);
+        let queues = u32::try_from(queues).unwrap_or(u32::MAX).max(1);
+        Lanes {
+            primary: (hash % u64::from(active)) as u32,
+            count: queues.min(active),
+            active,
+        }
+    }
+
+    /// The primary shard (lane 0): the carrier follows it, and every queue falls back to it.
+    pub fn primary(self) -> u32 {
+        self.primary
+    }
+
+    /// How many lanes (distinct shards).
+    pub fn count(self) -> u32 {
+        self.count
+    }
+
+    /// The shard of lane `lane` (taken modulo the count).
+    pub fn shard(self, lane: u32) -> u32 {
+        (self.primary + lane % self.count) % self.active
+    }
+
+    /// The shards of every lane, primary first.
+    pub fn shards(self) -> impl Iterator<Item = u32> {
+        (0..self.count).map(move |l| self.shard(l))
+    }
+
+    /// The shard endpoint queue `queue` sends on.
+    pub fn shard_of_queue(self, queue: usize) -> u32 {
+        self.shard((queue % self.count as usize) as u32)
+    }
+
+    /// The lane of shard `shard`, if it is one of this half's: frames that arrive there are
+    /// written on the endpoint queue of that number.
+    pub fn lane_of(self, shard: u32) -> Option<u32> {
+        let lane = (shard % self.active + self.active - self.primary) % self.active;
+        (lane < self.count).then_some(lane)
     }
 }
 
@@ -265,6 +350,9 @@ pub(crate) struct Shard {
     pub connected: AtomicBool,
     /// Bumped when a new stream takes over: the previous stream's sender stops.
     pub generation: watch::Sender<u64>,
+    /// Frames queued toward the peer on this shard, and frames the peer sent on it.
+    pub tx_frames: AtomicU64,
+    pub rx_frames: AtomicU64,
 }
 
 impl Shard {
@@ -285,6 +373,8 @@ impl Shard {
             wake: AtomicWaker::new(),
             connected: AtomicBool::new(false),
             generation: watch::channel(0).0,
+            tx_frames: AtomicU64::new(0),
+            rx_frames: AtomicU64::new(0),
         }
     }
 }
@@ -321,9 +411,12 @@ impl Drop for Peer {
 }
 
 impl Peer {
-    pub(crate) fn shard_of(&self, key: &WireKey) -> &Arc<Shard> {
-        let n = u64::from(self.active.load(Ordering::Acquire).max(1));
-        &self.shards[(key.hash64() % n) as usize]
+    pub(crate) fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire).max(1)
+    }
+
+    pub(crate) fn shard(&self, index: u32) -> &Arc<Shard> {
+        &self.shards[index as usize % self.shards.len()]
     }
 }
 
@@ -347,6 +440,9 @@ pub struct PeerStats {
     pub batch_frames: u64,
     /// Shards in use, and which of them have a live stream.
     pub connected: Vec<bool>,
+    /// Per shard in use: frames queued toward the peer on it, and frames received on it.
+    pub shard_tx_frames: Vec<u64>,
+    pub shard_rx_frames: Vec<u64>,
 }
 
 /// The gRPC wire of one node: its halves, its peers, the server side and the diallers.
@@ -586,7 +682,14 @@ impl WireNode {
     /// Sets a half's carrier (and the set of down halves, under its lock, so that two concurrent
     /// changes leave the set matching the last one).
     pub(crate) fn set_carrier(&self, half: &Arc<Half>, up: bool) {
+        self.set_carrier_with(half, || up);
+    }
+
+    /// [`Self::set_carrier`] to what `verdict` says once the lock is taken: concurrent changes
+    /// (the sessions of several shards) then end with the verdict on the latest state.
+    fn set_carrier_with(&self, half: &Arc<Half>, verdict: impl FnOnce() -> bool) {
         let mut down = self.down.lock().expect("down lock");
+        let up = verdict();
         if half.carrier.swap(up, Ordering::AcqRel) == up {
             return;
         }
@@ -616,13 +719,28 @@ impl WireNode {
         }
     }
 
-    /// What a session event means for carriers.
-    pub(crate) fn apply(&self, e: &Event<'_, Arc<Half>>) {
-        match e {
-            Event::Bound(h) => self.set_carrier(h, true),
-            Event::Unbound(h) => self.set_carrier(h, false),
-            _ => {}
+    /// What an event of shard `shard`'s session means for the half's lanes and carrier.
+    pub(crate) fn apply(&self, shard: u32, e: &Event<'_, Arc<Half>>) {
+        let (h, up) = match e {
+            Event::Bound(h) => (h, true),
+            Event::Unbound(h) => (h, false),
+            _ => return,
+        };
+        let bit = 1u64 << (shard % 64);
+        if up {
+            h.bound.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            h.bound.fetch_and(!bit, Ordering::AcqRel);
         }
+        self.follow_primary(h);
+    }
+
+    /// Sets the half's carrier to whether the peer's half is bound on its primary shard.
+    fn follow_primary(&self, h: &Arc<Half>) {
+        self.set_carrier_with(h, || {
+            let primary = h.primary.load(Ordering::Acquire);
+            primary != u32::MAX && h.bound_on(primary)
+        });
     }
 
     /// Nodes allowed to connect: the peer nodes of every planned wire.
@@ -669,24 +787,38 @@ impl WireNode {
             Some(old) => Arc::clone(&old.counters),
             None => self.counters_for(&key),
         };
+        let queues = io.queues().max(1);
         let half = Arc::new(Half {
+            hash: key.hash64(),
             key: key.clone(),
             io,
             peer: Mutex::new(None),
             carrier: AtomicBool::new(true),
             counters,
-            queued: Arc::new(tokio::sync::Semaphore::new(HALF_QUEUED)),
+            queued: (0..queues)
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(HALF_QUEUED)))
+                .collect(),
+            bound: AtomicU64::new(0),
+            primary: AtomicU32::new(u32::MAX),
             removed: AtomicBool::new(false),
             labels,
-            reader: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
             ifindex,
             dropped_base: Mutex::new(None),
             impair: Mutex::new(None),
             pulled: AtomicBool::new(false),
         });
         self.set_carrier(&half, false);
-        let reader = tokio::spawn(super::pump::read_loop(Arc::clone(self), Arc::clone(&half)));
-        *half.reader.lock().expect("reader lock") = Some(reader);
+        let readers = (0..queues)
+            .map(|q| {
+                tokio::spawn(super::pump::read_loop(
+                    Arc::clone(self),
+                    Arc::clone(&half),
+                    q,
+                ))
+            })
+            .collect();
+        *half.readers.lock().expect("readers lock") = readers;
         let old = self
             .halves
             .lock()
@@ -771,6 +903,8 @@ impl WireNode {
         if old.is_some() {
             self.detach_from(half, old);
         }
+        half.primary.store(u32::MAX, Ordering::Release);
+        half.bound.store(0, Ordering::Release);
         self.set_carrier(half, false);
         if let Some(p) = peer {
             let peer = self.peer(p);
@@ -782,18 +916,42 @@ impl WireNode {
         }
     }
 
+    /// Attaches `half` on the shards of its lanes toward `peer` (under the peer's current
+    /// count) where it is not attached yet, detaches it from any other shard, and sets its
+    /// carrier from its primary.
     fn attach_on(&self, peer: &Peer, half: &Arc<Half>) {
-        let shard = peer.shard_of(&half.key);
-        let r = shard.state.lock().expect("shard lock").session.attach(
-            half.key.clone(),
-            Arc::clone(half),
-            Arc::clone(&half.counters),
-            |e| self.apply(&e),
-        );
-        match r {
-            Ok(_) => shard.wake.wake(),
-            Err(e) => tracing::error!(wire = %half.key, error = %e, "cannot attach the wire"),
+        let lanes = half.lanes(peer.active());
+        half.primary.store(lanes.primary(), Ordering::Release);
+        for shard in &peer.shards {
+            let wanted = lanes.lane_of(shard.index).is_some() && shard.index < peer.active();
+            let mut st = shard.state.lock().expect("shard lock");
+            let attached = st.session.out_id(&half.key).is_some();
+            let changed = match (wanted, attached) {
+                (true, false) => {
+                    let r = st.session.attach(
+                        half.key.clone(),
+                        Arc::clone(half),
+                        Arc::clone(&half.counters),
+                        |e| self.apply(shard.index, &e),
+                    );
+                    if let Err(e) = &r {
+                        tracing::error!(wire = %half.key, shard = shard.index, error = %e, "cannot attach the wire");
+                    }
+                    r.is_ok()
+                }
+                (false, true) => {
+                    st.session
+                        .detach(&half.key, |e| self.apply(shard.index, &e));
+                    true
+                }
+                _ => false,
+            };
+            drop(st);
+            if changed {
+                shard.wake.wake();
+            }
         }
+        self.follow_primary(half);
     }
 
     /// Removes every half whose key is not in `keep`.
@@ -838,11 +996,10 @@ impl WireNode {
         }
         for shard in &peer.shards {
             let mut st = shard.state.lock().expect("shard lock");
-            let mine = st
-                .session
-                .out_id(&half.key)
-                .is_some()
-                .then(|| st.session.detach(&half.key, |e| self.apply(&e)));
+            let mine = st.session.out_id(&half.key).is_some().then(|| {
+                st.session
+                    .detach(&half.key, |e| self.apply(shard.index, &e))
+            });
             drop(st);
             if mine.is_some() {
                 shard.wake.wake();
@@ -893,29 +1050,7 @@ impl WireNode {
             .cloned()
             .collect();
         for h in halves {
-            let target = peer.shard_of(&h.key).index;
-            for s in &peer.shards {
-                if s.index == target {
-                    continue;
-                }
-                let mut st = s.state.lock().expect("shard lock");
-                if st.session.out_id(&h.key).is_some() {
-                    st.session.detach(&h.key, |e| self.apply(&e));
-                    drop(st);
-                    s.wake.wake();
-                }
-            }
-            let attached = peer
-                .shard_of(&h.key)
-                .state
-                .lock()
-                .expect("shard lock")
-                .session
-                .out_id(&h.key)
-                .is_some();
-            if !attached {
-                self.attach_on(peer, &h);
-            }
+            self.attach_on(peer, &h);
         }
     }
 
@@ -973,6 +1108,14 @@ impl WireNode {
                         .iter()
                         .map(|s| s.connected.load(Ordering::Acquire))
                         .collect(),
+                    shard_tx_frames: p.shards[..active]
+                        .iter()
+                        .map(|s| load(&s.tx_frames))
+                        .collect(),
+                    shard_rx_frames: p.shards[..active]
+                        .iter()
+                        .map(|s| load(&s.rx_frames))
+                        .collect(),
                 }
             })
             .collect()
@@ -990,6 +1133,53 @@ mod tests {
             poll,
             ..WireOptions::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1)
         })
+    }
+
+    #[test]
+    fn lanes_start_at_the_primary_and_wrap() {
+        let l = Lanes::new(6, 4, 4);
+        assert_eq!((l.primary(), l.count()), (2, 4));
+        assert_eq!(l.shards().collect::<Vec<_>>(), [2, 3, 0, 1]);
+        for (lane, shard) in [(0, 2), (1, 3), (2, 0), (3, 1)] {
+            assert_eq!(l.shard(lane), shard);
+            assert_eq!(l.lane_of(shard), Some(lane));
+        }
+        // More queues than shards: queue q travels on lane q % lanes.
+        assert_eq!(l.shard_of_queue(5), 3);
+    }
+
+    #[test]
+    fn lanes_are_what_both_counts_allow() {
+        // One queue (an AF_PACKET half, a legacy design): the primary alone, as before.
+        let one = Lanes::new(7, 4, 1);
+        assert_eq!(one.shards().collect::<Vec<_>>(), [3]);
+        assert_eq!((one.lane_of(3), one.lane_of(0)), (Some(0), None));
+        assert_eq!(one.shard_of_queue(2), 3);
+        // Fewer shards agreed than queues: as many lanes as shards.
+        let two = Lanes::new(7, 2, 4);
+        assert_eq!(two.shards().collect::<Vec<_>>(), [1, 0]);
+        assert_eq!(
+            (0..4).map(|q| two.shard_of_queue(q)).collect::<Vec<_>>(),
+            [1, 0, 1, 0]
+        );
+        // Degenerate counts are taken as 1.
+        let z = Lanes::new(u64::MAX, 0, 0);
+        assert_eq!((z.primary(), z.count(), z.shard(9)), (0, 1, 0));
+        assert_eq!(z.lane_of(5), Some(0));
+    }
+
+    #[test]
+    fn both_ends_of_a_link_agree_on_its_lanes() {
+        // Each side computes the lanes from the link hash alone: a frame sent on lane l
+        // arrives on the shard the far side knows as lane l (so it is written on queue l).
+        for hash in [0u64, 1, 5, 1 << 40, u64::MAX] {
+            for active in 1..=8 {
+                let (near, far) = (Lanes::new(hash, active, 4), Lanes::new(hash, active, 2));
+                for lane in 0..far.count() {
+                    assert_eq!(far.lane_of(near.shard(lane)), Some(lane));
+                }
+            }
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

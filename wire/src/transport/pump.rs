@@ -131,10 +131,14 @@ pub fn deliver<H>(
     r
 }
 
-/// Reads frames from a half's endpoint, batches them and queues them toward its peer, until
-/// the endpoint goes away or the half is dropped (the task is aborted).
-pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node::Half>) {
-    let afd = match half.io.dup_fd().and_then(crate::sys::poll::readable) {
+/// Reads frames from queue `queue` of a half's endpoint, batches them and queues them toward
+/// its peer, until the endpoint goes away or the half is dropped (the task is aborted).
+pub(crate) async fn read_loop(
+    node: Arc<super::WireNode>,
+    half: Arc<super::node::Half>,
+    queue: usize,
+) {
+    let afd = match half.io.dup_fd(queue).and_then(crate::sys::poll::readable) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(wire = %half.key, error = %e, "cannot poll the wire's interface");
@@ -152,11 +156,11 @@ pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node:
                 return;
             }
         };
-        // Where this batch goes: the half's shard, if the peer's half is bound there.
-        let target = node.target(&half);
+        // Where this batch goes: the queue's lane, if the peer's half is bound there.
+        let target = node.target(&half, queue);
         let id = target.as_ref().map_or(WireId(0), |(_, id)| *id);
         let r = fill_batch(&mut enc, &mut batcher, id, &half.counters, |buf| {
-            half.io.recv(buf)
+            half.io.recv(queue, buf)
         });
         if r.drained {
             guard.clear_ready();
@@ -168,7 +172,13 @@ pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node:
         }
         node.touch();
         let sent = match target {
-            Some((shard, _)) => node.send_batch(&half, &shard, body).await,
+            Some((shard, _)) => {
+                let sent = node.send_batch(&half, queue, &shard, body).await;
+                if sent {
+                    shard.tx_frames.fetch_add(r.frames, Ordering::Relaxed);
+                }
+                sent
+            }
             None => false,
         };
         if sent {
@@ -182,8 +192,10 @@ pub(crate) async fn read_loop(node: Arc<super::WireNode>, half: Arc<super::node:
 /// The frame-carrying part of the node: where a half's batches go, and delivery of a stream's
 /// batches (kept here so that a frame's path stays in this file, `grpc.rs` and `session.rs`).
 impl super::WireNode {
-    /// Where a half's frames go now: its shard and its id there, if the peer's half is bound.
-    pub(crate) fn target(&self, half: &Arc<Half>) -> Option<(Arc<Shard>, WireId)> {
+    /// Where the frames of a half's endpoint queue `queue` go now: the shard of the queue's
+    /// lane if the peer's half is bound there, else the primary shard if it is bound there;
+    /// with the half's id on that shard.
+    pub(crate) fn target(&self, half: &Arc<Half>, queue: usize) -> Option<(Arc<Shard>, WireId)> {
         if !half.carrier.load(Ordering::Acquire) {
             return None;
         }
@@ -193,7 +205,14 @@ impl super::WireNode {
             .expect("peers lock")
             .get(&half.peer()?)?
             .clone();
-        let shard = Arc::clone(peer.shard_of(&half.key));
+        let lanes = half.lanes(peer.active());
+        let lane = lanes.shard_of_queue(queue);
+        let index = if half.bound_on(lane) {
+            lane
+        } else {
+            lanes.primary()
+        };
+        let shard = Arc::clone(peer.shard(index));
         let id = shard
             .state
             .lock()
@@ -208,6 +227,7 @@ impl super::WireNode {
     pub(crate) async fn send_batch(
         &self,
         half: &Arc<Half>,
+        queue: usize,
         shard: &Arc<Shard>,
         body: Bytes,
     ) -> bool {
@@ -217,19 +237,26 @@ impl super::WireNode {
                 None => false,
             };
         }
-        let Ok(permit) = Arc::clone(&half.queued).acquire_owned().await else {
+        let Ok(permit) = Arc::clone(&half.queued[queue % half.queued.len()])
+            .acquire_owned()
+            .await
+        else {
             return false;
         };
         shard.tx.send((body, permit)).await.is_ok()
     }
 
-    /// Delivers a batch from `peer`'s shard to our halves.
+    /// Delivers a batch from `peer`'s shard to our halves, each frame on the endpoint queue of
+    /// the shard's lane for its half (queue 0 if the shard is not one of its lanes).
     pub(crate) fn deliver(&self, peer: &Peer, shard: &Shard, batch: Bytes) {
+        let active = peer.active();
         let mut st = shard.state.lock().expect("shard lock");
         let r = super::pump::deliver(&mut st.session, batch, Instant::now(), |h, vnet, frame| {
-            h.deliver_frame(vnet, frame)
+            let lane = h.lanes(active).lane_of(shard.index).unwrap_or(0);
+            h.deliver_frame(lane as usize, vnet, frame)
         });
         drop(st);
+        shard.rx_frames.fetch_add(r.frames, Ordering::Relaxed);
         self.touch();
         let c = &peer.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
