@@ -204,22 +204,25 @@ pub async fn ensure_half(
                 }
                 let offloads = node.legacy().tap_offloads();
                 let queues = node.tap_queues();
-                let (tap, ifindex, create) =
-                    match open_node_tap(&name, create, offloads, queues).await {
-                        Ok(t) => t,
-                        // The previous sandbox's half still holds it (its queue is busy):
-                        // made anew after all.
-                        Err(e) if !exact && !create => {
-                            tracing::debug!(tap = %name, error = %e, "cannot take the TAP over: made anew");
-                            if let Some(s) = &st {
-                                h.link().del(s.index).execute().await.map_err(|e| {
-                                    ports::node_err("delete stale wire TAP", &name, e)
-                                })?;
-                            }
-                            open_node_tap(&name, true, offloads, queues).await?
+                let (tap, ifindex, create) = match open_node_tap(&name, create, offloads, queues)
+                    .await
+                {
+                    Ok(t) => t,
+                    // The previous sandbox's half still holds it (its queue is busy):
+                    // made anew after all.
+                    Err(e) if !exact && !create => {
+                        tracing::debug!(tap = %name, error = %e, "cannot take the TAP over: made anew");
+                        if let Some(s) = &st {
+                            h.link()
+                                .del(s.index)
+                                .execute()
+                                .await
+                                .map_err(|e| ports::node_err("delete stale wire TAP", &name, e))?;
                         }
-                        Err(e) => return Err(e),
-                    };
+                        open_node_tap(&name, true, offloads, queues).await?
+                    }
+                    Err(e) => return Err(e),
+                };
                 if create || !exact {
                     // The TAP's MTU checks nothing on this path (mirred into it, the wire
                     // writing to it); the link's is a value the kernel takes.
