@@ -6,7 +6,7 @@
 //! Dependencies point one way: `reconcile` → `tapio` (make a half in a pod) → `afhalf` (the
 //! AF_PACKET variant) → this module's types; this module imports neither.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -193,13 +193,29 @@ impl WireNode {
     }
 
     /// Every half's series as of now ([`crate::linkstats::families`] renders them at each
-    /// scrape, so a half that goes takes its series with it).
+    /// scrape, so a half that goes takes its series with it). With TAP endpoints each row also
+    /// carries `tap_queue`: the frames the kernel dropped at the link's TAP in the node because
+    /// the wire did not read them in time (the TAP's `tx_dropped`; the pod's frames never
+    /// reached the wire, so they are not in `tx`).
     pub fn link_rows(&self) -> Vec<crate::linkstats::Row> {
+        let taps = (self.endpoint == EndpointKind::Tap)
+            .then(|| std::fs::read_to_string("/proc/thread-self/net/dev").ok())
+            .flatten()
+            .map(|t| tx_dropped_by_name(&t))
+            .unwrap_or_default();
         self.inner
             .link_stats()
             .into_iter()
             .map(|l| {
                 let c = &l.counters;
+                let tap = crate::ports::wire_tap_name(&l.labels.namespace, l.labels.uid);
+                let mut drops: Vec<(&'static str, u64)> = c
+                    .drops_by_reason()
+                    .map(|(r, n)| (r.as_label(), n))
+                    .collect();
+                if let Some(n) = taps.get(&tap) {
+                    drops.push(("tap_queue", *n));
+                }
                 crate::linkstats::Row {
                     labels: crate::linkstats::Labels {
                         namespace: l.labels.namespace,
@@ -213,14 +229,41 @@ impl WireNode {
                     tx_bytes: c.tx_bytes,
                     rx_frames: c.rx_frames,
                     rx_bytes: c.rx_bytes,
-                    drops: c
-                        .drops_by_reason()
-                        .map(|(r, n)| (r.as_label(), n))
-                        .collect(),
+                    drops,
                     carrier: l.carrier,
                     admin_up: None,
                 }
             })
             .collect()
+    }
+}
+
+/// Every interface's `tx_dropped` in a `/proc/net/dev` text, by name.
+fn tx_dropped_by_name(net_dev: &str) -> HashMap<String, u64> {
+    net_dev
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            // 8 receive columns, then tx bytes, packets, errs, drop.
+            let n = rest.split_whitespace().nth(11)?.parse().ok()?;
+            Some((name.trim().to_string(), n))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tx_dropped_is_the_twelfth_column_by_interface() {
+        let text = concat!(
+            "Inter-|   Receive                            |  Transmit\n",
+            " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n",
+            "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n",
+            "mt0123abcd: 5000 50 0 0 0 0 0 0 9000 90 0 77 0 0 0 0\n",
+        );
+        let m = super::tx_dropped_by_name(text);
+        assert_eq!(m.get("mt0123abcd"), Some(&77));
+        assert_eq!(m.get("lo"), Some(&0));
+        assert_eq!(m.len(), 2, "{m:?}");
     }
 }

@@ -280,16 +280,18 @@ fn counters_agree_with_traffic() {
             frames(&m1, &m2) == before
         },
     );
-    // A link's drops of frames coming from the peer, by every reason but `peer_down`: that one
-    // counts what the link's own pod sent while the peer was away (the other direction), e.g.
-    // IPv6 chatter before the wire came up.
+    // A link's drops of frames coming from the peer, by every reason but `peer_down` and
+    // `tap_queue`: those count what the link's own pod sent (the other direction) while the
+    // peer was away, e.g. IPv6 chatter before the wire came up, or faster than the wire read.
     let from_peer_drops = |m: &str, pod| {
-        metric(m, "meshnet_link_drops_total", &link(pod))
-            - metric(
+        let own = |reason| {
+            metric(
                 m,
                 "meshnet_link_drops_total",
-                &[("uid", "1"), ("pod", pod), ("reason", "peer_down")],
+                &[("uid", "1"), ("pod", pod), ("reason", reason)],
             )
+        };
+        metric(m, "meshnet_link_drops_total", &link(pod)) - own("peer_down") - own("tap_queue")
     };
     let tx1 = metric(&m1, "meshnet_link_tx_frames_total", &link("j1"));
     let rx2 = metric(&m2, "meshnet_link_rx_frames_total", &link("j2"));
@@ -313,6 +315,91 @@ fn counters_agree_with_traffic() {
     assert!(tx2 >= 300.0);
     assert_eq!(tx2, rx1 + drops1, "and the other way");
     assert_eq!(metric(&m1, "meshnet_link_carrier", &link("j1")), 1.0);
+}
+
+/// Frames a pod sends faster than the wire reads them are dropped by the kernel at the link's
+/// TAP in the node; they are counted (`reason="tap_queue"`), so what the pod sent on its port is
+/// what the wire took plus what it dropped on the way in.
+#[test]
+fn a_flood_faster_than_the_wire_counts_what_its_tap_drops() {
+    let lab = jumbo_lab("wire-flood");
+    lab.assert_links_up(2);
+    let (n1, n2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
+    assert!(
+        Command::new("ip")
+            .args([
+                "netns", "exec", &n2, "iperf3", "-s", "-1", "-D", "-p", "5417"
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let flood = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n1,
+            "iperf3",
+            "-c",
+            "192.0.2.2",
+            "-p",
+            "5417",
+            "-u",
+        ])
+        .args(["-l", "64", "-b", "0", "-t", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        flood.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flood.stderr)
+    );
+    let pod_tx = || -> f64 {
+        let out = Command::new("ip")
+            .args(["-n", &n1, "-s", "-j", "link", "show", "eth1"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["stats64"]["tx"]["packets"].as_f64().unwrap()
+    };
+    let link = [("uid", "1"), ("pod", "j1"), ("kind", "grpc")];
+    let counted = |m: &str| {
+        metric(m, "meshnet_link_tx_frames_total", &link)
+            + metric(
+                m,
+                "meshnet_link_drops_total",
+                &[("uid", "1"), ("pod", "j1"), ("reason", "tap_queue")],
+            )
+    };
+    // Settled: the port's count and the wire's agree across two looks.
+    let (mut sent, mut m) = (-1.0, String::new());
+    common::until("the counters settle", Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = (sent, counted(&m));
+        sent = pod_tx();
+        m = lab.ok(&["metrics", "node1"]);
+        before == (sent, counted(&m))
+    });
+    let dropped = metric(
+        &m,
+        "meshnet_link_drops_total",
+        &[("uid", "1"), ("pod", "j1"), ("reason", "tap_queue")],
+    );
+    eprintln!(
+        "port sent {sent}, wire took {}, tap_queue {dropped}",
+        counted(&m) - dropped
+    );
+    assert!(
+        dropped > 0.0,
+        "a 64-byte flood at full speed overran the TAP: {m}"
+    );
+    // Frames the pod sent before the wire was up are in neither (the port had no carrier).
+    assert!(
+        counted(&m) <= sent && sent - counted(&m) < 100.0,
+        "port sent {sent}, counted {} (wire + tap_queue)",
+        counted(&m)
+    );
 }
 
 #[test]
