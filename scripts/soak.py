@@ -251,7 +251,9 @@ def soak(a, lab):
     unknown = total("meshnet_wire_unknown_wire_frames_total")
     report.update(sent=tx, received=rx, dropped_at_receiver=rx_drops, unknown_wire=unknown,
                   peer_down=total("meshnet_link_drops_total", reason="peer_down"),
-                  stream_lost=total("meshnet_link_drops_total", kind="grpc", reason="stream_lost"))
+                  stream_lost=total("meshnet_link_drops_total", kind="grpc", reason="stream_lost"),
+                  # What the pods sent faster than the wires read (dropped at the TAP, before `sent`).
+                  tap_queue=total("meshnet_link_drops_total", kind="grpc", reason="tap_queue"))
     for i, c in enumerate(cuts):
         if not c["streams_back"]:
             failures.append(f"cut {i + 1}: the wire's streams were not all back {c['seconds']} s after it")
