@@ -6,7 +6,8 @@
 //! self-contained SVG (laid out here, so no Graphviz is needed to get a picture).
 //!
 //! A link's drawn state is the cable's: `up` when both ends say up and both ports have carrier;
-//! `down` when both ends exist but a port is shut or has no carrier (the light is out); `error`
+//! `down` when both ends exist but a port is shut or has no carrier (the light is out), or an
+//! end's status is `down` (a pulled cable, a far port shut); `error`
 //! when an end reports one; `pending` otherwise (an end missing, the peer not there yet).
 
 use std::collections::BTreeMap;
@@ -271,6 +272,10 @@ fn cable_state(a: &EndLabel, b: &EndLabel, localhost: bool) -> String {
     let ends = if localhost { vec![a] } else { vec![a, b] };
     if ends.iter().any(|e| e.state == "error") {
         return "error".into();
+    }
+    // An end whose status is `down` (a pulled cable, a far port shut) is a cable drawn down.
+    if ends.iter().any(|e| e.state == "down") {
+        return "down".into();
     }
     if ends.iter().any(|e| e.state != "up" || e.carrier.is_none()) {
         return "pending".into();

@@ -150,6 +150,14 @@ fn the_cable_state_follows_ports_and_statuses() {
             vec![end("a", "e1", 1, "b", "pending", port(1, 0, 0))],
             "pending",
         ),
+        // An end whose status is down (its far router shut its port, a pulled cable).
+        (
+            vec![
+                end("a", "e1", 1, "b", "up", port(3, 0, 0)),
+                end("b", "e1", 1, "a", "down", port(1, 0, 0)),
+            ],
+            "down",
+        ),
         (
             vec![
                 end("a", "e1", 1, "b", "up", None),
