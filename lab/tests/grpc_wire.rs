@@ -215,22 +215,7 @@ fn tcp_jumbo_and_link_local_multicast_cross_a_wire() {
     ]);
     assert!(!big.status.success(), "the link MTU is 9000");
     // A TCP transfer completes (offloads on: GSO super-frames travel with their vnet header).
-    lab.ok(&["exec", "j2", "--", "iperf3", "-s", "-1", "-D", "-p", "5301"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = lab.ok(&[
-        "exec",
-        "j1",
-        "--",
-        "iperf3",
-        "-c",
-        "192.0.2.2",
-        "-p",
-        "5301",
-        "-t",
-        "2",
-        "-J",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = lab.iperf3("j2", "j1", "192.0.2.2", "5301", &["-t", "2"]);
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap();
@@ -324,36 +309,13 @@ fn counters_agree_with_traffic() {
 fn a_flood_faster_than_the_wire_counts_what_its_tap_drops() {
     let lab = jumbo_lab("wire-flood");
     lab.assert_links_up(2);
-    let (n1, n2) = (lab.pod_netns("j1"), lab.pod_netns("j2"));
-    assert!(
-        Command::new("ip")
-            .args([
-                "netns", "exec", &n2, "iperf3", "-s", "-1", "-D", "-p", "5417"
-            ])
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let flood = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &n1,
-            "iperf3",
-            "-c",
-            "192.0.2.2",
-            "-p",
-            "5417",
-            "-u",
-        ])
-        .args(["-l", "64", "-b", "0", "-t", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        flood.status.success(),
-        "{}",
-        String::from_utf8_lossy(&flood.stderr)
+    let n1 = lab.pod_netns("j1");
+    lab.iperf3(
+        "j2",
+        "j1",
+        "192.0.2.2",
+        "5417",
+        &["-u", "-l", "64", "-b", "0", "-t", "2"],
     );
     let pod_tx = || -> f64 {
         let out = Command::new("ip")

@@ -40,24 +40,7 @@ fn settled_metrics(lab: &LabGuard) -> String {
 
 /// iperf3 from r1 to r2 (192.0.2.2) with 4 streams for 2 s; the bytes received.
 fn iperf_p4(lab: &LabGuard, port: &str) -> f64 {
-    lab.ok(&["exec", "r2", "--", "iperf3", "-s", "-1", "-D", "-p", port]);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = lab.ok(&[
-        "exec",
-        "r1",
-        "--",
-        "iperf3",
-        "-c",
-        "192.0.2.2",
-        "-p",
-        port,
-        "-P",
-        "4",
-        "-t",
-        "2",
-        "-J",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = lab.iperf3("r2", "r1", "192.0.2.2", port, &["-P", "4", "-t", "2"]);
     v["end"]["sum_received"]["bytes"].as_f64().unwrap()
 }
 

@@ -52,6 +52,23 @@ impl LabGuard {
             .expect("meshnet-lab runs")
     }
 
+    /// iperf3 from pod `client` to `dst` (an address of pod `server`, which gets a one-shot
+    /// server on `port`) with `args` added; the client's JSON report.
+    pub fn iperf3(
+        &self,
+        server: &str,
+        client: &str,
+        dst: &str,
+        port: &str,
+        args: &[&str],
+    ) -> serde_json::Value {
+        self.ok(&["exec", server, "--", "iperf3", "-s", "-1", "-D", "-p", port]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut cmd = vec!["exec", client, "--", "iperf3", "-c", dst, "-p", port, "-J"];
+        cmd.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&cmd)).unwrap()
+    }
+
     /// Runs and asserts success, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
