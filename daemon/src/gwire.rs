@@ -6,7 +6,7 @@
 //! Dependencies point one way: `reconcile` → `tapio` (make a half in a pod) → `afhalf` (the
 //! AF_PACKET variant) → this module's types; this module imports neither.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -201,7 +201,7 @@ impl WireNode {
         let taps = (self.endpoint == EndpointKind::Tap)
             .then(|| std::fs::read_to_string("/proc/thread-self/net/dev").ok())
             .flatten()
-            .map(|t| tx_dropped_by_name(&t))
+            .map(|t| meshnet_wire::sys::tap::tx_dropped_all(&t))
             .unwrap_or_default();
         self.inner
             .link_stats()
@@ -235,35 +235,5 @@ impl WireNode {
                 }
             })
             .collect()
-    }
-}
-
-/// Every interface's `tx_dropped` in a `/proc/net/dev` text, by name.
-fn tx_dropped_by_name(net_dev: &str) -> HashMap<String, u64> {
-    net_dev
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            // 8 receive columns, then tx bytes, packets, errs, drop.
-            let n = rest.split_whitespace().nth(11)?.parse().ok()?;
-            Some((name.trim().to_string(), n))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tx_dropped_is_the_twelfth_column_by_interface() {
-        let text = concat!(
-            "Inter-|   Receive                            |  Transmit\n",
-            " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n",
-            "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n",
-            "mt0123abcd: 5000 50 0 0 0 0 0 0 9000 90 0 77 0 0 0 0\n",
-        );
-        let m = super::tx_dropped_by_name(text);
-        assert_eq!(m.get("mt0123abcd"), Some(&77));
-        assert_eq!(m.get("lo"), Some(&0));
-        assert_eq!(m.len(), 2, "{m:?}");
     }
 }

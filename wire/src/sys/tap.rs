@@ -647,16 +647,29 @@ pub fn net_dev_in(ns: &std::fs::File) -> Option<String> {
         .ok()
 }
 
+/// One interface line of `/proc/net/dev`: its name and `tx_dropped` column.
+fn tx_dropped_line(line: &str) -> Option<(&str, u64)> {
+    let (name, rest) = line.split_once(':')?;
+    // 8 receive columns, then tx bytes, packets, errs, drop.
+    Some((name.trim(), rest.split_whitespace().nth(11)?.parse().ok()?))
+}
+
 /// The `tx_dropped` column of `ifname` in a `/proc/net/dev` text.
 pub fn tx_dropped_of(net_dev: &str, ifname: &str) -> Option<u64> {
-    net_dev.lines().find_map(|l| {
-        let (name, rest) = l.split_once(':')?;
-        if name.trim() != ifname {
-            return None;
-        }
-        // 8 receive columns, then tx bytes, packets, errs, drop.
-        rest.split_whitespace().nth(11)?.parse().ok()
-    })
+    net_dev
+        .lines()
+        .filter_map(tx_dropped_line)
+        .find_map(|(name, n)| (name == ifname).then_some(n))
+}
+
+/// Every interface's `tx_dropped` in a `/proc/net/dev` text, by name (one pass, for callers
+/// that look many interfaces up).
+pub fn tx_dropped_all(net_dev: &str) -> std::collections::HashMap<String, u64> {
+    net_dev
+        .lines()
+        .filter_map(tx_dropped_line)
+        .map(|(name, n)| (name.to_string(), n))
+        .collect()
 }
 
 /// A TAP as a half, with every queue of it: queue 0 is the [`Tap`]'s own, the others are taken
@@ -753,6 +766,20 @@ mod tests {
         let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n  eth1: 100 2 0 0 0 0 0 0 200 3 0 17 0 0 0 0\n";
         assert_eq!(tx_dropped_of(text, "eth1"), Some(17));
         assert_eq!(tx_dropped_of(text, "eth2"), None);
+    }
+
+    #[test]
+    fn tx_dropped_is_the_twelfth_column_by_interface() {
+        let text = concat!(
+            "Inter-|   Receive                            |  Transmit\n",
+            " face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n",
+            "    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n",
+            "mt0123abcd: 5000 50 0 0 0 0 0 0 9000 90 0 77 0 0 0 0\n",
+        );
+        let m = tx_dropped_all(text);
+        assert_eq!(m.get("mt0123abcd"), Some(&77));
+        assert_eq!(m.get("lo"), Some(&0));
+        assert_eq!(m.len(), 2, "{m:?}");
     }
 
     const CSUM: c_ulong = libc::TUN_F_CSUM as c_ulong;

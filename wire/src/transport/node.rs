@@ -500,12 +500,11 @@ fn settle_all(work: Vec<(Arc<Half>, bool)>) {
         }
     }
     for (ns, halves) in groups {
-        let text = crate::sys::tap::net_dev_in(&ns);
+        let dropped = crate::sys::tap::net_dev_in(&ns)
+            .map(|t| crate::sys::tap::tx_dropped_all(&t))
+            .unwrap_or_default();
         for (h, keep, name) in halves {
-            let now = text
-                .as_deref()
-                .and_then(|t| crate::sys::tap::tx_dropped_of(t, &name));
-            h.settle_dropped(now, keep);
+            h.settle_dropped(dropped.get(&name).copied(), keep);
         }
     }
 }
