@@ -28,10 +28,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::MacVlanMode;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkGetRequest, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan};
 
 use tokio::sync::Notify;
 
@@ -368,7 +369,13 @@ pub trait LinkOps: Send + Sync + 'static {
     ) -> Result<Outcome, LinkError>;
     /// Patches two interfaces of the node's namespace to each other (or checks that they are):
     /// two ports' node ends, or a node end and the device that carries its link.
-    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError>;
+    async fn ensure_patch(
+        &self,
+        snap: &snapshot::Snapshot,
+        a: &str,
+        b: &str,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError>;
     /// The carrier table of the node's ports ([`crate::ports::Patchbay`]), after every run.
     fn set_cables(&self, cables: Vec<Cable>);
     /// Makes (or checks) a single-end link (vxlan, macvlan) as `spec` says.
@@ -495,12 +502,22 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
     s
 }
 
+/// A link request (dump or get) whose answers leave out the counters (`RTEXT_FILTER_SKIP_STATS`):
+/// the kernel then neither sums every CPU's counters of each interface nor sends them, which is
+/// most of the cost of dumping a node with thousands of ports. For reading state, never counters.
+pub fn lean_links(handle: &Handle) -> LinkGetRequest {
+    handle
+        .link()
+        .get()
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+}
+
 /// Looks up `name` with `handle` (bound to some namespace), with its addresses.
 pub async fn get_iface(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<IfaceState>, rtnetlink::Error> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    let mut links = lean_links(handle).match_name(name.to_string()).execute();
     let msg = match links.try_next().await {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(None),
@@ -659,6 +676,8 @@ pub struct Kernel {
     shut_halves: Arc<std::sync::Mutex<ShutHalves>>,
     /// Routers' admin state of the watched pod ports.
     ports: Arc<crate::portwatch::PortWatch>,
+    /// Connections for the node-side link operations (ports, patches, wire TAPs).
+    node_nl: Arc<NodeNetlink>,
 }
 
 /// Wire halves unbound because their router shut its port, and each half's planned peer.
@@ -679,6 +698,7 @@ impl Kernel {
             bay: Patchbay::start(ports.changed())?,
             shut_halves: Arc::default(),
             ports,
+            node_nl: Arc::default(),
         })
     }
 
@@ -889,11 +909,81 @@ pub(crate) fn is_owned(st: &IfaceState) -> bool {
         .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
 }
 
-/// A netlink connection of its own in the node's namespace (the daemon's), and its task: a
-/// socket runs one dump at a time, and link operations run in parallel (EBUSY otherwise).
-fn node_netlink() -> std::io::Result<(Handle, tokio::task::JoinHandle<()>)> {
-    let (conn, h) = connection()?;
-    Ok((h, tokio::spawn(conn)))
+/// Netlink connections in the node's namespace (the daemon's) for link operations, one per
+/// operation at a time: a socket runs one dump at a time, and link operations run in parallel
+/// (EBUSY otherwise). A connection goes back to the pool when its operation finished, so a
+/// full run over a thousand links does not open and close a socket (and spawn its task) three
+/// times per link.
+#[derive(Debug, Default)]
+struct NodeNetlink {
+    free: std::sync::Mutex<Vec<(Handle, tokio::task::JoinHandle<()>)>>,
+}
+
+/// A connection of [`NodeNetlink`] lent to one operation.
+struct Lease<'a> {
+    pool: &'a NodeNetlink,
+    handle: Handle,
+    conn: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeNetlink {
+    /// At most this many idle connections are kept (the reconciler's parallelism).
+    const KEEP: usize = 16;
+
+    fn lease(&self) -> std::io::Result<Lease<'_>> {
+        let reused = {
+            let mut free = self
+                .free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::iter::from_fn(|| free.pop()).find(|(_, conn)| !conn.is_finished())
+        };
+        let (handle, conn) = match reused {
+            Some(c) => c,
+            None => {
+                let (conn, h) = connection()?;
+                (h, tokio::spawn(conn))
+            }
+        };
+        Ok(Lease {
+            pool: self,
+            handle,
+            conn: Some(conn),
+        })
+    }
+}
+
+impl Lease<'_> {
+    /// Runs `op` on the leased connection; the connection goes back to the pool once `op`
+    /// finished (a lease dropped mid-operation — its future cancelled, a dump perhaps half
+    /// read — closes its connection instead).
+    async fn run<T, F>(mut self, op: impl FnOnce(Handle) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let out = op(self.handle.clone()).await;
+        if let Some(conn) = self.conn.take() {
+            let mut free = self
+                .pool
+                .free
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if free.len() < NodeNetlink::KEEP {
+                free.push((self.handle.clone(), conn));
+            } else {
+                conn.abort();
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.abort();
+        }
+    }
 }
 
 /// A route netlink connection in the calling thread's namespace with strict checking of dump
@@ -953,10 +1043,14 @@ impl LinkOps for Kernel {
                         spec.peer = None;
                     }
                 }
-                let (h, conn) = node_netlink().map_err(node_socket_err)?;
-                let r = crate::tapio::ensure_half(node, &self.bay, &h, snap, &spec, mode).await;
-                conn.abort();
-                r
+                let bay = &self.bay;
+                self.node_nl
+                    .lease()
+                    .map_err(node_socket_err)?
+                    .run(|h| async move {
+                        crate::tapio::ensure_half(node, bay, &h, snap, &spec, mode).await
+                    })
+                    .await
             }
             None => Err(LinkError::NoWire),
         }
@@ -1011,17 +1105,25 @@ impl LinkOps for Kernel {
         spec: &PortSpec,
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
-        let (h, conn) = node_netlink().map_err(node_socket_err)?;
-        let r = crate::ports::ensure_port(&h, snap, spec, mode).await;
-        conn.abort();
-        r
+        self.node_nl
+            .lease()
+            .map_err(node_socket_err)?
+            .run(|h| async move { crate::ports::ensure_port(&h, snap, spec, mode).await })
+            .await
     }
 
-    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
-        let (h, conn) = node_netlink().map_err(node_socket_err)?;
-        let r = crate::ports::ensure_patch(&h, a, b, mode).await;
-        conn.abort();
-        r
+    async fn ensure_patch(
+        &self,
+        snap: &snapshot::Snapshot,
+        a: &str,
+        b: &str,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
+        self.node_nl
+            .lease()
+            .map_err(node_socket_err)?
+            .run(|h| async move { crate::ports::ensure_patch(&h, snap, a, b, mode).await })
+            .await
     }
 
     fn set_cables(&self, cables: Vec<Cable>) {
@@ -1110,7 +1212,7 @@ impl LinkOps for Kernel {
                 }
             }
         };
-        let mut links = h.link().get().match_index(index).execute();
+        let mut links = lean_links(h).match_index(index).execute();
         match links.try_next().await {
             Ok(Some(msg)) => {
                 let st = state_of(&msg);
@@ -1144,7 +1246,7 @@ impl LinkOps for Kernel {
         let ns = netns.to_path_buf();
         netns::in_netns(netns, move |h| async move {
             let mut out = Vec::new();
-            let mut links = h.link().get().execute();
+            let mut links = lean_links(&h).execute();
             loop {
                 match links.try_next().await {
                     Ok(Some(msg)) => {
@@ -1231,10 +1333,11 @@ impl LinkOps for Kernel {
 }
 
 /// Every interface of a namespace with its addresses, read with one link dump and one address
-/// dump (what [`get_iface`] reads for one name).
+/// dump through rtnetlink's full decode: the reference that `dump::read`'s test compares with.
+#[cfg(test)]
 async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtnetlink::Error> {
     let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
-    let mut links = handle.link().get().execute();
+    let mut links = lean_links(handle).execute();
     while let Some(msg) = links.try_next().await? {
         let name = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
@@ -1260,20 +1363,26 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
 /// namespace once ([`Snapshot::read`](snapshot::Snapshot::read)) and [`Kernel::lookup`] answers
 /// from that dump, as does [`LinkOps::owned`] for the stale-link sweep.
 ///
-/// Each name is answered from the dump **at most once**: the first lookup of a name sees the
-/// state at the start of the run, any later lookup of it (after the link was built or changed)
-/// goes to the kernel. The owned list is answered from the dump only for a namespace the run did
+/// Each name is answered from the dump **once**: the first lookup of a name sees the state at
+/// the start of the run, any later lookup of it (after the link was built or changed) goes to
+/// the kernel — unless the code that looked it up found it as it should be and changed nothing
+/// ([`Snapshot::confirm`](snapshot::Snapshot::confirm)): a port's node end, checked by the port,
+/// is then looked up again from the dump by its patch. Runs over many links (every full run)
+/// dump the node's namespace too, so that verifying an unchanged port, its patch and its wire
+/// TAP costs two filter reads and no link request. The owned list is answered from the dump only for a namespace the run did
 /// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock); the
 /// reconciler passes the run's snapshot to every [`LinkOps`] call explicitly, so nothing outlives
 /// the run. The one task-local left ([`Snapshot::with`]) carries it into the wire-half code
 /// (`tapio`) for the duration of one [`LinkOps::ensure_half`] call, so that code keeps its
 /// signatures while it moves to `wire/`.
+mod dump;
+
 pub mod snapshot {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, Mutex};
 
-    use super::{IfaceState, OwnedAlias, dump_ifaces};
+    use super::{IfaceState, OwnedAlias};
 
     #[derive(Debug, Default)]
     struct Namespace {
@@ -1298,8 +1407,7 @@ pub mod snapshot {
             use futures::StreamExt;
             let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
                 .map(|path| async move {
-                    let r = crate::netns::in_netns(&path, |h| async move { dump_ifaces(&h).await })
-                        .await;
+                    let r = crate::netns::in_netns_sync(&path, super::dump::read).await;
                     match r {
                         Ok(Ok(ifaces)) => Some((
                             path,
@@ -1347,6 +1455,15 @@ pub mod snapshot {
             ns.answered
                 .insert(ifname.to_string())
                 .then(|| ns.ifaces.get(ifname).cloned())
+        }
+
+        /// The caller read `ifname` in `netns` from this snapshot and changed nothing about it:
+        /// the next [`Snapshot::take`] of the name may answer from the dump again (a node end
+        /// verified by its port, then looked up by its patch).
+        pub fn confirm(&self, netns: &Path, ifname: &str) {
+            if let Some(ns) = self.lock().get_mut(netns) {
+                ns.answered.remove(ifname);
+            }
         }
 
         /// The meshnet-owned interfaces of `netns` from the dump, unless the run touched it.

@@ -61,51 +61,80 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    let ns = open(path)?;
-    let path = path.to_path_buf();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let p = path.clone();
-    let spawned = std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(move || {
-            let r = (|| {
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetnsError::NotNetns {
-                        path: p.clone(),
-                        source,
-                    }
+    let p = path.to_path_buf();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| NetnsError::Worker {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+        rt.block_on(async {
+            let (conn, handle) =
+                crate::links::connection().map_err(|source| NetnsError::Netlink {
+                    path: p.clone(),
+                    source,
                 })?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| NetnsError::Worker {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
-                rt.block_on(async {
-                    let (conn, handle) =
-                        crate::links::connection().map_err(|source| NetnsError::Netlink {
-                            path: p.clone(),
-                            source,
-                        })?;
-                    let conn = tokio::spawn(conn);
-                    let out = f(handle).await;
-                    conn.abort();
-                    Ok(out)
-                })
-            })();
-            let _ = tx.send(r);
-        });
-    if let Err(e) = spawned {
-        return Err(NetnsError::Worker {
-            path,
-            reason: e.to_string(),
-        });
-    }
+            let conn = tokio::spawn(conn);
+            let out = f(handle).await;
+            conn.abort();
+            Ok(out)
+        })
+    };
+    spawn_in(path, run, move |r| {
+        let _ = tx.send(r.and_then(|r| r));
+    })?;
     rx.await.map_err(|_| NetnsError::Worker {
-        path,
+        path: path.to_path_buf(),
         reason: "worker thread panicked".into(),
     })?
+}
+
+/// Runs the synchronous `f` on a dedicated thread in the network namespace at `path` (no
+/// runtime, no netlink connection of its own: `f` makes what it needs).
+///
+/// # Errors
+/// The namespace cannot be opened or entered. Errors of `f` itself are returned inside `Ok`.
+pub async fn in_netns_sync<F, T>(path: &Path, f: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawn_in(path, f, move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.await.map_err(|_| NetnsError::Worker {
+        path: path.to_path_buf(),
+        reason: "worker thread panicked".into(),
+    })?
+}
+
+/// Starts a thread that enters the namespace at `path`, runs `f` there and hands its result
+/// (or why it could not enter) to `done`.
+fn spawn_in<R>(
+    path: &Path,
+    f: impl FnOnce() -> R + Send + 'static,
+    done: impl FnOnce(Result<R, NetnsError>) + Send + 'static,
+) -> Result<(), NetnsError> {
+    let ns = open(path)?;
+    let p = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            done(
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetnsError::NotNetns { path: p, source })
+                    .map(|()| f()),
+            );
+        })
+        .map(|_| ())
+        .map_err(|e| NetnsError::Worker {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// Whether `path` is (still) a network namespace: a bind mount of one (`/run/netns/x`) or a

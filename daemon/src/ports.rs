@@ -42,6 +42,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::links::snapshot::Snapshot;
 use crate::links::{
     self, EndSpec, IfaceState, Kernel, LinkError, Mode, Outcome, end_drift, is_owned,
 };
@@ -147,8 +148,17 @@ pub(crate) fn node_err(op: &'static str, ifname: &str, source: rtnetlink::Error)
     }
 }
 
-/// Interface `name` of the node's namespace, if it exists.
-pub(crate) async fn node_side(node: &Handle, name: &str) -> Result<Option<IfaceState>, LinkError> {
+/// Interface `name` of the node's namespace, if it exists: from the run's snapshot `snap` if
+/// it holds a dump of the node's namespace that can answer ([`Snapshot::take`]), else the
+/// kernel.
+pub(crate) async fn node_side(
+    node: &Handle,
+    snap: &Snapshot,
+    name: &str,
+) -> Result<Option<IfaceState>, LinkError> {
+    if let Some(known) = snap.take(Path::new(NODE_NETNS), name) {
+        return Ok(known);
+    }
     links::get_iface(node, name)
         .await
         .map_err(|e| node_err("look up", name, e))
@@ -173,20 +183,24 @@ pub(crate) fn disable_ipv6(name: &str, what: &str) {
 /// netlink refuses.
 pub async fn ensure_port(
     node: &Handle,
-    snap: &links::snapshot::Snapshot,
+    snap: &Snapshot,
     spec: &PortSpec,
     mode: Mode,
 ) -> Result<Outcome, LinkError> {
     let end = &spec.end;
     let pod = Kernel::lookup_in(snap, &end.netns, &end.ifname).await?;
-    let host = node_side(node, &spec.node).await?;
+    let host = node_side(node, snap, &spec.node).await?;
     if let (Some(p), Some(h)) = (&pod, &host)
         && p.kind.as_deref() == Some("veth")
         && p.alias.as_deref() == Some(spec.alias.as_str())
         && p.link == Some(h.index)
     {
         return match (end_drift(end, p, spec.mtu), mode) {
-            (None, _) => Ok(Outcome::Unchanged),
+            (None, _) => {
+                // Its patch looks the node end up next.
+                snap.confirm(Path::new(NODE_NETNS), &spec.node);
+                Ok(Outcome::Unchanged)
+            }
             (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
             (Some(_), Mode::Repair) => {
                 Kernel::configure(end, &spec.alias, spec.mtu).await?;
@@ -379,13 +393,14 @@ pub async fn patch(
 /// An interface is missing, or [`patch`] fails.
 pub async fn ensure_patch(
     node: &Handle,
+    snap: &Snapshot,
     a: &str,
     b: &str,
     mode: Mode,
 ) -> Result<Outcome, LinkError> {
     let mut ends = Vec::with_capacity(2);
     for n in [a, b] {
-        let st = node_side(node, n)
+        let st = node_side(node, snap, n)
             .await?
             .ok_or_else(|| LinkError::Missing {
                 ifname: n.to_string(),
@@ -660,7 +675,7 @@ impl NodeLinks {
     /// One link dump of the namespace `h` is in.
     async fn dump(h: &Handle) -> Result<Self, rtnetlink::Error> {
         let mut out = NodeLinks::default();
-        let mut links = h.link().get().execute();
+        let mut links = links::lean_links(h).execute();
         while let Some(msg) = links.try_next().await? {
             out.put(&msg);
         }

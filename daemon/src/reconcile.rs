@@ -42,6 +42,8 @@ use crate::topology::{LinkState, LinkStatus, PodKey, Topology, TopologyStatus};
 
 /// How many link operations run at once during a reconcile.
 const PARALLEL_LINK_OPS: usize = 16;
+/// A run over at least this many links reads the node's namespace in one dump up front.
+const NODE_DUMP_FROM: usize = 32;
 
 /// This node as the store knows it.
 #[derive(Debug, Clone)]
@@ -441,9 +443,14 @@ impl Reconciler {
                 }
             }
         }
-        // Every namespace this run touches is read once up front instead of once per link.
-        let namespaces: HashSet<PathBuf> =
+        // Every namespace this run touches is read once up front instead of once per link; the
+        // node's too when the run looks at many links (every full run): its node ends, devices
+        // and TAPs are then looked up in one dump instead of two requests each.
+        let mut namespaces: HashSet<PathBuf> =
             todo.iter().flat_map(|(_, w)| w.netns()).cloned().collect();
+        if depth == Depth::Full || todo.len() >= NODE_DUMP_FROM {
+            namespaces.insert(PathBuf::from(ports::NODE_NETNS));
+        }
         let snapshot = self.ops.snapshot(namespaces.into_iter().collect()).await;
         let snap = &snapshot;
         let results: Vec<(LinkKey, Work, Result<Outcome, LinkError>)> = futures::stream::iter(todo)
@@ -457,6 +464,8 @@ impl Reconciler {
         let mut failed: HashMap<String, (LinkFault, String)> = HashMap::new();
         for (k, w, r) in results {
             if !matches!(r, Ok(Outcome::Unchanged)) {
+                // Every kind of link has node-side interfaces (node ends, devices, TAPs).
+                snapshot.touched(Path::new(ports::NODE_NETNS));
                 for ns in w.netns() {
                     snapshot.touched(ns);
                     memo.impaired.retain(|(n, _), _| n != ns);
@@ -930,7 +939,7 @@ impl Reconciler {
                 let (a, b) = (spec.port(0), spec.port(1));
                 let oa = self.ops.ensure_port(snap, &a, mode).await?;
                 let ob = self.ops.ensure_port(snap, &b, mode).await?;
-                let op = self.ops.ensure_patch(&a.node, &b.node, mode).await?;
+                let op = self.ops.ensure_patch(snap, &a.node, &b.node, mode).await?;
                 Ok(most(&[oa, ob, op]))
             }
             Work::Port(spec, _) => self.ops.ensure_port(snap, spec, mode).await,
@@ -939,7 +948,7 @@ impl Reconciler {
                 let od = self.ops.ensure_single(snap, dev, mode).await?;
                 let pp = self
                     .ops
-                    .ensure_patch(&port.node, &dev.end.ifname, mode)
+                    .ensure_patch(snap, &port.node, &dev.end.ifname, mode)
                     .await?;
                 Ok(most(&[op, od, pp]))
             }

@@ -8,6 +8,7 @@
 //! pod's kernel reports it at once, as for any veth. A daemon restart attaches again to the
 //! same TAP and port. Frames never pass through here.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use meshnet_wire::sys::tap::{Offloads, Tap, TapError, TapOptions};
@@ -149,7 +150,7 @@ pub async fn ensure_half(
     match node.endpoint() {
         EndpointKind::Tap => {
             let name = ports::wire_tap_name(&spec.key.0, spec.key.1);
-            let st = ports::node_side(h, &name).await?;
+            let st = ports::node_side(h, snap, &name).await?;
             let exact = st.as_ref().is_some_and(|s| {
                 s.kind.as_deref() == Some("tun") && s.alias.as_deref() == Some(spec.alias.as_str())
             });
@@ -173,6 +174,8 @@ pub async fn ensure_half(
             let attach = match (&st, ours) {
                 (Some(s), true) if exact && registered == Some(s.index) => {
                     node.update_peer(&spec.key, spec.peer);
+                    // Its patch looks the TAP up next.
+                    snap.confirm(Path::new(ports::NODE_NETNS), &name);
                     None
                 }
                 (Some(_), true) => Some(false),
@@ -254,14 +257,14 @@ pub async fn ensure_half(
                     outcome.max(Outcome::Repaired)
                 };
             }
-            if ports::ensure_patch(h, &port.node, &name, mode).await? != Outcome::Unchanged
+            if ports::ensure_patch(h, snap, &port.node, &name, mode).await? != Outcome::Unchanged
                 && outcome == Outcome::Unchanged
             {
                 outcome = Outcome::Repaired;
             }
         }
         EndpointKind::AfPacket => {
-            let end = ports::node_side(h, &port.node)
+            let end = ports::node_side(h, snap, &port.node)
                 .await?
                 .ok_or_else(|| LinkError::Missing {
                     ifname: port.node.clone(),

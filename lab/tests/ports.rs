@@ -260,3 +260,80 @@ fn a_far_port_shut_over_vxlan_takes_the_carrier_off_until_it_is_back() {
         Some(SHUT),
     );
 }
+
+/// The node's interfaces in lab `lab` whose names start with `prefix` (node ends `mp`, wire
+/// TAPs `mt`).
+fn node_ifaces(lab: &LabGuard, node: &str, prefix: &str) -> Vec<String> {
+    LabGuard::interfaces(&format!("mnl-{}-{node}", lab.name))
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// What is undone in the node behind the daemon's back — a node end's patch removed, a wire's
+/// TAP deleted — the next full resync puts back without replacing the pod's port. (A full run
+/// reads the node's namespace in one dump and verifies each port, patch and TAP from it; this
+/// checks that what it finds changed it does not take from the dump.)
+fn node_side_undone_is_put_back(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str)) {
+    let lab = LabGuard::pair(tag, r2_node, ips, &[], up_args);
+    lab.assert_links_up(1);
+    let n1 = lab.pod_netns("r1");
+    let node = format!("mnl-{}-node1", lab.name);
+    let before = identity(&n1, "eth1");
+    let far = ips.1.split('/').next().unwrap();
+    let ping = || {
+        lab.run(&["exec", "r1", "--", "ping", "-c", "1", "-W", "1", far])
+            .status
+            .success()
+    };
+    until("traffic", Duration::from_secs(10), ping);
+    let patched = |dev: &str| {
+        let out = Command::new("tc")
+            .args(["-n", &node, "filter", "show", "dev", dev, "ingress"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("mirred")
+    };
+    let ends = node_ifaces(&lab, "node1", "mp");
+    assert!(!ends.is_empty(), "no node end in {node}");
+    for end in &ends {
+        assert!(patched(end), "{end} is not patched");
+        let st = Command::new("tc")
+            .args(["-n", &node, "filter", "del", "dev", end, "ingress"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!patched(end), "{end}: the patch was not removed");
+        // The lab's resync is 10 s.
+        until("patch put back", Duration::from_secs(15), || patched(end));
+    }
+    until("traffic after the patches", Duration::from_secs(5), ping);
+    for tap in node_ifaces(&lab, "node1", "mt") {
+        let st = Command::new("ip")
+            .args(["-n", &node, "link", "del", &tap])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        until("TAP made again", Duration::from_secs(15), || {
+            node_ifaces(&lab, "node1", "mt").contains(&tap)
+        });
+        until("traffic after the TAP", Duration::from_secs(10), ping);
+    }
+    assert_eq!(identity(&n1, "eth1"), before, "port replaced");
+    lab.ok(&["verify"]);
+}
+
+#[test]
+fn a_same_node_patch_removed_in_the_node_is_put_back() {
+    node_side_undone_is_put_back("pubs", "node1", &[], ("192.0.2.117/30", "192.0.2.118/30"));
+}
+
+#[test]
+fn a_wire_patch_and_tap_removed_in_the_node_are_put_back() {
+    node_side_undone_is_put_back(
+        "pubg",
+        "node2",
+        &["--nodes", "2", "--link", "grpc"],
+        ("192.0.2.121/30", "192.0.2.122/30"),
+    );
+}

@@ -232,7 +232,13 @@ impl LinkOps for FakeOps {
         self.ensure(&spec.alias, &[&spec.end], mode)
     }
 
-    async fn ensure_patch(&self, a: &str, b: &str, mode: Mode) -> Result<Outcome, LinkError> {
+    async fn ensure_patch(
+        &self,
+        _snap: &Snapshot,
+        a: &str,
+        b: &str,
+        mode: Mode,
+    ) -> Result<Outcome, LinkError> {
         self.st().calls.push(Call::EnsurePatch {
             a: a.to_string(),
             b: b.to_string(),

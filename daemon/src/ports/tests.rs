@@ -132,13 +132,13 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
         }
         assert!(!carrier(&na, "eth1"), "no carrier before the patch");
         assert_eq!(
-            ensure_patch(&h, &a.node, &b.node, Mode::Repair)
+            ensure_patch(&h, &Snapshot::default(), &a.node, &b.node, Mode::Repair)
                 .await
                 .unwrap(),
             Outcome::Repaired
         );
         assert_eq!(
-            ensure_patch(&h, &a.node, &b.node, Mode::Verify)
+            ensure_patch(&h, &Snapshot::default(), &a.node, &b.node, Mode::Verify)
                 .await
                 .unwrap(),
             Outcome::Unchanged
@@ -162,11 +162,11 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
         // It comes back in a new sandbox: a new port for it, patched again.
         ensure_port(&h, &snap, &b2, Mode::Repair).await.unwrap();
         assert!(
-            ensure_patch(&h, &a.node, &b2.node, Mode::Verify)
+            ensure_patch(&h, &Snapshot::default(), &a.node, &b2.node, Mode::Verify)
                 .await
                 .is_err()
         );
-        ensure_patch(&h, &a.node, &b2.node, Mode::Repair)
+        ensure_patch(&h, &Snapshot::default(), &a.node, &b2.node, Mode::Repair)
             .await
             .unwrap();
         bay.set(cables(&a, Some(&b2), false));

@@ -1,0 +1,268 @@
+//! One namespace's interfaces, read in one link dump and one address dump, parsed in place.
+//!
+//! [`Snapshot`](super::snapshot::Snapshot) reads every namespace a run looks at this way. Through
+//! rtnetlink (its connection) each message of a dump is decoded into owned attribute values —
+//! every interface's IPv4 and IPv6 settings included (`IFLA_AF_SPEC`, about a hundred values) —
+//! and in a node with thousands of ports that decoding was most of the daemon's CPU at idle,
+//! spent by the full resync every 30 s. Here the link messages are walked as buffers
+//! (netlink-packet-core's `NetlinkBuffer` and `NlasIterator`) and only the attributes
+//! [`IfaceState`] holds are read; address messages, one or two per interface, are decoded as
+//! rtnetlink would. The counters are not asked for (`RTEXT_FILTER_SKIP_STATS`). Synchronous: it
+//! runs on the thread that entered the namespace, on a socket of its own.
+
+use std::collections::HashMap;
+use std::io;
+
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::{
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkMessage,
+};
+use rtnetlink::packet_core::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
+};
+use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
+
+use super::{IfaceState, add_addresses, split_alias};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+/// `struct ifinfomsg`.
+const LINK_HEADER_LEN: usize = 16;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_INFO_KIND: u16 = 1;
+/// A dump the kernel marks interrupted (the table changed while it was read) is read again, at
+/// most this many times in all; the last one is kept as it is.
+const ATTEMPTS: usize = 3;
+
+/// The interfaces of the calling thread's network namespace, by name, with their addresses.
+///
+/// # Errors
+/// The socket cannot be opened, or the kernel refuses a dump.
+pub(crate) fn read() -> io::Result<HashMap<String, IfaceState>> {
+    let sock = Socket::new(NETLINK_ROUTE)?;
+    // Only filters the address dump by the kernel; without it the same request works.
+    let _ = sock.set_netlink_get_strict_chk(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
+    let mut links = LinkMessage::default();
+    links
+        .attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    retried(|| {
+        by_index.clear();
+        dump(
+            &sock,
+            &mut buf,
+            RouteNetlinkMessage::GetLink(links.clone()),
+            |ty, payload| {
+                if ty == RTM_NEWLINK
+                    && let Some((name, st)) = parse_link(payload)
+                {
+                    by_index.insert(st.index, (name, st));
+                }
+            },
+        )
+    })?;
+    let mut addrs = Vec::new();
+    retried(|| {
+        addrs.clear();
+        dump(
+            &sock,
+            &mut buf,
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            |ty, payload| {
+                if ty == RTM_NEWADDR
+                    && let Ok(a) = AddressMessage::parse(payload)
+                {
+                    addrs.push(a);
+                }
+            },
+        )
+    })?;
+    for a in &addrs {
+        if let Some((_, s)) = by_index.get_mut(&a.header.index) {
+            add_addresses(s, a);
+        }
+    }
+    Ok(by_index.into_values().collect())
+}
+
+/// Runs `dump` (which says whether it was interrupted) until it was not, [`ATTEMPTS`] at most.
+fn retried(mut dump: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
+    for _ in 1..ATTEMPTS {
+        if !dump()? {
+            return Ok(());
+        }
+    }
+    dump().map(|_| ())
+}
+
+/// Sends the dump request `msg` and hands each answer's type and payload to `each` until the
+/// dump is done; returns whether the kernel marked it interrupted.
+fn dump(
+    sock: &Socket,
+    buf: &mut [u8],
+    msg: RouteNetlinkMessage,
+    mut each: impl FnMut(u16, &[u8]),
+) -> io::Result<bool> {
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.finalize();
+    let mut out = vec![0u8; req.buffer_len()];
+    req.serialize(&mut out);
+    sock.send(&out, 0)?;
+    let mut interrupted = false;
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        let mut off = 0;
+        while off < n {
+            let m = NetlinkBuffer::new_checked(&buf[off..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = m.length() as usize;
+            interrupted |= m.flags() & NLM_F_DUMP_INTR != 0;
+            match m.message_type() {
+                // Both carry an errno (negative) first; a dump's DONE may carry its error too.
+                NLMSG_ERROR | NLMSG_DONE => {
+                    let code = m
+                        .payload()
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, i32::from_ne_bytes);
+                    if code < 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    if m.message_type() == NLMSG_DONE {
+                        return Ok(interrupted);
+                    }
+                }
+                ty => each(ty, m.payload()),
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// The name and state of one `RTM_NEWLINK` payload (`None`: malformed, or no name).
+fn parse_link(payload: &[u8]) -> Option<(String, IfaceState)> {
+    let h = LinkHeader::parse(payload).ok()?;
+    let mut s = IfaceState {
+        index: h.index,
+        kind: None,
+        link: None,
+        alias: None,
+        applied: None,
+        mtu: None,
+        mac: None,
+        up: h.flags.contains(LinkFlags::Up),
+        addrs: Vec::new(),
+    };
+    let mut name = None;
+    for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..)?) {
+        let Ok(nla) = nla else { break };
+        let v = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => name = c_string(v),
+            IFLA_MTU => s.mtu = u32_of(v),
+            IFLA_LINK => s.link = u32_of(v),
+            IFLA_ADDRESS => s.mac = v.try_into().ok(),
+            IFLA_IFALIAS => {
+                if let Some(a) = c_string(v) {
+                    let (alias, applied) = split_alias(&a);
+                    s.alias = Some(alias);
+                    s.applied = applied;
+                }
+            }
+            IFLA_LINKINFO => {
+                for info in NlasIterator::new(v).flatten() {
+                    if info.kind() == IFLA_INFO_KIND {
+                        s.kind = c_string(info.value());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((name?, s))
+}
+
+/// A netlink string attribute: up to its NUL.
+fn c_string(v: &[u8]) -> Option<String> {
+    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+    std::str::from_utf8(&v[..end]).ok().map(str::to_string)
+}
+
+fn u32_of(v: &[u8]) -> Option<u32> {
+    v.get(..4)?.try_into().ok().map(u32::from_ne_bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::testns::TestNs;
+
+    /// The in-place parse reads what rtnetlink's full decode reads, interface by interface, in
+    /// a namespace with every kind of state a run looks at: veth pairs (peer index), an alias
+    /// with a record of applied settings, MTU, MAC, up and down, IPv4 and IPv6 addresses, a
+    /// bridge (another kind), and many interfaces (several reads per dump).
+    #[tokio::test]
+    async fn reads_what_rtnetlink_decodes() {
+        let ns = TestNs::new("dump");
+        ns.ip(&[
+            "link", "add", "d0", "mtu", "1400", "type", "veth", "peer", "name", "d0p",
+        ]);
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "d0"]);
+        ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "d0"]);
+        ns.ip(&[
+            "link",
+            "set",
+            "d0",
+            "alias",
+            "meshnet|t|1|veth|x|ip=192.0.2.1/24;mtu=1400",
+            "up",
+        ]);
+        ns.ip(&["link", "set", "d0", "address", "02:00:00:00:00:01"]);
+        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        for i in 0..150 {
+            let (x, y) = (format!("x{i}"), format!("y{i}"));
+            ns.ip(&["link", "add", &x, "type", "veth", "peer", "name", &y]);
+        }
+        let path = ns.path();
+        let want = crate::netns::in_netns(&path, |h| async move {
+            super::super::dump_ifaces(&h).await.unwrap()
+        })
+        .await
+        .unwrap();
+        let got = crate::netns::in_netns_sync(&path, read)
+            .await
+            .unwrap()
+            .unwrap();
+        let sorted = |mut s: IfaceState| {
+            s.addrs.sort();
+            s
+        };
+        assert_eq!(got.len(), want.len());
+        assert!(got.len() > 300, "{} interfaces", got.len());
+        for (name, w) in want {
+            let g = got.get(&name).cloned().expect(&name);
+            assert_eq!(sorted(g), sorted(w), "{name}");
+        }
+        let d0 = &got["d0"];
+        assert_eq!(d0.kind.as_deref(), Some("veth"));
+        assert_eq!(d0.alias.as_deref(), Some("meshnet|t|1|veth|x"));
+        assert_eq!(d0.applied.as_ref().and_then(|a| a.mtu), Some(1400));
+        assert_eq!(d0.link, Some(got["d0p"].index));
+        assert_eq!(d0.mtu, Some(1400));
+        assert_eq!(d0.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert!(d0.up && !got["d0p"].up);
+        assert_eq!(d0.addrs.len(), 2, "{:?}", d0.addrs);
+        assert_eq!(got["br0"].kind.as_deref(), Some("bridge"));
+    }
+}
