@@ -118,6 +118,17 @@ impl WireNode {
         self.inner.carrier(&link_key(key))
     }
 
+    /// Whether the half of `key` is unbound because the far router shut its port.
+    pub fn far_shut(&self, key: &WireKey) -> bool {
+        self.inner.far_shut(&link_key(key))
+    }
+
+    /// Our router shut (or opened) the port of the half of `key`: see
+    /// [`transport::WireNode::set_shut`].
+    pub fn set_shut(&self, key: &WireKey, shut: bool, peer: Option<IpAddr>) {
+        self.inner.set_shut(&link_key(key), shut, peer);
+    }
+
     /// The ifindex of the half's interface, if the half is registered.
     pub fn ifindex(&self, key: &WireKey) -> Option<u32> {
         self.inner.ifindex(&link_key(key))

@@ -394,6 +394,11 @@ pub trait LinkOps: Send + Sync + 'static {
     ) -> Result<Outcome, LinkError>;
     /// Whether the wire half of `key` is registered and its carrier up (`None`: no such half).
     fn half_carrier(&self, key: &WireKey) -> Option<bool>;
+    /// Whether the carrier of the wire half of `key` is off because the far router shut its
+    /// port (the peer's daemon said so).
+    fn half_far_shut(&self, _key: &WireKey) -> bool {
+        false
+    }
     /// Puts the impairment of what the peer sends on the wire half of `key` (`None`: off).
     fn impair_half(&self, key: &WireKey, spec: Option<ImpairSpec>);
     /// Pulls (or plugs back) the cable of the wire half of `key`: its carrier goes off.
@@ -721,7 +726,7 @@ impl Kernel {
                     }
                     g.1.get(key).copied().flatten()
                 };
-                w.update_peer(key, if shut { None } else { peer });
+                w.set_shut(key, shut, peer);
             }));
         }
         self.wire = wire;
@@ -1058,6 +1063,10 @@ impl LinkOps for Kernel {
 
     fn half_carrier(&self, key: &WireKey) -> Option<bool> {
         self.wire.as_ref()?.carrier(key)
+    }
+
+    fn half_far_shut(&self, key: &WireKey) -> bool {
+        self.wire.as_ref().is_some_and(|w| w.far_shut(key))
     }
 
     fn impair_half(&self, key: &WireKey, spec: Option<ImpairSpec>) {

@@ -611,6 +611,13 @@ impl Reconciler {
                         report.overrides.insert(l.uid, o);
                     }
                     impaired_seen.insert(end);
+                } else if matches!(r, LinkResult::Pending(_))
+                    && self.ops.half_far_shut(&(p.key.namespace.clone(), l.uid))
+                {
+                    // A wire half the peer unbound because its router shut its port.
+                    report
+                        .overrides
+                        .insert(l.uid, (LinkState::Down, FAR_PORT_SHUT.to_string()));
                 } else if let LinkResult::Up { kind: "grpc" } = r {
                     let end = (PathBuf::from(&p.net_ns), l.local_intf.clone());
                     let key = (p.key.namespace.clone(), l.uid);

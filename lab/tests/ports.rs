@@ -128,15 +128,9 @@ fn a_wire_half_becomes_a_same_node_link_without_replacing_the_port() {
 const SHUT: &str = "far router shut its port";
 
 /// The far router shutting its port takes this port's carrier off within a second and keeps it
-/// off across a full resync, and this end's status is no longer `up` (it says `says`, where
-/// given); turning it back on restores both.
-fn far_port_shut(
-    tag: &str,
-    r2_node: &str,
-    up_args: &[&str],
-    ips: (&str, &str),
-    says: Option<&str>,
-) {
+/// off across a full resync, and this end's status is no longer `up` (it says `says`); turning
+/// it back on restores both.
+fn far_port_shut(tag: &str, r2_node: &str, up_args: &[&str], ips: (&str, &str), says: &str) {
     let lab = LabGuard::pair(
         tag,
         r2_node,
@@ -164,8 +158,7 @@ fn far_port_shut(
     eprintln!("{tag}: r1 lost carrier {took:?} after r2 shut its port");
     until("r1's status follows", Duration::from_secs(3), || {
         let st = lab.end_status("r1", 1);
-        st["state"] != "up"
-            && says.is_none_or(|m| st["message"].as_str().unwrap_or_default().contains(m))
+        st["state"] != "up" && st["message"].as_str().unwrap_or_default().contains(says)
     });
     eprintln!("{tag}: r1's status: {}", lab.end_status("r1", 1));
     // Full resyncs come and go: the router's shut stays, and so does the far carrier loss.
@@ -190,11 +183,12 @@ fn a_far_port_shut_takes_the_carrier_off_until_it_is_back() {
         "node1",
         &[],
         ("192.0.2.25/30", "192.0.2.26/30"),
-        Some(SHUT),
+        SHUT,
     );
 }
 
-/// On the gRPC wire the shut port's half is unbound, so the far half loses its peer.
+/// On the gRPC wire the shut port's half is unbound, its Unbind saying why: the far half loses
+/// its peer and its status says the far router shut its port.
 #[test]
 fn a_far_port_shut_on_the_grpc_wire_takes_the_carrier_off_until_it_is_back() {
     far_port_shut(
@@ -202,7 +196,7 @@ fn a_far_port_shut_on_the_grpc_wire_takes_the_carrier_off_until_it_is_back() {
         "node2",
         &["--nodes", "2", "--link", "grpc"],
         ("192.0.2.45/30", "192.0.2.46/30"),
-        None,
+        SHUT,
     );
 }
 
@@ -257,7 +251,7 @@ fn a_far_port_shut_over_vxlan_takes_the_carrier_off_until_it_is_back() {
         "node2",
         &["--nodes", "2"],
         ("192.0.2.61/30", "192.0.2.62/30"),
-        Some(SHUT),
+        SHUT,
     );
 }
 

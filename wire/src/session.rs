@@ -60,8 +60,9 @@ pub enum Control {
         key: WireKey,
         reply: bool,
     },
-    /// The sender's half behind `id` is gone; the id will not be used again.
-    Unbind { id: WireId },
+    /// The sender's half behind `id` is gone (or, `shut`, unbound because its router shut its
+    /// port); the id will not be used again.
+    Unbind { id: WireId, shut: bool },
 }
 
 /// What the stream delivered.
@@ -79,6 +80,8 @@ pub enum Event<'a, H> {
     Bound(&'a H),
     /// No longer bound: lower the carrier.
     Unbound(&'a H),
+    /// Follows [`Event::Unbound`] when the peer said why: its router shut its port.
+    FarShut(&'a H),
     /// Write this frame to the half. The caller returns the drop reason if it could not; the
     /// session counts the frame on the link (received or dropped).
     Deliver {
@@ -132,8 +135,12 @@ pub struct Session<H> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    Bind { key: WireKey, reply: bool },
-    Unbind(WireId),
+    Bind {
+        key: WireKey,
+        reply: bool,
+    },
+    /// The id, and whether the half's router shut its port.
+    Unbind(WireId, bool),
 }
 
 impl<H> Session<H> {
@@ -233,7 +240,18 @@ impl<H> Session<H> {
 
     /// The half of `key` no longer reaches this peer here (gone, replaced, or its peer moved):
     /// unbinds it and tells the peer. Returns its handle.
-    pub fn detach(&mut self, key: &WireKey, mut events: impl FnMut(Event<'_, H>)) -> Option<H> {
+    pub fn detach(&mut self, key: &WireKey, events: impl FnMut(Event<'_, H>)) -> Option<H> {
+        self.detach_with(key, false, events)
+    }
+
+    /// [`Session::detach`], telling the peer in its Unbind whether the half's router shut its
+    /// port (`shut`) rather than the half going away.
+    pub fn detach_with(
+        &mut self,
+        key: &WireKey,
+        shut: bool,
+        mut events: impl FnMut(Event<'_, H>),
+    ) -> Option<H> {
         let l = self.locals.remove(key)?;
         self.out.remove(l.out);
         if l.queued {
@@ -248,7 +266,7 @@ impl<H> Session<H> {
             events(Event::Unbound(&l.handle));
         }
         if self.connected && l.sent {
-            self.control.push_back(Pending::Unbind(l.out));
+            self.control.push_back(Pending::Unbind(l.out, shut));
         }
         Some(l.handle)
     }
@@ -318,7 +336,7 @@ impl<H> Session<H> {
     pub fn poll_transmit(&mut self) -> Option<Control> {
         while let Some(p) = self.control.pop_front() {
             match p {
-                Pending::Unbind(id) => return Some(Control::Unbind { id }),
+                Pending::Unbind(id, shut) => return Some(Control::Unbind { id, shut }),
                 Pending::Bind { key, reply } => {
                     // Detached since it was queued: nothing to announce.
                     let Some(l) = self.locals.get_mut(&key) else {
@@ -361,12 +379,15 @@ impl<H> Session<H> {
             Message::Control(Control::Bind { id, key, reply }) => {
                 self.on_bind(id, key, reply, now, &mut events);
             }
-            Message::Control(Control::Unbind { id }) => {
+            Message::Control(Control::Unbind { id, shut }) => {
                 if let Some((key, _)) = self.inbound.remove(id)
                     && let Some(l) = self.locals.get_mut(&key)
                 {
                     l.bound = None;
                     let _ = events(Event::Unbound(&l.handle));
+                    if shut {
+                        let _ = events(Event::FarShut(&l.handle));
+                    }
                 }
             }
             Message::Batch(b) => self.deliver(b, &mut events),

@@ -12,7 +12,11 @@ fn key(uid: i64) -> WireKey {
 
 /// Handles' bound state as the caller sees it through events.
 #[derive(Default, Debug)]
-struct Carriers(std::collections::BTreeMap<u32, bool>);
+struct Carriers(
+    std::collections::BTreeMap<u32, bool>,
+    /// Handles whose last unbind the peer said was its router shutting its port.
+    std::collections::BTreeSet<u32>,
+);
 
 impl Carriers {
     fn apply(&mut self, e: &Event<'_, u32>) {
@@ -23,8 +27,18 @@ impl Carriers {
             Event::Unbound(h) => {
                 self.0.insert(**h, false);
             }
+            Event::FarShut(h) => {
+                assert_eq!(self.0.get(h), Some(&false), "FarShut follows an Unbound");
+                self.1.insert(**h);
+            }
             _ => {}
         }
+        if let Event::Bound(h) | Event::Unbound(h) = e {
+            self.1.remove(*h);
+        }
+    }
+    fn far_shut(&self, h: u32) -> bool {
+        self.1.contains(&h)
     }
     fn up(&self, h: u32) -> bool {
         self.0.get(&h).copied().unwrap_or(false)
@@ -235,6 +249,42 @@ fn detaching_unbinds_the_peer_and_frames_after_it_are_stray() {
         1,
         "counted, not delivered"
     );
+}
+
+/// A half detached because its router shut its port tells the peer so in its Unbind (the
+/// peer sees Unbound, then FarShut); one that goes away does not; binding again clears it.
+#[test]
+fn an_unbind_says_whether_the_far_router_shut_its_port() {
+    let now = Instant::now();
+    let (mut a, mut b) = (Side::new(), Side::new());
+    a.attach(1, 10);
+    b.attach(1, 20);
+    a.attach(2, 11);
+    b.attach(2, 21);
+    connect(&mut a, &mut b, now);
+    exchange(&mut a, &mut b, now, |_| false);
+    assert!(b.c.up(20) && b.c.up(21));
+    let c = &mut a.c;
+    a.s.detach_with(&key(1), true, |e| c.apply(&e));
+    a.detach(2);
+    let mut sent = Vec::new();
+    exchange(&mut a, &mut b, now, |m| {
+        sent.push(m.clone());
+        false
+    });
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Control::Unbind { shut: true, .. }))
+            && sent
+                .iter()
+                .any(|m| matches!(m, Control::Unbind { shut: false, .. })),
+        "{sent:?}"
+    );
+    assert!(!b.c.up(20) && b.c.far_shut(20), "shut: the peer knows why");
+    assert!(!b.c.up(21) && !b.c.far_shut(21), "gone: no reason");
+    a.attach(1, 10);
+    exchange(&mut a, &mut b, now, |_| false);
+    assert!(b.c.up(20) && !b.c.far_shut(20), "bound again");
 }
 
 #[test]

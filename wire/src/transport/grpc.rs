@@ -222,7 +222,10 @@ fn control_msg(c: Control) -> WireMessage {
                 uid: key.uid,
                 reply,
             }),
-            Control::Unbind { id } => Body::Unbind(Unbind { wire_id: id.0 }),
+            Control::Unbind { id, shut } => Body::Unbind(Unbind {
+                wire_id: id.0,
+                shut,
+            }),
         }),
     }
 }
@@ -237,6 +240,7 @@ fn session_msg(m: WireMessage) -> Vec<Message> {
         })],
         Some(Body::Unbind(u)) => vec![Message::Control(Control::Unbind {
             id: WireId(u.wire_id),
+            shut: u.shut,
         })],
         Some(Body::Batches(bs)) => bs.batch.into_iter().map(Message::Batch).collect(),
         Some(Body::Hello(_) | Body::Tally(_)) | None => Vec::new(),

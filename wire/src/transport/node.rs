@@ -80,6 +80,11 @@ pub struct Half {
     impair: Mutex<Option<Impaired>>,
     /// The cable is pulled (`state: down`): the carrier stays off whatever the session says.
     pulled: AtomicBool,
+    /// Our router shut this half's port: its Unbinds tell the peer so.
+    shut: AtomicBool,
+    /// The peer's last Unbind said its router shut its port (cleared by any other unbind or a
+    /// bind).
+    far_shut: AtomicBool,
 }
 
 /// A half's impairment: the pure engine, and the task that writes what it releases.
@@ -723,8 +728,18 @@ impl WireNode {
         let (h, up) = match e {
             Event::Bound(h) => (h, true),
             Event::Unbound(h) => (h, false),
+            Event::FarShut(h) => {
+                if shard == h.primary.load(Ordering::Acquire) {
+                    h.far_shut.store(true, Ordering::Release);
+                    self.changed.notify_one();
+                }
+                return;
+            }
             _ => return,
         };
+        if shard == h.primary.load(Ordering::Acquire) {
+            h.far_shut.store(false, Ordering::Release);
+        }
         let bit = 1u64 << (shard % 64);
         if up {
             h.bound.fetch_or(bit, Ordering::AcqRel);
@@ -754,6 +769,28 @@ impl WireNode {
             .expect("halves lock")
             .get(key)
             .map(|h| h.carrier.load(Ordering::Acquire))
+    }
+
+    /// Whether the half of `key` is unbound because the far router shut its port (the peer's
+    /// Unbind said so): its carrier is off for that reason.
+    pub fn far_shut(&self, key: &WireKey) -> bool {
+        self.halves
+            .lock()
+            .expect("halves lock")
+            .get(key)
+            .is_some_and(|h| {
+                h.far_shut.load(Ordering::Acquire) && !h.carrier.load(Ordering::Acquire)
+            })
+    }
+
+    /// Our router shut (`shut`) or opened the port of the half of `key`: a shut half is unbound
+    /// from its peer (telling it why), an opened one points at `peer` again.
+    pub fn set_shut(self: &Arc<Self>, key: &WireKey, shut: bool, peer: Option<IpAddr>) {
+        let half = self.halves.lock().expect("halves lock").get(key).cloned();
+        if let Some(h) = half {
+            h.shut.store(shut, Ordering::Release);
+            self.set_peer(&h, if shut { None } else { peer });
+        }
     }
 
     /// The ifindex of the half's interface, if the half is registered.
@@ -806,6 +843,8 @@ impl WireNode {
             dropped_base: Mutex::new(None),
             impair: Mutex::new(None),
             pulled: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
+            far_shut: AtomicBool::new(false),
         });
         self.set_carrier(&half, false);
         let readers = (0..queues)
@@ -995,9 +1034,10 @@ impl WireNode {
         }
         for shard in &peer.shards {
             let mut st = shard.state.lock().expect("shard lock");
+            let shut = half.shut.load(Ordering::Acquire);
             let mine = st.session.out_id(&half.key).is_some().then(|| {
                 st.session
-                    .detach(&half.key, |e| self.apply(shard.index, &e))
+                    .detach_with(&half.key, shut, |e| self.apply(shard.index, &e))
             });
             drop(st);
             if mine.is_some() {

@@ -126,7 +126,7 @@ pub fn deliver<H>(
             Ok(())
         }
         // A batch binds nothing.
-        Event::Bound(_) | Event::Unbound(_) => Ok(()),
+        Event::Bound(_) | Event::Unbound(_) | Event::FarShut(_) => Ok(()),
     });
     r
 }

@@ -54,6 +54,7 @@ impl Side {
                 bound[**h - base] = true;
             }
             Event::Unbound(h) => bound[**h - base] = false,
+            Event::FarShut(h) => assert!(!bound[**h - base], "FarShut on a bound link"),
             _ => {}
         }
     }
@@ -85,9 +86,11 @@ impl Side {
         });
     }
 
-    fn detach(&mut self, k: usize) {
+    /// Detaches link `k`, as its router shutting its port (`shut`) or the half going away.
+    fn detach(&mut self, k: usize, shut: bool) {
         let (b, base) = (&mut self.bound, self.base);
-        self.s.detach(&Self::key(k), |e| Self::apply(b, base, &e));
+        self.s
+            .detach_with(&Self::key(k), shut, |e| Self::apply(b, base, &e));
     }
 
     /// The stream's arrivals (what the ledger keeps): at most one entry per id the session may
@@ -187,7 +190,7 @@ pub fn check_session_ops(data: &[u8]) {
         };
         match code % 12 {
             0 | 1 => me.attach(k),
-            2 => me.detach(k),
+            2 => me.detach(k, y & 2 != 0),
             3 => {
                 // The stream goes down on both ends (a TCP connection ends for both).
                 me.disconnect();
@@ -217,6 +220,7 @@ pub fn check_session_ops(data: &[u8]) {
                 } else {
                     Control::Unbind {
                         id: WireId(u32::from(x % 8)),
+                        shut: y & 4 != 0,
                     }
                 };
                 me.handle(Message::Control(forged), now);
