@@ -1365,6 +1365,8 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
     Ok(by_index.into_values().collect())
 }
 
+mod dump;
+
 /// Interface state read ahead for a whole reconcile run.
 ///
 /// Checking 1000 links one by one costs 1000 namespace threads, each with its own netlink
@@ -1378,14 +1380,12 @@ async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtn
 /// ([`Snapshot::confirm`](snapshot::Snapshot::confirm)): a port's node end, checked by the port,
 /// is then looked up again from the dump by its patch. Runs over many links (every full run)
 /// dump the node's namespace too, so that verifying an unchanged port, its patch and its wire
-/// TAP costs two filter reads and no link request. The owned list is answered from the dump only for a namespace the run did
-/// not touch (every link there unchanged). Runs are serialised (the reconciler's memo lock); the
-/// reconciler passes the run's snapshot to every [`LinkOps`] call explicitly, so nothing outlives
-/// the run. The one task-local left ([`Snapshot::with`]) carries it into the wire-half code
-/// (`tapio`) for the duration of one [`LinkOps::ensure_half`] call, so that code keeps its
-/// signatures while it moves to `wire/`.
-mod dump;
-
+/// TAP costs two filter reads and no link request. The owned list is answered from the dump
+/// only for a namespace the run did not touch (every link there unchanged). Runs are
+/// serialised (the reconciler's memo lock); the reconciler passes the run's snapshot to every
+/// [`LinkOps`] call explicitly, so nothing outlives the run. The one task-local left
+/// ([`Snapshot::with`]) carries it into the wire-half code (`tapio`) for the duration of one
+/// [`LinkOps::ensure_half`] call, so that code keeps its signatures while it moves to `wire/`.
 pub mod snapshot {
     use std::collections::{HashMap, HashSet};
     use std::path::{Path, PathBuf};
@@ -1397,6 +1397,10 @@ pub mod snapshot {
     struct Namespace {
         ifaces: HashMap<String, IfaceState>,
         answered: HashSet<String>,
+        /// Node namespace only: where each meshnet interface's patch points
+        /// ([`super::dump::read_patches`]), and the ones answered.
+        patches: HashMap<u32, Option<u32>>,
+        patches_answered: HashSet<u32>,
         /// The run changed something here: the list of owned interfaces must be read again.
         touched: bool,
     }
@@ -1416,12 +1420,25 @@ pub mod snapshot {
             use futures::StreamExt;
             let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
                 .map(|path| async move {
-                    let r = crate::netns::in_netns_sync(&path, super::dump::read).await;
+                    // In the node's namespace, the patches of meshnet's interfaces too.
+                    let node = path == Path::new(crate::ports::NODE_NETNS);
+                    let r = crate::netns::in_netns_sync(&path, move || {
+                        let ifaces = super::dump::read()?;
+                        let patches = if node {
+                            let ours = ifaces.values().filter(|s| super::is_owned(s));
+                            super::dump::read_patches(ours.map(|s| s.index).collect::<Vec<_>>())?
+                        } else {
+                            HashMap::new()
+                        };
+                        std::io::Result::Ok((ifaces, patches))
+                    })
+                    .await;
                     match r {
-                        Ok(Ok(ifaces)) => Some((
+                        Ok(Ok((ifaces, patches))) => Some((
                             path,
                             Namespace {
                                 ifaces,
+                                patches,
                                 ..Namespace::default()
                             },
                         )),
@@ -1464,6 +1481,16 @@ pub mod snapshot {
             ns.answered
                 .insert(ifname.to_string())
                 .then(|| ns.ifaces.get(ifname).cloned())
+        }
+
+        /// Where the patch of interface `index` in `netns` pointed at the start of the run
+        /// (`Some(None)`: no patch), once per interface; `None` when there is no reading of it
+        /// or it was answered before.
+        pub fn take_patch(&self, netns: &Path, index: u32) -> Option<Option<u32>> {
+            let mut d = self.lock();
+            let ns = d.get_mut(netns)?;
+            let known = *ns.patches.get(&index)?;
+            ns.patches_answered.insert(index).then_some(known)
         }
 
         /// The caller read `ifname` in `netns` from this snapshot and changed nothing about it:

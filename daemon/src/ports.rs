@@ -333,20 +333,25 @@ pub async fn patched_to(node: &Handle, index: u32) -> Result<Option<u32>, rtnetl
 }
 
 /// Patches node end `from` to `to` (frames entering `from` leave through `to`), unless it
-/// already is; `Verify` only reports. Returns whether it changed anything.
+/// already is (as the run's snapshot `snap` read it, if it did, else as the kernel says);
+/// `Verify` only reports. Returns whether it changed anything.
 ///
 /// # Errors
 /// Netlink refuses; in `Verify`, the patch is not in place.
 pub async fn patch(
     node: &Handle,
+    snap: &Snapshot,
     from: &IfaceState,
     from_name: &str,
     to: u32,
     mode: Mode,
 ) -> Result<bool, LinkError> {
-    let current = patched_to(node, from.index)
-        .await
-        .map_err(|e| node_err("read the patch of", from_name, e))?;
+    let current = match snap.take_patch(Path::new(NODE_NETNS), from.index) {
+        Some(known) => known,
+        None => patched_to(node, from.index)
+            .await
+            .map_err(|e| node_err("read the patch of", from_name, e))?,
+    };
     if current == Some(to) {
         return Ok(false);
     }
@@ -408,8 +413,8 @@ pub async fn ensure_patch(
             })?;
         ends.push(st);
     }
-    let ab = patch(node, &ends[0], a, ends[1].index, mode).await?;
-    let ba = patch(node, &ends[1], b, ends[0].index, mode).await?;
+    let ab = patch(node, snap, &ends[0], a, ends[1].index, mode).await?;
+    let ba = patch(node, snap, &ends[1], b, ends[0].index, mode).await?;
     Ok(if ab || ba {
         Outcome::Repaired
     } else {

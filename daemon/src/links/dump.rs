@@ -7,8 +7,11 @@
 //! spent by the full resync every 30 s. Here the link messages are walked as buffers
 //! (netlink-packet-core's `NetlinkBuffer` and `NlasIterator`) and only the attributes
 //! [`IfaceState`] holds are read; address messages, one or two per interface, are decoded as
-//! rtnetlink would. The counters are not asked for (`RTEXT_FILTER_SKIP_STATS`). Synchronous: it
-//! runs on the thread that entered the namespace, on a socket of its own.
+//! rtnetlink would. The counters are not asked for (`RTEXT_FILTER_SKIP_STATS`). In the node's
+//! namespace the ingress filters of meshnet's interfaces are read the same way ([`read_patches`]:
+//! where each one's patch redirects to), one dump per interface on the same socket, instead of
+//! one rtnetlink request per port end in every full run. Synchronous: it runs on the thread that
+//! entered the namespace, on a socket of its own.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +21,7 @@ use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{
     LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader, LinkMessage,
 };
+use netlink_packet_route::tc::{TcHandle, TcMessage};
 use rtnetlink::packet_core::{
     NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer,
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
@@ -37,6 +41,18 @@ const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
 const IFLA_INFO_KIND: u16 = 1;
+const RTM_NEWTFILTER: u16 = 44;
+/// `struct tcmsg`.
+const TC_HEADER_LEN: usize = 20;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_U32_ACT: u16 = 7;
+const TCA_ACT_KIND: u16 = 1;
+const TCA_ACT_OPTIONS: u16 = 2;
+const TCA_MIRRED_PARMS: u16 = 2;
+/// Offset of the target's ifindex in `struct tc_mirred` (`tc_gen`'s five 32-bit fields, then
+/// `eaction`).
+const MIRRED_IFINDEX_AT: usize = 24;
 /// A dump the kernel marks interrupted (the table changed while it was read) is read again, at
 /// most this many times in all; the last one is kept as it is.
 const ATTEMPTS: usize = 3;
@@ -92,6 +108,85 @@ pub(crate) fn read() -> io::Result<HashMap<String, IfaceState>> {
         }
     }
     Ok(by_index.into_values().collect())
+}
+
+/// For each interface of `indexes` in the calling thread's namespace, where its ingress patch
+/// (a u32 filter with a mirred redirect, [`crate::ports::patch`]) sends frames: `None` when it
+/// has none. An interface whose filters cannot be read (gone meanwhile) is left out, for the
+/// caller to read itself.
+///
+/// # Errors
+/// The socket cannot be opened.
+pub(crate) fn read_patches(
+    indexes: impl IntoIterator<Item = u32>,
+) -> io::Result<HashMap<u32, Option<u32>>> {
+    let sock = Socket::new(NETLINK_ROUTE)?;
+    let _ = sock.set_netlink_get_strict_chk(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = HashMap::new();
+    for index in indexes {
+        let mut msg = TcMessage::default();
+        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_INGRESS,
+        };
+        let mut target = None;
+        let r = dump(
+            &sock,
+            &mut buf,
+            RouteNetlinkMessage::GetTrafficFilter(msg),
+            |ty, payload| {
+                if ty == RTM_NEWTFILTER
+                    && let Some(t) = mirred_target(payload)
+                {
+                    target = Some(t);
+                }
+            },
+        );
+        if r.is_ok() {
+            out.insert(index, target);
+        }
+    }
+    Ok(out)
+}
+
+/// The redirect target of one `RTM_NEWTFILTER` payload, if it is a u32 filter with a mirred
+/// action (the last one, as the kernel runs them in order).
+fn mirred_target(payload: &[u8]) -> Option<u32> {
+    let attrs = || NlasIterator::new(payload.get(TC_HEADER_LEN..).unwrap_or_default()).flatten();
+    let u32_filter =
+        attrs().any(|a| a.kind() == TCA_KIND && c_string(a.value()).as_deref() == Some("u32"));
+    if !u32_filter {
+        return None;
+    }
+    let mut target = None;
+    for opts in attrs().filter(|a| a.kind() == TCA_OPTIONS) {
+        for acts in NlasIterator::new(opts.value()).flatten() {
+            if acts.kind() != TCA_U32_ACT {
+                continue;
+            }
+            // Each action is a nested attribute whose type is its order.
+            for act in NlasIterator::new(acts.value()).flatten() {
+                let parts = || NlasIterator::new(act.value()).flatten();
+                if !parts().any(|a| {
+                    a.kind() == TCA_ACT_KIND && c_string(a.value()).as_deref() == Some("mirred")
+                }) {
+                    continue;
+                }
+                for o in parts().filter(|a| a.kind() == TCA_ACT_OPTIONS) {
+                    for p in NlasIterator::new(o.value()).flatten() {
+                        if p.kind() == TCA_MIRRED_PARMS
+                            && let Some(i) = p.value().get(MIRRED_IFINDEX_AT..).and_then(u32_of)
+                        {
+                            target = Some(i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    target
 }
 
 /// Runs `dump` (which says whether it was interrupted) until it was not, [`ATTEMPTS`] at most.
@@ -264,5 +359,51 @@ mod tests {
         assert!(d0.up && !got["d0p"].up);
         assert_eq!(d0.addrs.len(), 2, "{:?}", d0.addrs);
         assert_eq!(got["br0"].kind.as_deref(), Some("bridge"));
+    }
+
+    /// The in-place read of patches finds what rtnetlink's decode finds (`ports::patched_to`):
+    /// a pair patched both ways by `ports::patch`, a port end re-patched elsewhere, and an
+    /// interface without a filter.
+    #[tokio::test]
+    async fn reads_patches_as_rtnetlink_decodes_them() {
+        use crate::links::{Mode, get_iface, snapshot::Snapshot};
+        let ns = TestNs::new("patch");
+        ns.ip(&["link", "add", "pa", "type", "veth", "peer", "name", "pb"]);
+        ns.ip(&["link", "add", "pc", "type", "veth", "peer", "name", "pd"]);
+        let path = ns.path();
+        let (want, got, [a, b, c, d]) = crate::netns::in_netns(&path, |h| async move {
+            let mut st = Vec::new();
+            for n in ["pa", "pb", "pc", "pd"] {
+                st.push(get_iface(&h, n).await.unwrap().unwrap());
+            }
+            let snap = Snapshot::default();
+            let patch = |from: usize, to: usize| {
+                let (h, snap, from, to) = (h.clone(), snap.clone(), st[from].clone(), st[to].index);
+                async move {
+                    crate::ports::patch(&h, &snap, &from, "x", to, Mode::Repair)
+                        .await
+                        .unwrap()
+                }
+            };
+            patch(0, 1).await;
+            patch(1, 0).await;
+            patch(2, 3).await;
+            // Re-pointed: the old filter goes, the new one is read.
+            patch(2, 1).await;
+            let idx: Vec<u32> = st.iter().map(|s| s.index).collect();
+            let mut want = HashMap::new();
+            for i in &idx {
+                want.insert(*i, crate::ports::patched_to(&h, *i).await.unwrap());
+            }
+            let got = read_patches(idx.iter().copied()).unwrap();
+            (want, got, [idx[0], idx[1], idx[2], idx[3]])
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got[&a], Some(b));
+        assert_eq!(got[&b], Some(a));
+        assert_eq!(got[&c], Some(b));
+        assert_eq!(got[&d], None);
     }
 }
