@@ -229,17 +229,23 @@ impl Server {
     fn install_crd(&self) {
         let crd = workspace().join("manifests/base/topology-crd.yaml");
         self.kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
-        // `kubectl wait` fails at once ("<nil> is of the type <nil>") when it reads the CRD
-        // before the server has written any condition: poll the condition instead.
+        // `kubectl wait`, and a jsonpath filter on the conditions, fail at once ("<nil> is not
+        // array or slice") when they read the CRD before the server has written any condition:
+        // read the whole object and look for the condition here.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let established = self.kubectl(&[
+            let crd: serde_json::Value = serde_json::from_str(&self.kubectl(&[
                 "get",
                 &format!("crd/{CRD_NAME}"),
                 "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ]);
-            if established.trim() == "True" {
+                "json",
+            ]))
+            .expect("kubectl answers JSON");
+            let established = crd["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+            if established {
                 return;
             }
             assert!(
