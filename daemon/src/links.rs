@@ -1342,7 +1342,7 @@ impl LinkOps for Kernel {
 }
 
 /// Every interface of a namespace with its addresses, read with one link dump and one address
-/// dump through rtnetlink's full decode: the reference that `dump::read`'s test compares with.
+/// dump through rtnetlink's full decode: the reference that `dump::Reader`'s test compares with.
 #[cfg(test)]
 async fn dump_ifaces(handle: &Handle) -> Result<HashMap<String, IfaceState>, rtnetlink::Error> {
     let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
@@ -1398,7 +1398,7 @@ pub mod snapshot {
         ifaces: HashMap<String, IfaceState>,
         answered: HashSet<String>,
         /// Node namespace only: where each meshnet interface's patch points
-        /// ([`super::dump::read_patches`]), and the ones answered.
+        /// ([`super::dump::Reader::patches`]), and the ones answered.
         patches: HashMap<u32, Option<u32>>,
         patches_answered: HashSet<u32>,
         /// The run changed something here: the list of owned interfaces must be read again.
@@ -1423,10 +1423,11 @@ pub mod snapshot {
                     // In the node's namespace, the patches of meshnet's interfaces too.
                     let node = path == Path::new(crate::ports::NODE_NETNS);
                     let r = crate::netns::in_netns_sync(&path, move || {
-                        let ifaces = super::dump::read()?;
+                        let mut reader = super::dump::Reader::open()?;
+                        let ifaces = reader.interfaces()?;
                         let patches = if node {
                             let ours = ifaces.values().filter(|s| super::is_owned(s));
-                            super::dump::read_patches(ours.map(|s| s.index).collect::<Vec<_>>())?
+                            reader.patches(ours.map(|s| s.index).collect::<Vec<_>>())
                         } else {
                             HashMap::new()
                         };
@@ -1534,7 +1535,8 @@ mod tests {
 
     use crate::testns::TestNs;
 
-    fn sorted(mut s: IfaceState) -> IfaceState {
+    /// `s` with its addresses in order (dumps list them as the kernel holds them).
+    pub(super) fn sorted(mut s: IfaceState) -> IfaceState {
         s.addrs.sort();
         s
     }

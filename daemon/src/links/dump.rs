@@ -8,10 +8,10 @@
 //! (netlink-packet-core's `NetlinkBuffer` and `NlasIterator`) and only the attributes
 //! [`IfaceState`] holds are read; address messages, one or two per interface, are decoded as
 //! rtnetlink would. The counters are not asked for (`RTEXT_FILTER_SKIP_STATS`). In the node's
-//! namespace the ingress filters of meshnet's interfaces are read the same way ([`read_patches`]:
-//! where each one's patch redirects to), one dump per interface on the same socket, instead of
-//! one rtnetlink request per port end in every full run. Synchronous: it runs on the thread that
-//! entered the namespace, on a socket of its own.
+//! namespace the ingress filters of meshnet's interfaces are read the same way
+//! ([`Reader::patches`]: where each one's patch redirects to), one dump per interface on the
+//! same socket, instead of one rtnetlink request per port end in every full run. Synchronous:
+//! it runs on the thread that entered the namespace, on a socket of its own.
 
 use std::collections::HashMap;
 use std::io;
@@ -57,98 +57,167 @@ const MIRRED_IFINDEX_AT: usize = 24;
 /// most this many times in all; the last one is kept as it is.
 const ATTEMPTS: usize = 3;
 
-/// The interfaces of the calling thread's network namespace, by name, with their addresses.
-///
-/// # Errors
-/// The socket cannot be opened, or the kernel refuses a dump.
-pub(crate) fn read() -> io::Result<HashMap<String, IfaceState>> {
-    let sock = Socket::new(NETLINK_ROUTE)?;
-    // Only filters the address dump by the kernel; without it the same request works.
-    let _ = sock.set_netlink_get_strict_chk(true);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
-    let mut links = LinkMessage::default();
-    links
-        .attributes
-        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-    retried(|| {
-        by_index.clear();
-        dump(
-            &sock,
-            &mut buf,
-            RouteNetlinkMessage::GetLink(links.clone()),
-            |ty, payload| {
-                if ty == RTM_NEWLINK
-                    && let Some((name, st)) = parse_link(payload)
-                {
-                    by_index.insert(st.index, (name, st));
-                }
-            },
-        )
-    })?;
-    let mut addrs = Vec::new();
-    retried(|| {
-        addrs.clear();
-        dump(
-            &sock,
-            &mut buf,
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            |ty, payload| {
-                if ty == RTM_NEWADDR
-                    && let Ok(a) = AddressMessage::parse(payload)
-                {
-                    addrs.push(a);
-                }
-            },
-        )
-    })?;
-    for a in &addrs {
-        if let Some((_, s)) = by_index.get_mut(&a.header.index) {
-            add_addresses(s, a);
-        }
-    }
-    Ok(by_index.into_values().collect())
+/// A route netlink socket in the calling thread's namespace, with its receive buffer: one
+/// snapshot's dumps (interfaces, addresses, then patches in the node) share it.
+pub(crate) struct Reader {
+    sock: Socket,
+    buf: Vec<u8>,
+    /// Sequence number of the last request; answers to an earlier one are skipped.
+    seq: u32,
 }
 
-/// For each interface of `indexes` in the calling thread's namespace, where its ingress patch
-/// (a u32 filter with a mirred redirect, [`crate::ports::patch`]) sends frames: `None` when it
-/// has none. An interface whose filters cannot be read (gone meanwhile) is left out, for the
-/// caller to read itself.
-///
-/// # Errors
-/// The socket cannot be opened.
-pub(crate) fn read_patches(
-    indexes: impl IntoIterator<Item = u32>,
-) -> io::Result<HashMap<u32, Option<u32>>> {
-    let sock = Socket::new(NETLINK_ROUTE)?;
-    let _ = sock.set_netlink_get_strict_chk(true);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = HashMap::new();
-    for index in indexes {
-        let mut msg = TcMessage::default();
-        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
-        msg.header.parent = TcHandle {
-            major: 0xffff,
-            minor: TcHandle::MIN_INGRESS,
-        };
-        let mut target = None;
-        let r = dump(
-            &sock,
-            &mut buf,
-            RouteNetlinkMessage::GetTrafficFilter(msg),
-            |ty, payload| {
+impl Reader {
+    /// Opens the socket.
+    ///
+    /// # Errors
+    /// The socket cannot be opened.
+    pub(crate) fn open() -> io::Result<Self> {
+        let sock = Socket::new(NETLINK_ROUTE)?;
+        // Only filters the address dump by the kernel; without it the same request works.
+        let _ = sock.set_netlink_get_strict_chk(true);
+        Ok(Reader {
+            sock,
+            buf: vec![0u8; 64 * 1024],
+            seq: 0,
+        })
+    }
+
+    /// The interfaces of the namespace, by name, with their addresses.
+    ///
+    /// # Errors
+    /// The kernel refuses a dump.
+    pub(crate) fn interfaces(&mut self) -> io::Result<HashMap<String, IfaceState>> {
+        let mut by_index: HashMap<u32, (String, IfaceState)> = HashMap::new();
+        let mut links = LinkMessage::default();
+        links
+            .attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        self.retried(|r| {
+            by_index.clear();
+            r.dump(
+                RouteNetlinkMessage::GetLink(links.clone()),
+                |ty, payload| {
+                    if ty == RTM_NEWLINK
+                        && let Some((name, st)) = parse_link(payload)
+                    {
+                        by_index.insert(st.index, (name, st));
+                    }
+                },
+            )
+        })?;
+        let mut addrs = Vec::new();
+        self.retried(|r| {
+            addrs.clear();
+            r.dump(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                |ty, payload| {
+                    if ty == RTM_NEWADDR
+                        && let Ok(a) = AddressMessage::parse(payload)
+                    {
+                        addrs.push(a);
+                    }
+                },
+            )
+        })?;
+        for a in &addrs {
+            if let Some((_, s)) = by_index.get_mut(&a.header.index) {
+                add_addresses(s, a);
+            }
+        }
+        Ok(by_index.into_values().collect())
+    }
+
+    /// For each interface of `indexes`, where its ingress patch (a u32 filter with a mirred
+    /// redirect, [`crate::ports::patch`]) sends frames: `None` when it has none. An interface
+    /// whose filters cannot be read (gone meanwhile) is left out, for the caller to read itself.
+    pub(crate) fn patches(
+        &mut self,
+        indexes: impl IntoIterator<Item = u32>,
+    ) -> HashMap<u32, Option<u32>> {
+        let mut out = HashMap::new();
+        for index in indexes {
+            let mut msg = TcMessage::default();
+            msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
+            msg.header.parent = TcHandle {
+                major: 0xffff,
+                minor: TcHandle::MIN_INGRESS,
+            };
+            let mut target = None;
+            let r = self.dump(RouteNetlinkMessage::GetTrafficFilter(msg), |ty, payload| {
                 if ty == RTM_NEWTFILTER
                     && let Some(t) = mirred_target(payload)
                 {
                     target = Some(t);
                 }
-            },
-        );
-        if r.is_ok() {
-            out.insert(index, target);
+            });
+            if r.is_ok() {
+                out.insert(index, target);
+            }
+        }
+        out
+    }
+
+    /// Runs `dump` (which says whether it was interrupted) until it was not, [`ATTEMPTS`] at
+    /// most.
+    fn retried(&mut self, mut dump: impl FnMut(&mut Self) -> io::Result<bool>) -> io::Result<()> {
+        for _ in 1..ATTEMPTS {
+            if !dump(self)? {
+                return Ok(());
+            }
+        }
+        dump(self).map(|_| ())
+    }
+
+    /// Sends the dump request `msg` and hands each answer's type and payload to `each` until
+    /// the dump is done; returns whether the kernel marked it interrupted. Answers to an
+    /// earlier request (one that failed half-read) are skipped.
+    fn dump(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        mut each: impl FnMut(u16, &[u8]),
+    ) -> io::Result<bool> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut req =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.header.sequence_number = self.seq;
+        req.finalize();
+        let mut out = vec![0u8; req.buffer_len()];
+        req.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        let mut interrupted = false;
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let m = NetlinkBuffer::new_checked(&self.buf[off..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                off += (m.length() as usize + 3) & !3;
+                if m.sequence_number() != self.seq {
+                    continue;
+                }
+                interrupted |= m.flags() & NLM_F_DUMP_INTR != 0;
+                match m.message_type() {
+                    // Both carry an errno (negative) first; a dump's DONE may carry its error
+                    // too.
+                    NLMSG_ERROR | NLMSG_DONE => {
+                        let code = m
+                            .payload()
+                            .get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, i32::from_ne_bytes);
+                        if code < 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        if m.message_type() == NLMSG_DONE {
+                            return Ok(interrupted);
+                        }
+                    }
+                    ty => each(ty, m.payload()),
+                }
+            }
         }
     }
-    Ok(out)
 }
 
 /// The redirect target of one `RTM_NEWTFILTER` payload, if it is a u32 filter with a mirred
@@ -187,61 +256,6 @@ fn mirred_target(payload: &[u8]) -> Option<u32> {
         }
     }
     target
-}
-
-/// Runs `dump` (which says whether it was interrupted) until it was not, [`ATTEMPTS`] at most.
-fn retried(mut dump: impl FnMut() -> io::Result<bool>) -> io::Result<()> {
-    for _ in 1..ATTEMPTS {
-        if !dump()? {
-            return Ok(());
-        }
-    }
-    dump().map(|_| ())
-}
-
-/// Sends the dump request `msg` and hands each answer's type and payload to `each` until the
-/// dump is done; returns whether the kernel marked it interrupted.
-fn dump(
-    sock: &Socket,
-    buf: &mut [u8],
-    msg: RouteNetlinkMessage,
-    mut each: impl FnMut(u16, &[u8]),
-) -> io::Result<bool> {
-    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.finalize();
-    let mut out = vec![0u8; req.buffer_len()];
-    req.serialize(&mut out);
-    sock.send(&out, 0)?;
-    let mut interrupted = false;
-    loop {
-        let n = sock.recv(&mut &mut buf[..], 0)?;
-        let mut off = 0;
-        while off < n {
-            let m = NetlinkBuffer::new_checked(&buf[off..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = m.length() as usize;
-            interrupted |= m.flags() & NLM_F_DUMP_INTR != 0;
-            match m.message_type() {
-                // Both carry an errno (negative) first; a dump's DONE may carry its error too.
-                NLMSG_ERROR | NLMSG_DONE => {
-                    let code = m
-                        .payload()
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, i32::from_ne_bytes);
-                    if code < 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
-                    }
-                    if m.message_type() == NLMSG_DONE {
-                        return Ok(interrupted);
-                    }
-                }
-                ty => each(ty, m.payload()),
-            }
-            off += (len + 3) & !3;
-        }
-    }
 }
 
 /// The name and state of one `RTM_NEWLINK` payload (`None`: malformed, or no name).
@@ -335,14 +349,11 @@ mod tests {
         })
         .await
         .unwrap();
-        let got = crate::netns::in_netns_sync(&path, read)
+        let got = crate::netns::in_netns_sync(&path, || Reader::open()?.interfaces())
             .await
             .unwrap()
             .unwrap();
-        let sorted = |mut s: IfaceState| {
-            s.addrs.sort();
-            s
-        };
+        let sorted = crate::links::tests::sorted;
         assert_eq!(got.len(), want.len());
         assert!(got.len() > 300, "{} interfaces", got.len());
         for (name, w) in want {
@@ -395,7 +406,7 @@ mod tests {
             for i in &idx {
                 want.insert(*i, crate::ports::patched_to(&h, *i).await.unwrap());
             }
-            let got = read_patches(idx.iter().copied()).unwrap();
+            let got = Reader::open().unwrap().patches(idx.iter().copied());
             (want, got, [idx[0], idx[1], idx[2], idx[3]])
         })
         .await
