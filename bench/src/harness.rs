@@ -92,11 +92,12 @@ impl PathKind {
             PathKind::Grpc => {
                 "meshnet's gRPC wire (`--link grpc`): TAP with the virtio-net header, batches, \
                  sharded HTTP/2 streams, multi-queue TAPs (`--wire-queues` = the shard count: \
-                 each queue's flows on its own stream)"
+                 each queue's flows on its own stream) and a runtime thread per shard"
             }
             PathKind::GrpcOneQueue => {
                 "meshnet's gRPC wire with one TAP queue per link (`--wire-queues 1`, the \
-                 daemon's default): a link's frames on one reader and one stream"
+                 daemon's default): a link's frames on one reader and one stream, the daemon \
+                 on one thread"
             }
             PathKind::GrpcPoll => {
                 "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
@@ -240,11 +241,18 @@ impl LabKind {
             LabKind::PerFrame => ("tap", "per-frame", "1".into()),
             LabKind::Unary => ("tap", "unary", "1".into()),
         };
-        // One TAP queue per shard (the daemon's default), or one per link.
+        // One TAP queue per shard, or one per link (the daemon's default).
         let queues = if self == LabKind::OneQueue {
             "1".to_string()
         } else {
             shards.clone()
+        };
+        // Multi-queue TAPs with a runtime thread per shard (what the daemon picks for them),
+        // else the daemon's default: one thread.
+        let threads = if self == LabKind::Grpc {
+            shards.clone()
+        } else {
+            "1".to_string()
         };
         vec![
             ("MESHNET_WIRE_ENDPOINT", endpoint.into()),
@@ -252,6 +260,7 @@ impl LabKind {
             ("MESHNET_WIRE_SHARDS", shards),
             ("MESHNET_WIRE_QUEUES", queues),
             ("MESHNET_WIRE_POLL_US", poll.into()),
+            ("MESHNET_THREADS", threads),
         ]
     }
 }
