@@ -85,15 +85,16 @@ struct Args {
     wire_legacy: meshnet_daemon::gwire::WireLegacy,
     /// Low-latency mode of the gRPC wire: after frames moved, keep polling the TAPs and the
     /// streams for up to this many microseconds before sleeping (0: off). The daemon then runs
-    /// on one thread (the one that spins is the one that polls every fd): lower latency, a busy
-    /// core while frames flow, one core's throughput.
+    /// on one thread (the one that spins is the one that polls every fd), as it does by default:
+    /// a busy core while frames flow; on a quiet 2-core machine it no longer lowered the median
+    /// round trip below the one-thread default's (README, Benchmarks).
     #[arg(long, env = "MESHNET_WIRE_POLL_US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     wire_poll_us: u32,
     /// Threads that run the daemon's async work, the wire's readers and streams included.
     /// Default: one, or one per core when the wire's TAPs have several queues (`--wire-queues`).
-    /// On one thread a frame crosses the wire without waking another thread: about 0.7x the
-    /// round trip and 1.4x the small-frame rate of one thread per core (README, Benchmarks).
+    /// On one thread a frame crosses the wire without waking another thread: 0.6x the round
+    /// trip and 1.6x the small-frame rate of a worker per core (README, Benchmarks).
     /// More let several busy links, or the queues of one, use several cores.
     #[arg(long, env = "MESHNET_THREADS",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
