@@ -956,6 +956,21 @@ impl NodeNetlink {
             conn: Some(conn),
         })
     }
+
+    /// Runs a link operation on a leased connection ([`Lease::run`]); a socket that cannot be
+    /// opened is the operation's error.
+    async fn with<T, F>(&self, op: impl FnOnce(Handle) -> F) -> Result<T, LinkError>
+    where
+        F: std::future::Future<Output = Result<T, LinkError>>,
+    {
+        let lease = self.lease().map_err(|source| {
+            LinkError::Netns(NetnsError::Netlink {
+                path: PathBuf::from("the node namespace"),
+                source,
+            })
+        })?;
+        lease.run(op).await
+    }
 }
 
 impl Lease<'_> {
@@ -1015,13 +1030,6 @@ pub fn connection() -> std::io::Result<(
     Ok((conn, h))
 }
 
-fn node_socket_err(source: std::io::Error) -> LinkError {
-    LinkError::Netns(NetnsError::Netlink {
-        path: PathBuf::from("the node namespace"),
-        source,
-    })
-}
-
 #[async_trait]
 impl LinkOps for Kernel {
     async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
@@ -1050,9 +1058,7 @@ impl LinkOps for Kernel {
                 }
                 let bay = &self.bay;
                 self.node_nl
-                    .lease()
-                    .map_err(node_socket_err)?
-                    .run(|h| async move {
+                    .with(|h| async move {
                         crate::tapio::ensure_half(node, bay, &h, snap, &spec, mode).await
                     })
                     .await
@@ -1115,9 +1121,7 @@ impl LinkOps for Kernel {
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
         self.node_nl
-            .lease()
-            .map_err(node_socket_err)?
-            .run(|h| async move { crate::ports::ensure_port(&h, snap, spec, mode).await })
+            .with(|h| async move { crate::ports::ensure_port(&h, snap, spec, mode).await })
             .await
     }
 
@@ -1129,9 +1133,7 @@ impl LinkOps for Kernel {
         mode: Mode,
     ) -> Result<Outcome, LinkError> {
         self.node_nl
-            .lease()
-            .map_err(node_socket_err)?
-            .run(|h| async move { crate::ports::ensure_patch(&h, snap, a, b, mode).await })
+            .with(|h| async move { crate::ports::ensure_patch(&h, snap, a, b, mode).await })
             .await
     }
 
