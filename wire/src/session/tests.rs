@@ -113,6 +113,18 @@ fn connect(a: &mut Side, b: &mut Side, now: Instant) {
     b.s.connected(now);
 }
 
+/// Two sides with a half of each `(uid, a's handle, b's handle)`, connected and bound.
+fn bound(halves: &[(i64, u32, u32)], now: Instant) -> (Side, Side) {
+    let (mut a, mut b) = (Side::new(), Side::new());
+    for &(uid, ha, hb) in halves {
+        a.attach(uid, ha);
+        b.attach(uid, hb);
+    }
+    connect(&mut a, &mut b, now);
+    exchange(&mut a, &mut b, now, |_| false);
+    (a, b)
+}
+
 fn frame(tag: u8) -> Vec<u8> {
     let mut f = vec![tag; 60];
     f[12] = 0x88;
@@ -191,13 +203,7 @@ fn control_is_bounded_per_half() {
 #[test]
 fn the_stream_going_down_unbinds_and_a_new_stream_binds_again() {
     let now = Instant::now();
-    let (mut a, mut b) = (Side::new(), Side::new());
-    a.attach(1, 10);
-    a.attach(2, 11);
-    b.attach(1, 20);
-    b.attach(2, 21);
-    connect(&mut a, &mut b, now);
-    exchange(&mut a, &mut b, now, |_| false);
+    let (mut a, mut b) = bound(&[(1, 10, 20), (2, 11, 21)], now);
     a.disconnect();
     b.disconnect();
     assert!(!a.c.up(10) && !a.c.up(11) && !b.c.up(20) && !b.c.up(21));
@@ -210,11 +216,7 @@ fn the_stream_going_down_unbinds_and_a_new_stream_binds_again() {
 #[test]
 fn a_restarted_peer_binds_again() {
     let now = Instant::now();
-    let (mut a, mut b) = (Side::new(), Side::new());
-    a.attach(1, 10);
-    b.attach(1, 20);
-    connect(&mut a, &mut b, now);
-    exchange(&mut a, &mut b, now, |_| false);
+    let (mut a, b) = bound(&[(1, 10, 20)], now);
     for round in 0..20 {
         // B restarts: its stream ends, a new B (new ids) attaches and connects.
         a.disconnect();
@@ -230,11 +232,7 @@ fn a_restarted_peer_binds_again() {
 #[test]
 fn detaching_unbinds_the_peer_and_frames_after_it_are_stray() {
     let now = Instant::now();
-    let (mut a, mut b) = (Side::new(), Side::new());
-    a.attach(1, 10);
-    b.attach(1, 20);
-    connect(&mut a, &mut b, now);
-    exchange(&mut a, &mut b, now, |_| false);
+    let (mut a, mut b) = bound(&[(1, 10, 20)], now);
     let id = a.s.data_id(&key(1)).unwrap();
     b.handle(Message::Batch(batch_of(&[(id, 1), (id, 2)])), now);
     assert_eq!(b.delivered, vec![(20, frame(1)), (20, frame(2))]);
@@ -256,13 +254,7 @@ fn detaching_unbinds_the_peer_and_frames_after_it_are_stray() {
 #[test]
 fn an_unbind_says_whether_the_far_router_shut_its_port() {
     let now = Instant::now();
-    let (mut a, mut b) = (Side::new(), Side::new());
-    a.attach(1, 10);
-    b.attach(1, 20);
-    a.attach(2, 11);
-    b.attach(2, 21);
-    connect(&mut a, &mut b, now);
-    exchange(&mut a, &mut b, now, |_| false);
+    let (mut a, mut b) = bound(&[(1, 10, 20), (2, 11, 21)], now);
     assert!(b.c.up(20) && b.c.up(21));
     let c = &mut a.c;
     a.s.detach_with(&key(1), true, |e| c.apply(&e));
