@@ -4,7 +4,8 @@
 //! Labs (all 2 nodes, all up at once, named `mbPID-…` so that two runs never meet):
 //! * `…-vx`, `--link vxlan`: pods `a`/`b` across nodes (`vxlan`), `c`/`d` on node1 (`veth`), and
 //!   the `tcp-relay` baseline's two pod namespaces (`mnl-LAB-relay-a|b`, swept with the lab)
-//!   with relay processes in the node namespaces;
+//!   with relay processes in the node namespaces, and `tcp-relay-port`'s (`mnl-LAB-relayport-a|b`,
+//!   the relays' TAPs in the node namespaces behind the wire's port);
 //! * `…-gr`, `…-afp`, `…-pf`, `…-un`, `--link grpc`: pods `a`/`b` across nodes, the daemons run
 //!   with the product's wire, the AF_PACKET endpoint, and the two legacy designs.
 //!
@@ -20,6 +21,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::parse;
+use crate::relay;
 use crate::report::{self, Failure, Machine, PathInfo, Report, RunSettings, Runs, Series};
 use crate::stats::percentile;
 use crate::system::{self, Owned, run, run_in, run_limited, run_ok};
@@ -27,7 +29,7 @@ use crate::topo;
 
 /// Port of the iperf3 servers (each in its own pod namespace).
 const IPERF_PORT: &str = "5201";
-/// Port of the tcp-relay baseline on node1's underlay address.
+/// Port of the tcp-relay baseline on node1's underlay address (tcp-relay-port: the next one).
 const RELAY_PORT: u16 = 5300;
 /// UDP payload of the packet-rate test.
 pub const UDP_PAYLOAD: u32 = 64;
@@ -54,12 +56,13 @@ pub enum PathKind {
     GrpcPoll,
     GrpcAfpacket,
     TcpRelay,
+    TcpRelayPort,
     GrpcPerFrame,
     GrpcUnary,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 9] = [
+    pub const ALL: [PathKind; 10] = [
         PathKind::Veth,
         PathKind::Vxlan,
         PathKind::Grpc,
@@ -67,6 +70,7 @@ impl PathKind {
         PathKind::GrpcPoll,
         PathKind::GrpcAfpacket,
         PathKind::TcpRelay,
+        PathKind::TcpRelayPort,
         PathKind::GrpcPerFrame,
         PathKind::GrpcUnary,
     ];
@@ -80,6 +84,7 @@ impl PathKind {
             PathKind::GrpcPoll => "grpc-poll",
             PathKind::GrpcAfpacket => "grpc-afpacket",
             PathKind::TcpRelay => "tcp-relay",
+            PathKind::TcpRelayPort => "tcp-relay-port",
             PathKind::GrpcPerFrame => "grpc-per-frame",
             PathKind::GrpcUnary => "grpc-unary",
         }
@@ -112,6 +117,11 @@ impl PathKind {
                  endpoints and the virtio-net header, TAP→TCP→TAP over one plain TCP socket, a \
                  thread per direction, one read/write per frame"
             }
+            PathKind::TcpRelayPort => {
+                "baseline, not the product: tcp-relay behind the wire's port (its TAP in the \
+                 node's namespace, patched by tc mirred to the node end of a veth pair whose \
+                 pod end is eth1), so that it pays what every wire link pays in the kernel"
+            }
             PathKind::GrpcPerFrame => {
                 "reproduces the per-frame stream design in our code (`--wire-legacy per-frame \
                  --wire-shards 1`): one frame per gRPC message, no virtio-net offloads, one \
@@ -126,7 +136,9 @@ impl PathKind {
 
     fn lab(self) -> LabKind {
         match self {
-            PathKind::Veth | PathKind::Vxlan | PathKind::TcpRelay => LabKind::Kernel,
+            PathKind::Veth | PathKind::Vxlan | PathKind::TcpRelay | PathKind::TcpRelayPort => {
+                LabKind::Kernel
+            }
             PathKind::Grpc => LabKind::Grpc,
             PathKind::GrpcOneQueue => LabKind::OneQueue,
             PathKind::GrpcPoll => LabKind::Poll,
@@ -699,7 +711,8 @@ impl Bench {
             _relays: Vec::new(),
         };
         match kind {
-            PathKind::TcpRelay => self.relay(&mut rt, lab)?,
+            PathKind::TcpRelay => self.relay(&mut rt, lab, false)?,
+            PathKind::TcpRelayPort => self.relay(&mut rt, lab, true)?,
             _ => {
                 rt.client_ns = lab.pod(pair.client)?.into();
                 rt.server_ns = lab.pod(pair.server)?.into();
@@ -720,21 +733,30 @@ impl Bench {
         Ok(rt)
     }
 
-    /// The tcp-relay baseline: two pod namespaces in the lab's prefix (its `down` removes them),
-    /// a relay process in each node's namespace, TAPs addressed like the pods' `eth1`.
-    fn relay(&self, rt: &mut PathRt, lab: &Lab) -> anyhow::Result<()> {
+    /// The tcp-relay baselines: two pod namespaces in the lab's prefix (its `down` removes them),
+    /// a relay process in each node's namespace, the pods' `eth1` addressed like the lab pods'.
+    /// With `ported` (tcp-relay-port) the relays' TAPs are in the node namespaces behind the
+    /// wire's port ([`relay::patch_port`]); else (tcp-relay) each TAP is the pod's `eth1`.
+    fn relay(&self, rt: &mut PathRt, lab: &Lab, ported: bool) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("locating meshnet-bench")?;
         let exe = exe.display().to_string();
         let nodes = lab.node_netns();
+        let (kind, port, net) = if ported {
+            ("relayport", RELAY_PORT + 1, "10.10.4")
+        } else {
+            ("relay", RELAY_PORT, "10.10.3")
+        };
+        // Ported: the TAP is the node's, named apart from the daemon's (`mt…`) interfaces.
+        let tap = if ported { "mbrtap" } else { "eth1" };
         let mut relays = Vec::new();
         let mut ready = Vec::new();
         for (i, side) in ["a", "b"].iter().enumerate() {
-            let ns = format!("mnl-{}-relay-{side}", lab.name);
+            let ns = format!("mnl-{}-{kind}-{side}", lab.name);
             run(&["ip", "netns", "add", &ns])?;
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
             let role = if i == 0 { "--listen" } else { "--connect" };
-            let addr = format!("198.51.100.1:{RELAY_PORT}");
-            let tap_ns = format!("/run/netns/{ns}");
+            let addr = format!("198.51.100.1:{port}");
+            let tap_ns = format!("/run/netns/{}", if ported { nodes[i] } else { &ns });
             let mut o = Owned::spawn(
                 &[
                     "ip",
@@ -746,7 +768,7 @@ impl Bench {
                     "--tap-netns",
                     &tap_ns,
                     "--tap",
-                    "eth1",
+                    tap,
                     role,
                     &addr,
                 ],
@@ -776,14 +798,18 @@ impl Bench {
                 bail!("the relay failed to start (see tmp/bench.log)");
             }
         }
-        for (side, ip) in [("a", "10.10.3.1/24"), ("b", "10.10.3.2/24")] {
-            let ns = format!("mnl-{}-relay-{side}", lab.name);
-            run(&["ip", "-n", &ns, "addr", "add", ip, "dev", "eth1"])?;
+        for (i, side) in ["a", "b"].iter().enumerate() {
+            let ns = format!("mnl-{}-{kind}-{side}", lab.name);
+            if ported {
+                relay::patch_port(nodes[i], &ns, tap, "mbrport")?;
+            }
+            let ip = format!("{net}.{}/24", i + 1);
+            run(&["ip", "-n", &ns, "addr", "add", &ip, "dev", "eth1"])?;
             run(&["ip", "-n", &ns, "link", "set", "eth1", "up"])?;
         }
-        rt.client_ns = format!("mnl-{}-relay-a", lab.name);
-        rt.server_ns = format!("mnl-{}-relay-b", lab.name);
-        rt.server_ip = "10.10.3.2".into();
+        rt.client_ns = format!("mnl-{}-{kind}-a", lab.name);
+        rt.server_ns = format!("mnl-{}-{kind}-b", lab.name);
+        rt.server_ip = format!("{net}.2");
         rt.procs = relays
             .iter()
             .filter_map(|r| i32::try_from(r.pid()).ok())
@@ -1177,10 +1203,11 @@ impl Bench {
     fn report(&self, machine: Machine, settings: RunSettings) -> Report {
         let names: Vec<&str> = self.o.paths.iter().map(|p| p.name()).collect();
         let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for base in ["vxlan", "tcp-relay"] {
+        for base in ["vxlan", "tcp-relay", "tcp-relay-port"] {
             if names.contains(&base) {
                 for p in &names {
-                    if *p != base {
+                    // The relays against each other once: the port's own cost.
+                    if *p != base && (*p, base) != ("tcp-relay", "tcp-relay-port") {
                         pairs.push((p, base));
                     }
                 }

@@ -4,7 +4,8 @@
 //! It brings up labs (`meshnet-lab`, real daemons and the real CNI chain) and measures, in one
 //! run and interleaved repetition by repetition, every path frames can take between two pods:
 //! the kernel's (`veth`, `vxlan`), meshnet's gRPC wire (TAP and AF_PACKET endpoints), the
-//! smallest userspace relay with the same endpoints (`tcp-relay`, [`relay`]), and the legacy
+//! smallest userspace relay with the same endpoints (`tcp-relay`, [`relay`]; `tcp-relay-port`
+//! behind the wire's port), and the legacy
 //! wire designs reproduced in our code (`grpc-per-frame`, `grpc-unary`). Numbers are only ever
 //! measured; comparisons are ratios taken pair by pair within one repetition, because iperf3
 //! itself uses most of a small machine.

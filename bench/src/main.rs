@@ -26,7 +26,8 @@ struct Cli {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Paths to measure (comma-separated): veth, vxlan, grpc, grpc-1q, grpc-poll,
-    /// grpc-afpacket, tcp-relay, grpc-per-frame, grpc-unary. Default: all.
+    /// grpc-afpacket, tcp-relay, tcp-relay-port, grpc-per-frame, grpc-unary. Default:
+    /// all.
     #[arg(long, value_delimiter = ',')]
     paths: Option<Vec<PathKind>>,
     /// Underlay conditions (comma-separated): plain, delay-1ms, underlay-offloads-off.

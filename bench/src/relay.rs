@@ -13,6 +13,12 @@
 //!
 //! No batching, no protocol, no flow control beyond TCP's, no reconnects: the process exits when
 //! the connection ends.
+//!
+//! `tcp-relay-port` runs the same relay with the wire's port in front of it ([`patch_port`]):
+//! the TAP in the node's namespace, the pod's `eth1` one end of a veth pair whose other end is
+//! patched to the TAP by tc `mirred` both ways — what every gRPC-wire link has since ports
+//! (README: ports). The pair of baselines splits the wire's distance to the bare relay into the
+//! port's share and the wire's own.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -64,6 +70,48 @@ pub fn record_len(prefix: [u8; LEN_BYTES]) -> anyhow::Result<usize> {
         bail!("relay record of {n} bytes: corrupt stream");
     }
     Ok(n)
+}
+
+/// Puts the wire's port in front of a relay TAP `tap` in namespace `node_ns`: a veth pair with
+/// `eth1` in `pod_ns` and `node_end` in `node_ns` (MTU 65535, IPv6 off, as the daemon makes
+/// them), and on each of `node_end` and `tap` an ingress qdisc with one match-all u32 filter
+/// redirecting every frame out of the other (`mirred egress redirect`). The pod's `eth1` is left
+/// down and unaddressed.
+///
+/// # Errors
+/// A command fails (its stderr is in the error); what was made before stays for the namespaces'
+/// removal to take.
+pub fn patch_port(node_ns: &str, pod_ns: &str, tap: &str, node_end: &str) -> anyhow::Result<()> {
+    let ip = |args: &[&str]| {
+        let mut argv = vec!["ip", "-n", node_ns];
+        argv.extend_from_slice(args);
+        crate::system::run(&argv)
+    };
+    ip(&[
+        "link", "add", node_end, "type", "veth", "peer", "name", "eth1", "netns", pod_ns,
+    ])?;
+    crate::system::run_in(
+        node_ns,
+        &[
+            "sysctl",
+            "-q",
+            &format!("net.ipv6.conf.{node_end}.disable_ipv6=1"),
+        ],
+    )?;
+    ip(&["link", "set", node_end, "mtu", "65535", "up"])?;
+    ip(&["link", "set", tap, "up"])?;
+    for (from, to) in [(node_end, tap), (tap, node_end)] {
+        crate::system::run_in(node_ns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+        crate::system::run_in(
+            node_ns,
+            &[
+                "tc", "filter", "add", "dev", from, "ingress", "protocol", "all", "prio", "1",
+                "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev",
+                to,
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs one side until the connection ends. Prints `ready` on stdout once the TAP exists and the

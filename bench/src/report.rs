@@ -295,7 +295,7 @@ pub fn markdown(r: &Report) -> String {
         "Cells: median (min–max) over the repetitions. CPU s/GB: the relaying processes' user time \
          plus all kernel time (system, irq, softirq) on the machine during the 1-stream TCP test, \
          per GB received; daemon CPU s/GB and peak RSS (VmHWM, the larger of the two nodes): the \
-         node daemons alone (for tcp-relay: its two relay processes). \
+         node daemons alone (for tcp-relay and tcp-relay-port: their two relay processes). \
          Paths were measured interleaved, repetition by repetition.\n"
     );
     for p in &r.paths {

@@ -2,7 +2,8 @@
 //! relay side each, both relay processes in a third namespace joined over its loopback. Frames
 //! must cross both ways, and a TCP transfer must work — which it only does if the virtio-net
 //! header crosses with the frames (the pods' TSO/checksum offloads are on). The full harness
-//! (labs, iperf3 figures) is `make bench`; it is not run here.
+//! (labs, iperf3 figures) is `make bench`; it is not run here. The same again behind the wire's
+//! port (`tcp-relay-port`: TAPs in the node's namespace, `relay::patch_port`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,35 +56,57 @@ fn is_root() -> bool {
 
 #[test]
 fn relay_carries_frames_and_tcp_both_ways() {
+    check_relay(false, 0);
+}
+
+/// `tcp-relay-port`: the TAPs in the node's namespace, each pod's `eth1` a veth whose node end
+/// is patched to its TAP (`meshnet_bench::relay::patch_port`).
+#[test]
+fn relay_behind_the_port_carries_frames_and_tcp_both_ways() {
+    check_relay(true, 1);
+}
+
+/// Two relay sides in one "node" namespace joined over its loopback, pods `a` and `b`; with
+/// `ported` each TAP stays in the node's namespace behind a port. `slot` keeps the two tests'
+/// ports apart.
+fn check_relay(ported: bool, slot: u16) {
     if !is_root() {
         eprintln!("skipped: needs root (network namespaces)");
         return;
     }
-    let node = Ns::new("node");
-    let a = Ns::new("a");
-    let b = Ns::new("b");
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let tag = if ported { "p" } else { "t" };
+    let node = Ns::new(&format!("{tag}node"));
+    let a = Ns::new(&format!("{tag}a"));
+    let b = Ns::new(&format!("{tag}b"));
+    let port = 20000 + (std::process::id() % 10000) as u16 * 2 + slot;
     let addr = format!("127.0.0.1:{port}");
     let exe = env!("CARGO_BIN_EXE_meshnet-bench");
-    let side = |pod: &Ns, role: &str| {
+    let side = |pod: &Ns, tap: &str, role: &str| {
+        let tap_ns = if ported { &node.0 } else { &pod.0 };
         Proc(
             Command::new("ip")
                 .args(["netns", "exec", &node.0, exe, "relay", "--tap-netns"])
-                .arg(format!("/run/netns/{}", pod.0))
-                .args(["--tap", "eth1", role, &addr])
+                .arg(format!("/run/netns/{tap_ns}"))
+                .args(["--tap", tap, role, &addr])
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("start relay"),
         )
     };
-    let _listen = side(&a, "--listen");
+    let sides = [
+        (&a, "10.77.0.1/24", "mbrta", "mbrpa"),
+        (&b, "10.77.0.2/24", "mbrtb", "mbrpb"),
+    ];
+    let tap_of = |t: &'static str| if ported { t } else { "eth1" };
+    let _listen = side(&a, tap_of(sides[0].2), "--listen");
     std::thread::sleep(Duration::from_millis(200));
-    let _connect = side(&b, "--connect");
+    let _connect = side(&b, tap_of(sides[1].2), "--connect");
     // The TAPs appear once each side has made its own.
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (ns, ip) in [(&a, "10.77.0.1/24"), (&b, "10.77.0.2/24")] {
+    for (ns, ip, tap, node_end) in sides {
+        let (where_, name) = if ported { (&node, tap) } else { (ns, "eth1") };
         while Command::new("ip")
-            .args(["-n", &ns.0, "link", "show", "eth1"])
+            .args(["-n", &where_.0, "link", "show", name])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -92,6 +115,14 @@ fn relay_carries_frames_and_tcp_both_ways() {
         {
             assert!(Instant::now() < deadline, "relay TAP never appeared");
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if ported {
+            meshnet_bench::relay::patch_port(&node.0, &ns.0, tap, node_end).expect("patch port");
+            let link = sh(&["ip", "-n", &ns.0, "-d", "link", "show", "eth1"]);
+            assert!(
+                link.contains("veth"),
+                "the pod's eth1 is not the port: {link}"
+            );
         }
         sh(&["ip", "-n", &ns.0, "addr", "add", ip, "dev", "eth1"]);
         sh(&["ip", "-n", &ns.0, "link", "set", "eth1", "up"]);
@@ -108,9 +139,19 @@ fn relay_carries_frames_and_tcp_both_ways() {
     assert!(ping(&a, "10.77.0.2"), "a cannot reach b through the relay");
     assert!(ping(&b, "10.77.0.1"), "b cannot reach a through the relay");
     // TCP with the pods' offloads on: GSO super-frames and partial checksums must cross whole.
+    let iperf_port = (5209 + slot).to_string();
     let server = Proc(
         Command::new("ip")
-            .args(["netns", "exec", &b.0, "iperf3", "-s", "-1", "-p", "5209"])
+            .args([
+                "netns",
+                "exec",
+                &b.0,
+                "iperf3",
+                "-s",
+                "-1",
+                "-p",
+                &iperf_port,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -126,7 +167,7 @@ fn relay_carries_frames_and_tcp_both_ways() {
         "-c",
         "10.77.0.2",
         "-p",
-        "5209",
+        &iperf_port,
         "-t",
         "1",
         "-J",
