@@ -734,7 +734,7 @@ impl Bench {
     }
 
     /// The tcp-relay baselines: two pod namespaces in the lab's prefix (its `down` removes them),
-    /// a relay process in each node's namespace, the pods' `eth1` addressed like the lab pods'.
+    /// a relay process in each node's namespace, the pods' `eth1` in a subnet of their own.
     /// With `ported` (tcp-relay-port) the relays' TAPs are in the node namespaces behind the
     /// wire's port ([`relay::patch_port`]); else (tcp-relay) each TAP is the pod's `eth1`.
     fn relay(&self, rt: &mut PathRt, lab: &Lab, ported: bool) -> anyhow::Result<()> {

@@ -5,8 +5,8 @@
 //! run and interleaved repetition by repetition, every path frames can take between two pods:
 //! the kernel's (`veth`, `vxlan`), meshnet's gRPC wire (TAP and AF_PACKET endpoints), the
 //! smallest userspace relay with the same endpoints (`tcp-relay`, [`relay`]; `tcp-relay-port`
-//! behind the wire's port), and the legacy
-//! wire designs reproduced in our code (`grpc-per-frame`, `grpc-unary`). Numbers are only ever
+//! behind the wire's port), and the legacy wire designs reproduced in our code
+//! (`grpc-per-frame`, `grpc-unary`). Numbers are only ever
 //! measured; comparisons are ratios taken pair by pair within one repetition, because iperf3
 //! itself uses most of a small machine.
 //!
