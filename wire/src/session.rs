@@ -21,7 +21,9 @@
 //! queued per half) plus one Unbind per detach since the last transmit. And a half that is
 //! attached on a connected stream but not bound is re-announced every [`REBIND_INTERVAL`]
 //! ([`Session::tick`]): whatever happened to an earlier Bind (a peer whose half did not exist
-//! yet, a race with a restart), the link comes up within an interval once both halves exist.
+//! yet, a race with a restart), the link comes up within an interval once both halves exist —
+//! unless one is quiet ([`Session::set_quiet`]: it only answers), which then waits for the
+//! other's announce.
 //!
 //! # Invariants
 //! - A half is bound only while the stream is connected; [`Session::disconnected`] unbinds all.
@@ -112,6 +114,8 @@ struct Local<H> {
     sent: bool,
     /// When it was last announced (for [`Session::tick`]).
     announced: Option<Instant>,
+    /// It does not announce itself, only answers (see [`Session::set_quiet`]).
+    quiet: bool,
 }
 
 /// The session of one stream (see the module doc).
@@ -230,6 +234,7 @@ impl<H> Session<H> {
                 queued: false,
                 sent: false,
                 announced: None,
+                quiet: false,
             },
         );
         if self.connected {
@@ -271,7 +276,7 @@ impl<H> Session<H> {
         Some(l.handle)
     }
 
-    /// A new stream is live: every attached half is announced.
+    /// A new stream is live: every attached half that is not quiet is announced.
     pub fn connected(&mut self, now: Instant) {
         self.connected = true;
         self.control.clear();
@@ -318,6 +323,7 @@ impl<H> Session<H> {
             .filter(|(_, l)| {
                 l.bound.is_none()
                     && !l.queued
+                    && !l.quiet
                     && l.announced
                         .is_none_or(|t| now.saturating_duration_since(t) >= REBIND_INTERVAL)
             })
@@ -330,6 +336,33 @@ impl<H> Session<H> {
             }
         }
         !due.is_empty()
+    }
+
+    /// Quiets the half of `key` (`quiet`) or lets it announce itself again. A quiet half stays
+    /// attached and bound if it is, but sends no Bind of its own — not on a new stream, not at
+    /// the tick, and an announce already queued is withdrawn — while it still answers the
+    /// peer's Bind: a far half that comes back binds it at once, and a far half that stays away
+    /// costs no control. Unquieted, an unbound half is announced now.
+    pub fn set_quiet(&mut self, key: &WireKey, quiet: bool, now: Instant) {
+        let connected = self.connected;
+        let Some(l) = self.locals.get_mut(key) else {
+            return;
+        };
+        if l.quiet == quiet {
+            return;
+        }
+        l.quiet = quiet;
+        if quiet {
+            let before = self.control.len();
+            self.control
+                .retain(|p| !matches!(p, Pending::Bind { key: k, reply: false } if k == key));
+            if self.control.len() != before {
+                l.queued = false;
+            }
+        } else if connected && l.bound.is_none() {
+            l.announced = Some(now);
+            self.queue_bind(key, false);
+        }
     }
 
     /// The next control message to transmit, before any data.
@@ -358,6 +391,7 @@ impl<H> Session<H> {
     fn queue_bind(&mut self, key: &WireKey, reply: bool) {
         if let Some(l) = self.locals.get_mut(key)
             && !l.queued
+            && (reply || !l.quiet)
         {
             l.queued = true;
             self.control.push_back(Pending::Bind {

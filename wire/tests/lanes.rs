@@ -291,3 +291,34 @@ async fn removing_the_far_half_takes_the_carrier_down_and_back_up() {
     in_order_per_queue(&got);
     drop(p.io_b);
 }
+
+/// "No peer" from the plan (the far pod is gone, or so a slow daemon's plan says) leaves the
+/// half attached toward its last node, quiet: still bound if it was (carrier up, frames
+/// flowing); once the far half is gone its carrier drops, and a far half that comes back on
+/// that node binds it at once — without this side ever being pointed at it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_peer_leaves_the_half_quiet_toward_its_last_node() {
+    let p = pair(2, 1, 2, 1).await;
+    p.a.update_peer(&key(), None);
+    assert_eq!(p.a.carrier(&key()), Some(true), "a bound half stays up");
+    let got = carry(&p.io_a, &p.io_b, 10).await;
+    assert_eq!(got.len(), 10, "frames still flow");
+    assert_eq!(p.b.carrier(&key()), Some(true));
+
+    p.b.retain(&HashSet::new());
+    until("A's carrier down", || p.a.carrier(&key()) == Some(false)).await;
+    p.a.update_peer(&key(), None);
+    // The far pod restarts on B: its new half announces, A's quiet half answers.
+    let io_b = QueuedIo::new(1);
+    p.b.register(key(), io_b.clone(), 2, labels(), Some(A));
+    until("both carriers up again", || {
+        p.a.carrier(&key()) == Some(true) && p.b.carrier(&key()) == Some(true)
+    })
+    .await;
+    let got = carry(&p.io_a, &io_b, 10).await;
+    assert_eq!(got.len(), 10);
+    // The plan catches up: A points at B again, nothing changes.
+    p.a.update_peer(&key(), Some(B));
+    assert_eq!(p.a.carrier(&key()), Some(true));
+    drop(p.io_b);
+}

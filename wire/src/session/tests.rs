@@ -188,6 +188,55 @@ fn a_lost_bind_is_announced_again_by_the_tick() {
 }
 
 #[test]
+fn a_quiet_half_never_announces_but_answers_and_announces_once_unquieted() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (Side::new(), Side::new());
+    a.attach(1, 10);
+    a.s.set_quiet(&key(1), true, t0);
+    assert_eq!(
+        a.s.pending_control(),
+        0,
+        "attached while down: nothing queued"
+    );
+    b.attach(2, 21);
+    connect(&mut a, &mut b, t0);
+    for i in 1..5 {
+        a.s.tick(t0 + REBIND_INTERVAL * i);
+    }
+    assert_eq!(
+        a.s.poll_transmit(),
+        None,
+        "no Bind on a new stream or at the tick"
+    );
+    // A queued announce is withdrawn when the half is quieted.
+    a.attach(3, 13);
+    assert_eq!(a.s.pending_control(), 1);
+    a.s.set_quiet(&key(3), true, t0);
+    assert_eq!(a.s.poll_transmit(), None);
+    // The far half comes (back): its announce binds the quiet half, which answers.
+    b.attach(1, 20);
+    exchange(&mut a, &mut b, t0, |_| false);
+    assert!(a.c.up(10) && b.c.up(20));
+    // Two quiet halves never bind; unquieted while unbound, one announces now.
+    let mut b2 = Side::new();
+    b2.attach(3, 23);
+    b2.s.set_quiet(&key(3), true, t0);
+    a.disconnect();
+    connect(&mut a, &mut b2, t0);
+    exchange(&mut a, &mut b2, t0, |_| false);
+    assert!(!a.c.up(13) && !b2.c.up(23), "both quiet");
+    a.s.set_quiet(&key(3), false, t0);
+    let bind = a.s.poll_transmit();
+    assert!(
+        matches!(bind, Some(Control::Bind { reply: false, .. })),
+        "{bind:?}"
+    );
+    b2.handle(Message::Control(bind.unwrap()), t0);
+    exchange(&mut a, &mut b2, t0, |_| false);
+    assert!(a.c.up(13) && b2.c.up(23));
+}
+
+#[test]
 fn control_is_bounded_per_half() {
     let t0 = Instant::now();
     let mut a = Side::new();

@@ -85,6 +85,9 @@ pub struct Half {
     /// The peer's last Unbind said its router shut its port (cleared by any other unbind or a
     /// bind).
     far_shut: AtomicBool,
+    /// The plan says the peer pod is gone, but the half stays attached toward its last peer,
+    /// quiet (see [`WireNode::update_peer`]).
+    quiet: AtomicBool,
 }
 
 /// A half's impairment: the pure engine, and the task that writes what it releases.
@@ -218,6 +221,12 @@ impl Half {
     /// Whether the peer's half is bound on shard `index`.
     pub(crate) fn bound_on(&self, index: u32) -> bool {
         index < 64 && self.bound.load(Ordering::Acquire) & (1 << index) != 0
+    }
+
+    /// Whether the peer's half is bound on this half's primary shard (what its carrier follows).
+    pub(crate) fn bound_on_primary(&self) -> bool {
+        let primary = self.primary.load(Ordering::Acquire);
+        primary != u32::MAX && self.bound_on(primary)
     }
 
     /// The half's lanes under `active` shards.
@@ -751,10 +760,7 @@ impl WireNode {
 
     /// Sets the half's carrier to whether the peer's half is bound on its primary shard.
     fn follow_primary(&self, h: &Arc<Half>) {
-        self.set_carrier_with(h, || {
-            let primary = h.primary.load(Ordering::Acquire);
-            primary != u32::MAX && h.bound_on(primary)
-        });
+        self.set_carrier_with(h, || h.bound_on_primary());
     }
 
     /// Nodes allowed to connect: the peer nodes of every planned wire.
@@ -816,7 +822,7 @@ impl WireNode {
         if let Some(h) = &existing
             && h.ifindex == ifindex
         {
-            self.set_peer(h, peer);
+            self.point(h, peer);
             return;
         }
         let counters = match &existing {
@@ -845,6 +851,7 @@ impl WireNode {
             pulled: AtomicBool::new(false),
             shut: AtomicBool::new(false),
             far_shut: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
         });
         self.set_carrier(&half, false);
         let readers = (0..queues)
@@ -871,10 +878,56 @@ impl WireNode {
     }
 
     /// Points a registered half at `peer` (its peer pod moved, came or went).
+    ///
+    /// "No peer" (the peer pod is gone by the plan) does not detach a half from the node it
+    /// points at: it stays attached there, quiet ([`crate::session::Session::set_quiet`]: it
+    /// announces nothing, it answers). A pod restarted on that node binds again the moment its
+    /// new half announces, whatever this daemon's plan says meanwhile; a peer gone for good
+    /// costs no control. The plan is not the newest evidence: a daemon that reconciles slowly
+    /// (a starved node) plans from the store as it was when its pass began, and unbinding a half
+    /// the restarted peer had already bound took that live wire down until the next pass
+    /// (measured: 1.5–2 s, in the `wire_control` lab test on a starved 2-core runner). The
+    /// carrier still follows the peer's half: its Unbind takes it down.
     pub fn update_peer(self: &Arc<Self>, key: &WireKey, peer: Option<IpAddr>) {
         let half = self.halves.lock().expect("halves lock").get(key).cloned();
         if let Some(h) = half {
-            self.set_peer(&h, peer);
+            self.point(&h, peer);
+        }
+    }
+
+    /// [`Self::update_peer`] of a registered half.
+    fn point(self: &Arc<Self>, h: &Arc<Half>, peer: Option<IpAddr>) {
+        let current = h.peer();
+        if peer.is_none() && current.is_some() {
+            if !h.quiet.swap(true, Ordering::AcqRel) {
+                tracing::info!(namespace = %h.key.namespace, link_uid = h.key.uid, "wire peer pod gone: the half waits, quiet, toward its last node");
+                self.quiet_on(h, current, true);
+            }
+            return;
+        }
+        if h.quiet.swap(false, Ordering::AcqRel) && peer == current {
+            self.quiet_on(h, current, false);
+        }
+        self.set_peer(h, peer);
+    }
+
+    /// Quiets (or un-quiets) the half on the shards toward `peer` where it is attached.
+    fn quiet_on(&self, h: &Half, peer: Option<IpAddr>, quiet: bool) {
+        let Some(peer) = peer.and_then(|p| self.peers.lock().expect("peers lock").get(&p).cloned())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        for shard in &peer.shards {
+            shard
+                .state
+                .lock()
+                .expect("shard lock")
+                .session
+                .set_quiet(&h.key, quiet, now);
+            if !quiet {
+                shard.wake.wake();
+            }
         }
     }
 
@@ -938,6 +991,13 @@ impl WireNode {
             // session's tick.
             return;
         }
+        tracing::info!(
+            namespace = %half.key.namespace,
+            link_uid = half.key.uid,
+            from = ?old,
+            to = ?peer,
+            "wire peer"
+        );
         if old.is_some() {
             self.detach_from(half, old);
         }
@@ -974,6 +1034,9 @@ impl WireNode {
                     );
                     if let Err(e) = &r {
                         tracing::error!(wire = %half.key, shard = shard.index, error = %e, "cannot attach the wire");
+                    }
+                    if half.quiet.load(Ordering::Acquire) {
+                        st.session.set_quiet(&half.key, true, Instant::now());
                     }
                     r.is_ok()
                 }
