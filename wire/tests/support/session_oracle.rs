@@ -1,11 +1,11 @@
 //! The session oracle shared by the property test (`tests/session_props.rs`) and the fuzz
 //! target (`fuzz/fuzz_targets/session_ops.rs`): any byte string is read as a sequence of
-//! operations on two sessions joined back to back — halves attached and detached on either
-//! side, streams up and down, control delivered, lost or delayed, clocks advanced, forged
+//! operations on two sessions joined back to back — halves attached, detached and quieted on
+//! either side, streams up and down, control delivered, lost or delayed, clocks advanced, forged
 //! messages (any Bind/Unbind, any batch bytes) injected — and after every operation the
 //! invariants are checked; at the end, liveness: once the stream is up and nothing is lost,
-//! every link whose two halves are attached is bound on both ends within two re-announce
-//! intervals, and no other link is.
+//! every link whose two halves are attached, not both quiet, is bound on both ends within two
+//! re-announce intervals, and no other link is.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ struct Side {
     s: Session<usize>,
     /// Bound state per link as the events said.
     bound: [bool; KEYS],
+    /// Links quieted since they were attached (they only answer).
+    quiet: [bool; KEYS],
     /// Control sent by this side, not yet handled by the other.
     wire: VecDeque<Control>,
     base: usize,
@@ -37,6 +39,7 @@ impl Side {
         Self {
             s: Session::new(KEYS),
             bound: [false; KEYS],
+            quiet: [false; KEYS],
             wire: VecDeque::new(),
             base,
             decoded: 0,
@@ -80,6 +83,7 @@ impl Side {
     }
 
     fn attach(&mut self, k: usize) {
+        self.quiet[k] = false;
         let (b, base) = (&mut self.bound, self.base);
         let _ = self.s.attach(Self::key(k), base + k, Arc::default(), |e| {
             Self::apply(b, base, &e)
@@ -88,6 +92,7 @@ impl Side {
 
     /// Detaches link `k`, as its router shutting its port (`shut`) or the half going away.
     fn detach(&mut self, k: usize, shut: bool) {
+        self.quiet[k] = false;
         let (b, base) = (&mut self.bound, self.base);
         self.s
             .detach_with(&Self::key(k), shut, |e| Self::apply(b, base, &e));
@@ -142,6 +147,14 @@ impl Side {
         });
     }
 
+    /// Quiets link `k` (or lets it announce again); nothing for a link not attached.
+    fn set_quiet(&mut self, k: usize, quiet: bool, now: Instant) {
+        if self.s.out_id(&Self::key(k)).is_some() {
+            self.quiet[k] = quiet;
+        }
+        self.s.set_quiet(&Self::key(k), quiet, now);
+    }
+
     fn transmit(&mut self) {
         while let Some(c) = self.s.poll_transmit() {
             self.wire.push_back(c);
@@ -189,7 +202,8 @@ pub fn check_session_ops(data: &[u8]) {
             (&mut b, &mut a)
         };
         match code % 12 {
-            0 | 1 => me.attach(k),
+            0 => me.attach(k),
+            1 => me.set_quiet(k, y & 2 != 0, now),
             2 => me.detach(k, y & 2 != 0),
             3 => {
                 // The stream goes down on both ends (a TCP connection ends for both).
@@ -266,13 +280,15 @@ pub fn check_session_ops(data: &[u8]) {
     b.check();
     for k in 0..KEYS {
         let both = a.s.out_id(&Side::key(k)).is_some() && b.s.out_id(&Side::key(k)).is_some();
+        // A quiet half only answers: one side that announces is enough.
+        let live = both && !(a.quiet[k] && b.quiet[k]);
         assert_eq!(
-            a.bound[k], both,
-            "link {k} on A: bound iff both halves are attached"
+            a.bound[k], live,
+            "link {k} on A: bound iff both halves are attached, not both quiet"
         );
         assert_eq!(
-            b.bound[k], both,
-            "link {k} on B: bound iff both halves are attached"
+            b.bound[k], live,
+            "link {k} on B: bound iff both halves are attached, not both quiet"
         );
     }
 }
