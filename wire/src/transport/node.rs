@@ -223,12 +223,6 @@ impl Half {
         index < 64 && self.bound.load(Ordering::Acquire) & (1 << index) != 0
     }
 
-    /// Whether the peer's half is bound on this half's primary shard (what its carrier follows).
-    pub(crate) fn bound_on_primary(&self) -> bool {
-        let primary = self.primary.load(Ordering::Acquire);
-        primary != u32::MAX && self.bound_on(primary)
-    }
-
     /// The half's lanes under `active` shards.
     pub(crate) fn lanes(&self, active: u32) -> Lanes {
         Lanes::new(self.hash, active, self.io.queues())
@@ -760,7 +754,10 @@ impl WireNode {
 
     /// Sets the half's carrier to whether the peer's half is bound on its primary shard.
     fn follow_primary(&self, h: &Arc<Half>) {
-        self.set_carrier_with(h, || h.bound_on_primary());
+        self.set_carrier_with(h, || {
+            let primary = h.primary.load(Ordering::Acquire);
+            primary != u32::MAX && h.bound_on(primary)
+        });
     }
 
     /// Nodes allowed to connect: the peer nodes of every planned wire.
@@ -913,8 +910,7 @@ impl WireNode {
 
     /// Quiets (or un-quiets) the half on the shards toward `peer` where it is attached.
     fn quiet_on(&self, h: &Half, peer: Option<IpAddr>, quiet: bool) {
-        let Some(peer) = peer.and_then(|p| self.peers.lock().expect("peers lock").get(&p).cloned())
-        else {
+        let Some(peer) = peer.and_then(|p| self.known_peer(p)) else {
             return;
         };
         let now = Instant::now();
@@ -1081,8 +1077,7 @@ impl WireNode {
 
     /// Detaches `half` (this very half, not a successor under the same key) from `peer`.
     fn detach_from(&self, half: &Arc<Half>, peer: Option<IpAddr>) {
-        let Some(peer) = peer.and_then(|p| self.peers.lock().expect("peers lock").get(&p).cloned())
-        else {
+        let Some(peer) = peer.and_then(|p| self.known_peer(p)) else {
             return;
         };
         {
@@ -1107,6 +1102,11 @@ impl WireNode {
                 shard.wake.wake();
             }
         }
+    }
+
+    /// The peer record for `ip`, if there is one.
+    pub(crate) fn known_peer(&self, ip: IpAddr) -> Option<Arc<Peer>> {
+        self.peers.lock().expect("peers lock").get(&ip).cloned()
     }
 
     /// The peer record for `ip`, created (and, if we dial, its dialler started) on first use.

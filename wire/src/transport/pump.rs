@@ -199,12 +199,7 @@ impl super::WireNode {
         if !half.carrier.load(Ordering::Acquire) {
             return None;
         }
-        let peer = self
-            .peers
-            .lock()
-            .expect("peers lock")
-            .get(&half.peer()?)?
-            .clone();
+        let peer = self.known_peer(half.peer()?)?;
         let lanes = half.lanes(peer.active());
         let lane = lanes.shard_of_queue(queue);
         let index = if half.bound_on(lane) {
