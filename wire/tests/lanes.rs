@@ -1,7 +1,8 @@
 //! Multi-queue halves over real streams on loopback (no root): a half with several endpoint
 //! queues travels on one shard per queue (its lanes), frames arrive on the same-numbered queue
 //! at the far end, in order per queue; with a peer that has fewer queues or fewer shards the
-//! lanes shrink to what both have and nothing is lost; the carrier follows the primary shard.
+//! lanes shrink to what both have and nothing is lost; the carrier follows the primary shard; a
+//! half whose peer pod is gone by the plan stays attached, quiet, and binds a returning far half.
 //!
 //! The endpoints are in memory: each queue is a datagram socket pair (the socket the wire
 //! polls and reads, and the "pod" side the test writes frames into); frames the wire writes
