@@ -34,7 +34,6 @@ const RELAY_PORT: u16 = 5300;
 /// UDP payload of the packet-rate test.
 pub const UDP_PAYLOAD: u32 = 64;
 /// Interval between pings, in seconds (root may go this low).
-const PING_INTERVAL: &str = "0.002";
 /// meshnetd's default `--resync-seconds` (a full verification of every link this often).
 const DAEMON_RESYNC_SECONDS: u32 = 30;
 
@@ -291,6 +290,10 @@ pub struct Options {
     pub reps: usize,
     pub seconds: u32,
     pub pings: u32,
+    /// Time between the pings of a round-trip measurement, in ms (`ping -i`). 2 ms by default:
+    /// the CPUs go idle between pings, as with a routing protocol's hellos; shorter keeps them
+    /// busy (see README: the host's idle penalty).
+    pub ping_interval_ms: f64,
     pub scale: Vec<u32>,
     pub scale_reps: usize,
     /// Idle CPU (largest scale run only): wait this long after all links are up (the pods'
@@ -315,6 +318,7 @@ impl Options {
             reps: 3,
             seconds: 5,
             pings: 1000,
+            ping_interval_ms: 2.0,
             scale: vec![10, 100, 1000],
             scale_reps: 3,
             idle_settle_seconds: 10,
@@ -623,7 +627,7 @@ pub fn run_bench(o: Options) -> anyhow::Result<Report> {
         reps: b.o.reps,
         test_seconds: b.o.seconds,
         pings: b.o.pings,
-        ping_interval_ms: 2.0,
+        ping_interval_ms: b.o.ping_interval_ms,
         udp_payload: UDP_PAYLOAD,
         paths: b.o.paths.iter().map(|p| p.name().to_string()).collect(),
         conditions: b
@@ -969,7 +973,9 @@ impl Bench {
             Duration::from_secs(15),
         );
         let count = self.o.pings.to_string();
-        let limit = Duration::from_secs(20 + u64::from(self.o.pings) / 100);
+        let interval = format!("{:.4}", self.o.ping_interval_ms / 1000.0);
+        let limit = Duration::from_secs(20)
+            + Duration::from_secs_f64(f64::from(self.o.pings) * self.o.ping_interval_ms / 500.0);
         let out = run_limited(
             &[
                 "ip",
@@ -981,7 +987,7 @@ impl Bench {
                 "-c",
                 &count,
                 "-i",
-                PING_INTERVAL,
+                &interval,
                 "-W",
                 "1",
                 &p.server_ip,

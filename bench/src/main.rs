@@ -39,9 +39,13 @@ struct Cli {
     /// Seconds per throughput test.
     #[arg(long)]
     seconds: Option<u32>,
-    /// Pings per round-trip measurement (2 ms apart).
+    /// Pings per round-trip measurement.
     #[arg(long)]
     pings: Option<u32>,
+    /// Milliseconds between those pings (`ping -i`; 2 by default, at least 0.2 and at most
+    /// 1000). Shorter keeps the CPUs from going idle between pings.
+    #[arg(long, value_parser = ping_interval_ms)]
+    ping_interval_ms: Option<f64>,
     /// Scale runs: link counts (comma-separated); 0 for none.
     #[arg(long, value_delimiter = ',')]
     scale: Option<Vec<u32>>,
@@ -155,12 +159,28 @@ fn real_main() -> anyhow::Result<()> {
     if let Some(p) = cli.pings {
         o.pings = p.max(2);
     }
+    if let Some(ms) = cli.ping_interval_ms {
+        o.ping_interval_ms = ms;
+    }
     if let Some(s) = cli.scale {
         o.scale = s.into_iter().filter(|n| *n > 0).collect();
     }
     clean_up_on_signal();
     harness::run_bench(o)?;
     Ok(())
+}
+
+/// `--ping-interval-ms`: milliseconds between pings, from 0.2 (shorter is a flood, which
+/// measures queueing, not a round trip; `ping -i` is given four decimals of a second) to 1000.
+fn ping_interval_ms(s: &str) -> Result<f64, String> {
+    let ms: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of milliseconds"))?;
+    if (0.2..=1000.0).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!("{ms} ms is outside 0.2–1000 ms"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -170,5 +190,25 @@ fn main() -> ExitCode {
             eprintln!("meshnet-bench: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::ping_interval_ms;
+
+    #[test]
+    fn ping_interval_is_bounded_and_named_when_wrong() {
+        assert_eq!(ping_interval_ms("0.5"), Ok(0.5));
+        assert_eq!(ping_interval_ms("10"), Ok(10.0));
+        assert!(
+            ping_interval_ms("0.1")
+                .unwrap_err()
+                .contains("0.1 ms is outside")
+        );
+        assert!(ping_interval_ms("2000").is_err());
+        assert!(ping_interval_ms("NaN").is_err());
+        assert!(ping_interval_ms("fast").unwrap_err().contains("\"fast\""));
     }
 }
