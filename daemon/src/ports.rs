@@ -583,7 +583,10 @@ async fn run(
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
     (far_shut, far_shut_changed): (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
 ) {
-    let mut bay = Bay::default();
+    let mut bay = Bay {
+        live: Arc::clone(&wires),
+        ..Bay::default()
+    };
     let mut next: Option<Instant> = None;
     // The node's links are followed from their events; a full dump at start, when the event
     // socket overran, and every RESYNC as a safety net. (A new table needs none: the node ends
@@ -746,6 +749,9 @@ struct Bay {
     was_up: HashSet<String>,
     /// The wire's halves, by node end (a copy taken for each evaluation).
     wires: HashMap<String, WireState>,
+    /// The wire's halves as they are now (what [`Patchbay::wire_carrier`] updates): a switch
+    /// decided from the copy is checked against it before it is made (see `evaluate`).
+    live: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     /// Wire ports whose router has shut them, as last told.
     shut: HashMap<String, bool>,
     /// Shut/opened wire ports found by the last evaluation, to tell.
@@ -895,6 +901,15 @@ impl Bay {
                 }
                 s @ (Switch::Up | Switch::Down) => {
                     let up = s == Switch::Up;
+                    if self.wire_changed(c, &wires) {
+                        // Decided from the wire's verdict at the start of this pass, which the
+                        // wire has changed since (a slow pass on a loaded node: each switch
+                        // and pod-end read is a netlink round trip). Switching now could take
+                        // down a port whose wire is back up, and hold it down; the change has
+                        // already asked for the next pass, which decides afresh.
+                        tracing::info!(node_end = %c.node, up, "port carrier: left to the next pass, the wire changed its verdict meanwhile");
+                        continue;
+                    }
                     let msg = LinkUnspec::new_with_index(x.index);
                     let msg = if up { msg.up() } else { msg.down() };
                     match h.link().set(msg.build()).execute().await {
@@ -915,6 +930,19 @@ impl Bay {
             }
         }
         next
+    }
+
+    /// Whether cable `c` is a wire port whose wire's verdict is no longer the one in `seen`
+    /// (the copy this pass decided from).
+    fn wire_changed(&self, c: &Cable, seen: &HashMap<String, WireState>) -> bool {
+        matches!(c.far, Some(Far::Wire))
+            && self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&c.node)
+                .map(|w| w.up)
+                != seen.get(&c.node).map(|w| w.up)
     }
 
     /// Whether node ends `a` and `b` are patched to each other (asked of the kernel until it

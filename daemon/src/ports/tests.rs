@@ -34,6 +34,59 @@ fn carrier_comes_back_only_after_the_hold() {
     assert_eq!(decide(true, false, Some(HOLD)), Switch::Up);
 }
 
+/// A pass decided from the wire's verdicts as they were when it began; a wire port whose
+/// verdict changed meanwhile is left to the next pass (which that change asks for), whatever
+/// the stale decision was. Ports of other kinds, and wire ports whose wire did not change, are
+/// switched as decided (a pulled cable goes down although its wire is bound).
+#[test]
+fn a_pass_does_not_switch_a_wire_port_whose_wire_changed_since_it_began() {
+    let state = |up| WireState {
+        key: ("default".into(), 1),
+        up,
+        device: None,
+    };
+    let cable = |node: &str, far| Cable {
+        node: node.into(),
+        pod: (PathBuf::from("/run/netns/x"), "eth1".into()),
+        far,
+        pulled: false,
+    };
+    let bay = Bay::default();
+    bay.live.lock().unwrap().extend([
+        ("w1".to_string(), state(true)),
+        ("w2".to_string(), state(true)),
+    ]);
+    let seen: HashMap<String, WireState> = [
+        ("w1".to_string(), state(false)),
+        ("w2".to_string(), state(true)),
+    ]
+    .into();
+    assert!(
+        bay.wire_changed(&cable("w1", Some(Far::Wire)), &seen),
+        "bound since"
+    );
+    assert!(
+        !bay.wire_changed(&cable("w2", Some(Far::Wire)), &seen),
+        "unchanged"
+    );
+    assert!(
+        !bay.wire_changed(&cable("w1", Some(Far::Port("p".into()))), &seen),
+        "not a wire port"
+    );
+    assert!(
+        bay.wire_changed(
+            &cable("w3", Some(Far::Wire)),
+            &[("w3".to_string(), state(true))].into()
+        ),
+        "gone from the wire since"
+    );
+    bay.live.lock().unwrap().insert("w3".into(), state(false));
+    assert!(
+        bay.wire_changed(&cable("w3", Some(Far::Wire)), &HashMap::new()),
+        "attached since"
+    );
+}
+
 fn carrier(ns: &str, ifname: &str) -> bool {
     let out = Command::new("ip")
         .args(["-n", ns, "-o", "link", "show", ifname])
