@@ -33,7 +33,6 @@ const IPERF_PORT: &str = "5201";
 const RELAY_PORT: u16 = 5300;
 /// UDP payload of the packet-rate test.
 pub const UDP_PAYLOAD: u32 = 64;
-/// Interval between pings, in seconds (root may go this low).
 /// meshnetd's default `--resync-seconds` (a full verification of every link this often).
 const DAEMON_RESYNC_SECONDS: u32 = 30;
 
