@@ -466,8 +466,11 @@ fn stalled_reader_does_not_slow_the_grpc_wire() {
          stalled capture, {after:.2} without again ({:.2}x of their mean); {summary}",
         stalled / baseline
     );
+    // Back-pressure from the stalled reader into the link would stop it (near 0). What is
+    // left is CPU: the daemon still reads and drops every cloned frame, next to two debug
+    // daemons and iperf3 on 2 cores — 0.62–0.72× on the AMD host, 0.89–1.27× on the Xeon.
     assert!(
-        stalled >= 0.7 * baseline,
+        stalled >= 0.5 * baseline,
         "a stalled capture slowed the link: {stalled:.2} vs {baseline:.2} Gbit/s"
     );
     let p = parse_pcapng(&bytes);
