@@ -584,7 +584,7 @@ async fn run(
     (far_shut, far_shut_changed): (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
 ) {
     let mut bay = Bay {
-        live: Arc::clone(&wires),
+        live: wires,
         ..Bay::default()
     };
     let mut next: Option<Instant> = None;
@@ -633,10 +633,6 @@ async fn run(
             }
         }
         let cables = table.borrow_and_update().clone();
-        bay.wires = wires
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         next = bay.evaluate(&h, &cables).await;
         if !bay.shut_changes.is_empty() {
             let hook = on_shut
@@ -747,10 +743,9 @@ struct Bay {
     down_since: HashMap<String, Instant>,
     /// Node ends up at the last evaluation.
     was_up: HashSet<String>,
-    /// The wire's halves, by node end (a copy taken for each evaluation).
-    wires: HashMap<String, WireState>,
-    /// The wire's halves as they are now (what [`Patchbay::wire_carrier`] updates): a switch
-    /// decided from the copy is checked against it before it is made (see `evaluate`).
+    /// The wire's halves by node end, as they are now (what [`Patchbay::wire_carrier`]
+    /// updates): each evaluation decides from a copy, and checks a switch against this before
+    /// it is made.
     live: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     /// Wire ports whose router has shut them, as last told.
     shut: HashMap<String, bool>,
@@ -785,7 +780,11 @@ impl Bay {
     /// One pass over the table; returns when to look again (hold times, polled pod ends).
     async fn evaluate(&mut self, h: &Handle, cables: &[Cable]) -> Option<Instant> {
         let mut wanted: HashSet<&str> = cables.iter().map(|c| c.node.as_str()).collect();
-        let wires = std::mem::take(&mut self.wires);
+        let wires = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         wanted.extend(cables.iter().filter_map(|c| match &c.far {
             Some(Far::Device(d)) => Some(d.as_str()),
             Some(Far::Wire) => wires.get(&c.node).and_then(|w| w.device.as_deref()),
