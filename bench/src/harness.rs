@@ -974,7 +974,7 @@ impl Bench {
         let count = self.o.pings.to_string();
         let interval = format!("{:.4}", self.o.ping_interval_ms / 1000.0);
         let limit = Duration::from_secs(20)
-            + Duration::from_secs_f64(f64::from(self.o.pings) * self.o.ping_interval_ms / 500.0);
+            + Duration::from_secs_f64(f64::from(self.o.pings) * self.o.ping_interval_ms / 200.0);
         let out = run_limited(
             &[
                 "ip",
