@@ -58,6 +58,10 @@ pub const HOLD: Duration = Duration::from_millis(300);
 /// while meshnet holds its node end down).
 pub const POLL: Duration = Duration::from_millis(250);
 
+/// How many pod ends a pass reads at once (each read is a short-lived thread in the pod's
+/// namespace; a node whose peer node went away may have a thousand to read).
+const POD_READS: usize = 16;
+
 /// How often the patchbay reads the node's links in full although it follows their events (a
 /// safety net: an event lost without an overrun report would otherwise never be corrected).
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -480,29 +484,64 @@ impl std::fmt::Debug for Patchbay {
 pub type ShutHook = Box<dyn Fn(&(String, i64), bool) + Send + Sync>;
 
 impl Patchbay {
-    /// Starts the patchbay on the calling thread's namespace (the node's): a netlink socket
-    /// subscribed to link events, and one task. The task ends when the patchbay is dropped.
-    /// `changed` is notified when the set of ports whose far router shut its port changes
-    /// ([`Patchbay::far_shut`]).
+    /// Starts the patchbay in the calling thread's namespace (the node's): a netlink socket
+    /// subscribed to link events, and a thread of its own that runs the passes. The thread ends
+    /// when the patchbay is dropped. `changed` is notified when the set of ports whose far
+    /// router shut its port changes ([`Patchbay::far_shut`]).
+    ///
+    /// The passes run on their own thread, not as a task of the daemon's runtime: a port whose
+    /// wire blinked must come back after its hold time, and on a node whose wire is flooded the
+    /// runtime's one thread is busy with batches for seconds at a time (a pass is a few netlink
+    /// round trips, each a wake-up behind them). The hook set by [`Patchbay::on_shut`] is called
+    /// in the context of the runtime that called `start`, so what it spawns runs there.
     ///
     /// # Errors
-    /// The netlink sockets cannot be opened.
+    /// The thread cannot be started or the netlink sockets cannot be opened.
     pub fn start(changed: Arc<Notify>) -> std::io::Result<Arc<Self>> {
-        let (conn, handle, events) =
-            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])?;
-        tokio::spawn(conn);
         let (table, rx) = watch::channel(Vec::new());
         let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let on_shut = Arc::new(std::sync::Mutex::new(None));
         let far_shut = Arc::new(std::sync::Mutex::new(HashSet::new()));
-        tokio::spawn(run(
-            handle,
-            rx,
-            events,
-            Arc::clone(&wires),
-            Arc::clone(&on_shut),
-            (Arc::clone(&far_shut), changed),
-        ));
+        let shared = Shared {
+            wires: Arc::clone(&wires),
+            on_shut: Arc::clone(&on_shut),
+            far_shut: (Arc::clone(&far_shut), changed),
+            caller: tokio::runtime::Handle::try_current().ok(),
+        };
+        let (ready, started) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("patchbay".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    // The socket registers with the runtime it is made in: this one.
+                    let (conn, handle, events) = match rtnetlink::new_multicast_connection(&[
+                        rtnetlink::MulticastGroup::Link,
+                    ]) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    tokio::spawn(conn);
+                    run(handle, rx, events, shared).await;
+                });
+            })?;
+        // A wait of one socket's creation.
+        started.recv().map_err(|_| {
+            std::io::Error::other("the patchbay's thread ended before it started")
+        })??;
         Ok(Arc::new(Patchbay {
             table,
             wires,
@@ -575,14 +614,22 @@ type Events = futures::channel::mpsc::UnboundedReceiver<(
     rtnetlink::sys::SocketAddr,
 )>;
 
-async fn run(
-    h: Handle,
-    mut table: watch::Receiver<Vec<Cable>>,
-    mut events: Events,
+/// What the patchbay's thread shares with its [`Patchbay`] handle.
+struct Shared {
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
-    (far_shut, far_shut_changed): (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
-) {
+    far_shut: (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
+    /// The runtime that started the patchbay, in whose context the shut hook runs.
+    caller: Option<tokio::runtime::Handle>,
+}
+
+async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Events, sh: Shared) {
+    let Shared {
+        wires,
+        on_shut,
+        far_shut: (far_shut, far_shut_changed),
+        caller,
+    } = sh;
     let mut bay = Bay {
         live: wires,
         ..Bay::default()
@@ -638,6 +685,7 @@ async fn run(
             let hook = on_shut
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _in_caller = caller.as_ref().map(tokio::runtime::Handle::enter);
             for (key, shut) in bay.shut_changes.drain(..) {
                 tracing::info!(link = ?key, shut, "router shut or opened a wire port: half unbound or bound");
                 if let Some(f) = hook.as_ref() {
@@ -817,8 +865,32 @@ impl Bay {
         let soon = |t: Instant, next: &mut Option<Instant>| {
             *next = Some(next.map_or(t, |n| n.min(t)));
         };
-        // Pod ends whose node end is down: their router's state is read directly.
-        let mut polled: HashMap<String, bool> = HashMap::new();
+        // Pod ends whose node end is down: their router's state is read directly, several at
+        // once (each read is a thread in the pod's namespace).
+        let to_read: HashMap<&str, &(PathBuf, String)> = cables
+            .iter()
+            .filter(|c| !c.pulled && ends.contains_key(&c.node))
+            .filter_map(|c| match &c.far {
+                Some(Far::Port(f)) => match (ends.get(f), by_node.get(f.as_str())) {
+                    (Some(fe), Some(fc)) if !fe.up => Some((f.as_str(), &fc.pod)),
+                    _ => None,
+                },
+                Some(Far::Wire)
+                    if wires.contains_key(&c.node) && ends.get(&c.node).is_some_and(|e| !e.up) =>
+                {
+                    Some((c.node.as_str(), &c.pod))
+                }
+                _ => None,
+            })
+            .collect();
+        let polled: HashMap<&str, Option<bool>> = futures::stream::iter(to_read)
+            .map(|(n, (ns, ifname))| async move { (n, pod_end_state(ns, ifname).await) })
+            .buffer_unordered(POD_READS)
+            .collect()
+            .await;
+        if !polled.is_empty() {
+            soon(now + POLL, &mut next);
+        }
         let mut decided: Vec<(&Cable, NodeEnd, Switch)> = Vec::with_capacity(cables.len());
         self.far_shut.clear();
         for c in cables {
@@ -826,16 +898,12 @@ impl Bay {
             let want = match (&c.far, c.pulled) {
                 (None, _) | (_, true) => false,
                 (Some(Far::Port(f)), false) => match (ends.get(f), by_node.get(f.as_str())) {
-                    (Some(fe), Some(fc)) => {
+                    (Some(fe), Some(_)) => {
+                        // A pod end that cannot be read (gone): off.
                         let far_on = if fe.up {
                             fe.lower_up
                         } else {
-                            if !polled.contains_key(f) {
-                                let on = pod_end_up(&fc.pod.0, &fc.pod.1).await;
-                                polled.insert(f.clone(), on);
-                            }
-                            soon(now + POLL, &mut next);
-                            polled[f]
+                            polled.get(f.as_str()).copied().flatten() == Some(true)
                         };
                         if !far_on {
                             self.far_shut.insert(c.node.clone());
@@ -857,8 +925,7 @@ impl Bay {
                         let pod_on = if x.up {
                             Some(x.lower_up)
                         } else {
-                            soon(now + POLL, &mut next);
-                            pod_end_state(&c.pod.0, &c.pod.1).await
+                            polled.get(c.node.as_str()).copied().flatten()
                         };
                         if let Some(on) = pod_on
                             && self.shut.get(&c.node).copied().unwrap_or(false) == on
@@ -957,11 +1024,6 @@ impl Bay {
         }
         yes
     }
-}
-
-/// Whether the router keeps its pod end up (a namespace or interface that is gone: no).
-async fn pod_end_up(netns: &Path, ifname: &str) -> bool {
-    pod_end_state(netns, ifname).await == Some(true)
 }
 
 /// The router's admin state of its pod end; `None` if the pod end cannot be read.

@@ -279,3 +279,75 @@ async fn a_patched_port_survives_its_peer_and_its_carrier_follows_it() {
     .unwrap();
     drop((node, ra, rb, rb2));
 }
+
+/// Waits for `ifname`'s carrier to be `want` without yielding: the calling runtime's thread is
+/// busy throughout, as a daemon's is under a flood of frames.
+fn wait_carrier_blocking(ns: &str, ifname: &str, want: bool) {
+    let t = std::time::Instant::now();
+    while carrier(ns, ifname) != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{ifname} in {ns}: carrier never became {want} while the runtime was busy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A wire port's carrier follows the wire's verdict while the runtime that started the
+/// patchbay never gets to run a task (its passes run on their own thread), and the shut hook
+/// runs in that runtime's context (what it spawns runs there, not on the patchbay's thread).
+#[tokio::test]
+async fn a_wire_port_follows_its_wire_while_the_runtime_is_busy() {
+    let node = TestNs::new("pwnode");
+    let ra = TestNs::new("pwa");
+    let na = ra.0.clone();
+    let a = port(&ra, "rw", "wwww", "192.0.2.1/24");
+    crate::netns::in_netns(&node.path(), move |h| async move {
+        let told = Arc::new(tokio::sync::Notify::new());
+        let bay = Patchbay::start(told).unwrap();
+        ensure_port(&h, &Snapshot::default(), &a, Mode::Repair)
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        bay.on_shut(Box::new(move |_key, shut| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((shut, std::thread::current().name().map(String::from)));
+            });
+        }));
+        bay.wire_attached(&a.node, None, ("t".into(), 1));
+        bay.set(vec![Cable {
+            node: a.node.clone(),
+            pod: (a.end.netns.clone(), a.end.ifname.clone()),
+            far: Some(Far::Wire),
+            pulled: false,
+        }]);
+        assert!(!carrier(&na, "eth1"), "no carrier before the wire binds");
+        bay.wire_carrier(&a.node, true);
+        wait_carrier_blocking(&na, "eth1", true);
+        // The wire blinks: the port goes down and comes back after its hold.
+        bay.wire_carrier(&a.node, false);
+        wait_carrier_blocking(&na, "eth1", false);
+        bay.wire_carrier(&a.node, true);
+        wait_carrier_blocking(&na, "eth1", true);
+
+        // The router shuts its port: the hook is told, and what it spawned runs here.
+        Command::new("ip")
+            .args(["-n", &na, "link", "set", "eth1", "down"])
+            .output()
+            .unwrap();
+        let (shut, thread) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("told that the router shut its port")
+            .unwrap();
+        assert!(shut);
+        assert_eq!(
+            thread.as_deref(),
+            Some("netns"),
+            "spawned on the caller's runtime"
+        );
+    })
+    .await
+    .unwrap();
+    drop((node, ra));
+}
