@@ -103,8 +103,8 @@ impl PathKind {
                  on one thread"
             }
             PathKind::GrpcPoll => {
-                "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 200`: one \
-                 thread per daemon, which keeps polling for 200 µs after frames moved)"
+                "meshnet's gRPC wire in its low-latency mode (`--wire-poll-us 5000`: one \
+                 thread per daemon, which keeps polling for 5 ms after frames moved)"
             }
             PathKind::GrpcAfpacket => {
                 "meshnet's gRPC wire with the AF_PACKET endpoint (`--wire-endpoint afpacket`: \
@@ -275,8 +275,11 @@ impl LabKind {
     }
 }
 
-/// The `grpc-poll` path's `--wire-poll-us`.
-const GRPC_POLL_US: &str = "200";
+/// The `grpc-poll` path's `--wire-poll-us`: 5 ms, longer than the 2 ms between the ping
+/// train's pings, so that its daemons poll through the gaps (what the mode is for: a steady
+/// trickle of frames — hellos, pings — met without a sleeping thread's wake-up). The cost
+/// shows as the daemons' CPU while pinging; idle wires do not spin.
+const GRPC_POLL_US: &str = "5000";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -888,9 +891,12 @@ impl Bench {
         let kind = self.paths[i].kind;
         let c = cond.name();
         match self.rtt(i) {
-            Ok((p50, p99)) => {
+            Ok((p50, p99, cpu)) => {
                 self.record(kind, "rtt_p50_us", "µs", cond, rep, p50);
                 self.record(kind, "rtt_p99_us", "µs", cond, rep, p99);
+                if let Some(c) = cpu {
+                    self.record(kind, "ping_cpu_pct", "%", cond, rep, c);
+                }
             }
             Err(e) => fail(&mut self.failures, kind.name(), c, Some("rtt_p50_us"), &e),
         }
@@ -949,7 +955,10 @@ impl Bench {
         }
     }
 
-    fn rtt(&self, i: usize) -> anyhow::Result<(f64, f64)> {
+    /// The ping train's p50 and p99 round trip (µs), and the CPU the path's own processes
+    /// (daemons or relays; `None`: it has none) used meanwhile, in % of one core: what a
+    /// light, steady load costs — the low-latency mode's spinning shows here.
+    fn rtt(&self, i: usize) -> anyhow::Result<(f64, f64, Option<f64>)> {
         let p = &self.paths[i];
         // Warm up (neighbour resolution, the wire's first frames).
         let _ = run_limited(
@@ -975,6 +984,9 @@ impl Bench {
         let interval = format!("{:.4}", self.o.ping_interval_ms / 1000.0);
         let limit = Duration::from_secs(20)
             + Duration::from_secs_f64(f64::from(self.o.pings) * self.o.ping_interval_ms / 200.0);
+        let procs = &self.paths[i].procs;
+        let before = sample_cpu(procs).ok();
+        let started = Instant::now();
         let out = run_limited(
             &[
                 "ip",
@@ -994,6 +1006,14 @@ impl Bench {
             &[],
             limit,
         )?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = match (before, sample_cpu(procs).ok()) {
+            (Some(b), Some(a)) if !procs.is_empty() && wall > 0.0 => {
+                let used = a.procs_total.saturating_sub(b.procs_total) as f64;
+                Some(100.0 * used / system::clk_tck() / wall)
+            }
+            _ => None,
+        };
         let rtts = parse::ping_rtts_us(&out.stdout);
         if rtts.len() < (self.o.pings as usize).div_ceil(2) {
             bail!(
@@ -1006,6 +1026,7 @@ impl Bench {
         Ok((
             percentile(&rtts, 50.0).unwrap_or(f64::NAN),
             percentile(&rtts, 99.0).unwrap_or(f64::NAN),
+            cpu,
         ))
     }
 

@@ -215,6 +215,7 @@ pub const PATH_METRICS: &[(&str, &str, usize)] = &[
     ("udp64_loss_pct", "UDP 64 B loss %", 1),
     ("rtt_p50_us", "RTT p50 µs", 0),
     ("rtt_p99_us", "RTT p99 µs", 0),
+    ("ping_cpu_pct", "daemon CPU % while pinging", 1),
     ("cpu_s_per_gb", "CPU s/GB", 2),
     ("daemon_cpu_s_per_gb", "daemon CPU s/GB", 2),
     ("rss_mb", "daemon peak RSS MB", 1),
