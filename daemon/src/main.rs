@@ -87,8 +87,8 @@ struct Args {
     /// streams for up to this many microseconds before sleeping (0: off). The daemon then runs
     /// on one thread (the one that spins is the one that polls every fd), as it does by default.
     /// It pays off when it outlasts the gaps between the frames to be met (5000 for a ping every
-    /// 2 ms: 0.6× the default's round trip), at the price of a core kept busy while frames keep
-    /// coming that often; idle wires do not spin (README, Benchmarks).
+    /// 2 ms: 0.61–0.75× the default's round trip here), at the price of a core kept busy while
+    /// frames keep coming that often; idle wires do not spin (README, Benchmarks).
     #[arg(long, env = "MESHNET_WIRE_POLL_US", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     wire_poll_us: u32,
