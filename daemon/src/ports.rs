@@ -199,11 +199,19 @@ pub async fn ensure_port(
         && p.alias.as_deref() == Some(spec.alias.as_str())
         && p.link == Some(h.index)
     {
+        let named = h.alias.as_deref() == Some(spec.alias.as_str());
         return match (end_drift(end, p, spec.mtu), mode) {
-            (None, _) => {
+            (None, Mode::Verify) => Ok(Outcome::Unchanged),
+            (None, Mode::Repair) if named => {
                 // Its patch looks the node end up next.
                 snap.confirm(Path::new(NODE_NETNS), &spec.node);
                 Ok(Outcome::Unchanged)
+            }
+            (None, Mode::Repair) => {
+                // A node end made before ports named theirs (the kernel ignored the alias).
+                name_node_end(node, spec).await?;
+                snap.confirm(Path::new(NODE_NETNS), &spec.node);
+                Ok(Outcome::Repaired)
             }
             (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
             (Some(_), Mode::Repair) => {
@@ -291,8 +299,28 @@ async fn create_pair(node: &Handle, spec: &PortSpec) -> Result<(), LinkError> {
         netns: end.netns.display().to_string(),
         source: e,
     })?;
+    if let Err(e) = name_node_end(node, spec).await {
+        // Deleting the pod end takes the pair.
+        if let Err(e2) = Kernel::delete_in(&end.netns, &end.ifname).await {
+            tracing::warn!(error = %e2, "cleanup of a half-built port failed");
+        }
+        return Err(e);
+    }
     disable_ipv6(&spec.node, "a node end");
     Ok(())
+}
+
+/// Gives the node end its port's alias. The kernel takes an alias only when it changes a link,
+/// not when it creates one, so [`create_pair`]'s is ignored: without this the node end would not
+/// be known as meshnet's (a run's snapshot reads the patches of meshnet's interfaces only, and a
+/// node end left over would be "occupied").
+async fn name_node_end(node: &Handle, spec: &PortSpec) -> Result<(), LinkError> {
+    let msg = LinkUnspec::new_with_name(&spec.node).alias(spec.alias.clone());
+    node.link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(|e| node_err("name", &spec.node, e))
 }
 
 /// Where the patch filter on node end `index` sends frames (`None`: no filter of ours).

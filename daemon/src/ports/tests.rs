@@ -351,3 +351,57 @@ async fn a_wire_port_follows_its_wire_while_the_runtime_is_busy() {
     .unwrap();
     drop((node, ra));
 }
+
+fn alias_of(ns: &str, ifname: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-d", "-o", "link", "show", ifname])
+        .output()
+        .expect("ip runs");
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.split(" alias ")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A port's node end carries the port's alias (the kernel ignores one given at creation), so
+/// that it is known as meshnet's; one made without it (an older daemon's) is named by the next
+/// run, once.
+#[tokio::test]
+async fn a_node_end_carries_its_ports_alias() {
+    let node = TestNs::new("pname");
+    let pod = TestNs::new("pnamep");
+    let a = port(&pod, "ra", "aaaa", "192.0.2.1/24");
+    let nn = node.0.clone();
+    crate::netns::in_netns(&node.path(), move |h| async move {
+        let snap = Snapshot::default();
+        assert_eq!(
+            ensure_port(&h, &snap, &a, Mode::Repair).await.unwrap(),
+            Outcome::Created
+        );
+        assert_eq!(alias_of(&nn, &a.node), a.alias);
+        let ip = Command::new("ip")
+            .args(["-n", &nn, "link", "set", &a.node, "alias", ""])
+            .status()
+            .unwrap();
+        assert!(ip.success());
+        assert_eq!(alias_of(&nn, &a.node), "");
+        assert_eq!(
+            ensure_port(&h, &snap, &a, Mode::Verify).await.unwrap(),
+            Outcome::Unchanged,
+            "a check does not change it"
+        );
+        assert_eq!(
+            ensure_port(&h, &snap, &a, Mode::Repair).await.unwrap(),
+            Outcome::Repaired
+        );
+        assert_eq!(alias_of(&nn, &a.node), a.alias);
+        assert_eq!(
+            ensure_port(&h, &snap, &a, Mode::Repair).await.unwrap(),
+            Outcome::Unchanged
+        );
+    })
+    .await
+    .unwrap();
+}
