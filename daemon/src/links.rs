@@ -223,6 +223,8 @@ pub struct IfaceState {
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub up: bool,
+    /// `IFF_LOWER_UP`: the interface has carrier.
+    pub lower_up: bool,
     pub addrs: Vec<IpNet>,
 }
 
@@ -478,6 +480,7 @@ fn state_of(msg: &LinkMessage) -> IfaceState {
         mtu: None,
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
+        lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
         addrs: Vec::new(),
     };
     for a in &msg.attributes {
@@ -654,6 +657,7 @@ async fn del_address(handle: &Handle, index: u32, ip: IpNet) -> Result<(), rtnet
             mtu: None,
             mac: None,
             up: false,
+            lower_up: false,
             addrs: Vec::new(),
         };
         add_addresses(&mut one, &a);
@@ -1033,7 +1037,12 @@ pub fn connection() -> std::io::Result<(
 #[async_trait]
 impl LinkOps for Kernel {
     async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
-        snapshot::Snapshot::read(netns).await
+        let snap = snapshot::Snapshot::read(netns).await;
+        // The node's dump checks the patchbay's table, which spares it a dump of its own.
+        snap.dumped(Path::new(crate::ports::NODE_NETNS), |at, ifaces| {
+            self.bay.check(at, ifaces);
+        });
+        snap
     }
 
     async fn ensure_half(
@@ -1398,6 +1407,8 @@ pub mod snapshot {
     #[derive(Debug, Default)]
     struct Namespace {
         ifaces: HashMap<String, IfaceState>,
+        /// When the dump began.
+        at: Option<std::time::Instant>,
         answered: HashSet<String>,
         /// Node namespace only: where each meshnet interface's patch points
         /// ([`super::dump::Reader::patches`]), and the ones answered.
@@ -1426,6 +1437,7 @@ pub mod snapshot {
                     let node = path == Path::new(crate::ports::NODE_NETNS);
                     let r = crate::netns::in_netns_sync(&path, move || {
                         let mut reader = super::dump::Reader::open()?;
+                        let at = std::time::Instant::now();
                         let ifaces = reader.interfaces()?;
                         let patches = if node {
                             let ours = ifaces.values().filter(|s| super::is_owned(s));
@@ -1433,14 +1445,15 @@ pub mod snapshot {
                         } else {
                             HashMap::new()
                         };
-                        std::io::Result::Ok((ifaces, patches))
+                        std::io::Result::Ok((at, ifaces, patches))
                     })
                     .await;
                     match r {
-                        Ok(Ok((ifaces, patches))) => Some((
+                        Ok(Ok((at, ifaces, patches))) => Some((
                             path,
                             Namespace {
                                 ifaces,
+                                at: Some(at),
                                 patches,
                                 ..Namespace::default()
                             },
@@ -1459,6 +1472,18 @@ pub mod snapshot {
         /// answered from this snapshot.
         pub async fn with<F: std::future::Future>(&self, f: F) -> F::Output {
             CURRENT.scope(self.clone(), f).await
+        }
+
+        /// Hands the dump of `netns`, as read (before the run changed anything), to `f` with
+        /// the time it began; `None` when there is no dump of it.
+        pub fn dumped<R>(
+            &self,
+            netns: &Path,
+            f: impl FnOnce(std::time::Instant, &HashMap<String, IfaceState>) -> R,
+        ) -> Option<R> {
+            let d = self.lock();
+            let ns = d.get(netns)?;
+            Some(f(ns.at?, &ns.ifaces))
         }
 
         /// Records that the run changed `netns` (built, repaired or failed there).

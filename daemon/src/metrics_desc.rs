@@ -32,6 +32,10 @@ pub fn describe() {
         "meshnet_link_carrier",
         "1 when the link's carrier is up (the peer's half is connected)"
     );
+    describe_counter!(
+        "meshnet_patchbay_dumps_total",
+        "Full reads of the node's links by the patchbay (at start, after lost events, or when no reconcile run checked its table for a minute)"
+    );
     // The beacon (VXLAN links' far-end state; carrier is meshnet_link_carrier).
     describe_counter!(
         "meshnet_beacon_datagrams_total",

@@ -18,6 +18,11 @@
 //!   namespace (one multicast socket: every far-end event of same-node links is visible there at
 //!   once) and switches node ends; after a node end went down it stays down at least [`HOLD`],
 //!   so that a far end that restarts at once is still seen as a link-down by the router.
+//!   Its table of the node's links is kept from those events; the reconciler's full runs dump
+//!   the node's namespace anyway, and each such dump is handed over as a check
+//!   ([`Patchbay::check`]): a disagreement (an event lost without an overrun report) makes the
+//!   patchbay read the links again, and it dumps on its own only when no check came for
+//!   [`RESYNC`] — an idle node with a thousand ports is dumped once per resync, not twice.
 //! * **The node end** has IPv6 disabled, no address, and the largest MTU a veth takes, so the MTU
 //!   the router chooses on its pod end is the one that counts. Its alias is the port's.
 //! * **The pod end** is configured once (address, MTU, up) and then belongs to the router
@@ -27,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -62,8 +68,9 @@ pub const POLL: Duration = Duration::from_millis(250);
 /// namespace; a node whose peer node went away may have a thousand to read).
 const POD_READS: usize = 16;
 
-/// How often the patchbay reads the node's links in full although it follows their events (a
-/// safety net: an event lost without an overrun report would otherwise never be corrected).
+/// How long the patchbay goes without a check of its table ([`Patchbay::check`]) before it reads
+/// the node's links in full itself although it follows their events (a safety net: an event
+/// lost without an overrun report would otherwise never be corrected).
 pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// The interface group of pod ends (`ip link show group 1835951476`, "mnet"): a DEL removes a
@@ -499,6 +506,19 @@ pub struct Patchbay {
     /// Node ends of same-node ports held down because the far router shut its port, as of the
     /// last evaluation (what the link's status says).
     far_shut: Arc<std::sync::Mutex<HashSet<String>>>,
+    checks: watch::Sender<Option<Arc<Check>>>,
+    /// Full reads of the node's links so far.
+    dumps: Arc<AtomicU64>,
+}
+
+/// A dump of the node's namespace made elsewhere (the reconciler's), to check the patchbay's
+/// table against ([`Patchbay::check`]).
+#[derive(Debug)]
+struct Check {
+    /// When the dump began: a name with an event since then is not compared (either may be
+    /// the newer).
+    at: std::time::Instant,
+    links: HashMap<String, NodeEnd>,
 }
 
 impl std::fmt::Debug for Patchbay {
@@ -530,7 +550,11 @@ impl Patchbay {
         let wires = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let on_shut = Arc::new(std::sync::Mutex::new(None));
         let far_shut = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let (checks, checks_rx) = watch::channel(None);
+        let dumps = Arc::new(AtomicU64::new(0));
         let shared = Shared {
+            checks: checks_rx,
+            dumps: Arc::clone(&dumps),
             wires: Arc::clone(&wires),
             on_shut: Arc::clone(&on_shut),
             far_shut: (Arc::clone(&far_shut), changed),
@@ -575,7 +599,34 @@ impl Patchbay {
             wires,
             on_shut,
             far_shut,
+            checks,
+            dumps,
         }))
+    }
+
+    /// Hands the patchbay a dump of the node's namespace that began at `at` (the reconciler's),
+    /// to check its table against in place of a dump of its own; a disagreement makes it read
+    /// the node's links again. Cheap: the comparison runs on the patchbay's thread.
+    pub fn check(&self, at: std::time::Instant, ifaces: &HashMap<String, IfaceState>) {
+        let links = ifaces
+            .iter()
+            .map(|(name, st)| {
+                let end = NodeEnd {
+                    index: st.index,
+                    up: st.up,
+                    lower_up: st.lower_up,
+                };
+                (name.clone(), end)
+            })
+            .collect();
+        self.checks
+            .send_replace(Some(Arc::new(Check { at, links })));
+    }
+
+    /// How many times the patchbay has read the node's links in full (at start, after an
+    /// overrun or a failed check, and when no check came for [`RESYNC`]).
+    pub fn dumps(&self) -> u64 {
+        self.dumps.load(Ordering::Relaxed)
     }
 
     /// Whether the same-node port whose node end is `node_end` has its carrier off because the
@@ -644,6 +695,8 @@ type Events = futures::channel::mpsc::UnboundedReceiver<(
 
 /// What the patchbay's thread shares with its [`Patchbay`] handle.
 struct Shared {
+    checks: watch::Receiver<Option<Arc<Check>>>,
+    dumps: Arc<AtomicU64>,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
     far_shut: (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
@@ -653,6 +706,8 @@ struct Shared {
 
 async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Events, sh: Shared) {
     let Shared {
+        mut checks,
+        dumps,
         wires,
         on_shut,
         far_shut: (far_shut, far_shut_changed),
@@ -664,10 +719,12 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
     };
     let mut next: Option<Instant> = None;
     // The node's links are followed from their events; a full dump at start, when the event
-    // socket overran, and every RESYNC as a safety net. (A new table needs none: the node ends
-    // it names were made before it was handed over, and their events are on their way.)
+    // socket overran, when a check disagrees, and after RESYNC without a check as a safety
+    // net. (A new table needs none: the node ends it names were made before it was handed
+    // over, and their events are on their way.)
     let mut dump_due = true;
     let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
+    let mut checks_open = true;
     loop {
         let wake = async {
             match next {
@@ -692,9 +749,25 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
                 }
             },
             _ = resync.tick() => dump_due = true,
+            changed = checks.changed(), if checks_open => {
+                checks_open = changed.is_ok();
+                let check = checks.borrow_and_update().clone();
+                if let Some(c) = check {
+                    resync.reset();
+                    if let Some(name) = bay.links.disagrees(&c) {
+                        tracing::info!(interface = %name, "patchbay: the node's links are not as its events said; reading them again");
+                        dump_due = true;
+                    } else if next.is_none_or(|t| t > Instant::now()) {
+                        // Nothing new: no pass is due.
+                        continue;
+                    }
+                }
+            }
             () = wake => {}
         }
         if dump_due {
+            dumps.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("meshnet_patchbay_dumps_total").increment(1);
             match NodeLinks::dump(&h).await {
                 Ok(l) => {
                     bay.links = l;
@@ -749,12 +822,20 @@ struct NodeEnd {
 struct NodeLinks {
     by_name: HashMap<String, NodeEnd>,
     names: HashMap<u32, String>,
+    /// When an event last changed each name (since the dump this table began with).
+    evented: HashMap<String, std::time::Instant>,
+    /// When the dump this table began with was asked for: a check from before it says nothing
+    /// new.
+    since: Option<std::time::Instant>,
 }
 
 impl NodeLinks {
     /// One link dump of the namespace `h` is in.
     async fn dump(h: &Handle) -> Result<Self, rtnetlink::Error> {
-        let mut out = NodeLinks::default();
+        let mut out = NodeLinks {
+            since: Some(std::time::Instant::now()),
+            ..NodeLinks::default()
+        };
         let mut links = links::lean_links(h).execute();
         while let Some(msg) = links.try_next().await? {
             out.put(&msg);
@@ -762,13 +843,12 @@ impl NodeLinks {
         Ok(out)
     }
 
-    fn put(&mut self, msg: &LinkMessage) {
-        let Some(name) = msg.attributes.iter().find_map(|a| match a {
+    /// Records one link message; returns its name.
+    fn put(&mut self, msg: &LinkMessage) -> Option<String> {
+        let name = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
-        }) else {
-            return;
-        };
+        })?;
         let index = msg.header.index;
         // A renamed interface leaves its old name.
         if let Some(old) = self.names.insert(index, name.clone())
@@ -777,24 +857,34 @@ impl NodeLinks {
             self.by_name.remove(&old);
         }
         self.by_name.insert(
-            name,
+            name.clone(),
             NodeEnd {
                 index,
                 up: msg.header.flags.contains(LinkFlags::Up),
                 lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
             },
         );
+        Some(name)
     }
 
     /// Applies one link event; `true` when events were lost (the socket overran) and only a
     /// new dump tells the truth.
     fn apply(&mut self, m: rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>) -> bool {
         use rtnetlink::packet_core::NetlinkPayload;
+        let now = std::time::Instant::now();
         match m.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => self.put(&l),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                if let Some(old) = self.names.get(&l.header.index) {
+                    self.evented.insert(old.clone(), now);
+                }
+                if let Some(name) = self.put(&l) {
+                    self.evented.insert(name, now);
+                }
+            }
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
                 if let Some(name) = self.names.remove(&l.header.index) {
                     self.by_name.remove(&name);
+                    self.evented.insert(name, now);
                 }
             }
             NetlinkPayload::Overrun(_) => return true,
@@ -805,6 +895,29 @@ impl NodeLinks {
 
     fn get(&self, name: &str) -> Option<&NodeEnd> {
         self.by_name.get(name)
+    }
+
+    /// The first name on which this table and the dump `c` disagree, among the names no event
+    /// changed since the dump began (for those, the table may be the newer, or an event on its
+    /// way will bring it up to date); `None` if they agree, or if `c` is older than the table's
+    /// own dump. Forgets events older than `c`.
+    fn disagrees(&mut self, c: &Check) -> Option<String> {
+        if self.since.is_some_and(|t| c.at < t) {
+            return None;
+        }
+        self.evented.retain(|_, t| *t >= c.at);
+        let settled = |n: &String| !self.evented.contains_key(n);
+        c.links
+            .iter()
+            .filter(|(n, _)| settled(n))
+            .find(|(n, e)| self.by_name.get(*n) != Some(*e))
+            .map(|(n, _)| n.clone())
+            .or_else(|| {
+                self.by_name
+                    .keys()
+                    .find(|n| settled(n) && !c.links.contains_key(*n))
+                    .cloned()
+            })
     }
 }
 

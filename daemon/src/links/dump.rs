@@ -270,6 +270,7 @@ fn parse_link(payload: &[u8]) -> Option<(String, IfaceState)> {
         mtu: None,
         mac: None,
         up: h.flags.contains(LinkFlags::Up),
+        lower_up: h.flags.contains(LinkFlags::LowerUp),
         addrs: Vec::new(),
     };
     let mut name = None;

@@ -352,6 +352,154 @@ async fn a_wire_port_follows_its_wire_while_the_runtime_is_busy() {
     drop((node, ra));
 }
 
+fn link_msg(name: &str, index: u32, up: bool) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    if up {
+        m.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+    }
+    m.attributes.push(LinkAttribute::IfName(name.into()));
+    m
+}
+
+fn end(index: u32, up: bool) -> NodeEnd {
+    NodeEnd {
+        index,
+        up,
+        lower_up: up,
+    }
+}
+
+/// A check finds a name whose state, presence or absence the events did not bring, and leaves
+/// out the names an event changed since its dump began.
+#[test]
+fn a_check_finds_what_the_events_missed_and_skips_what_they_changed() {
+    let mut t = NodeLinks::default();
+    t.put(&link_msg("a", 1, true));
+    t.put(&link_msg("b", 2, false));
+    let at = std::time::Instant::now();
+    let check = |links: &[(&str, NodeEnd)], at| Check {
+        at,
+        links: links.iter().map(|(n, e)| ((*n).to_string(), *e)).collect(),
+    };
+    let same = [("a", end(1, true)), ("b", end(2, false))];
+    assert_eq!(t.disagrees(&check(&same, at)), None);
+    let b_up = [("a", end(1, true)), ("b", end(2, true))];
+    assert_eq!(t.disagrees(&check(&b_up, at)), Some("b".into()), "state");
+    assert_eq!(
+        t.disagrees(&check(&[("a", end(1, true))], at)),
+        Some("b".into()),
+        "gone from the node"
+    );
+    let more = [
+        ("a", end(1, true)),
+        ("b", end(2, false)),
+        ("c", end(3, true)),
+    ];
+    assert_eq!(t.disagrees(&check(&more, at)), Some("c".into()), "new");
+    assert_eq!(
+        t.disagrees(&check(&[("a", end(4, true)), ("b", end(2, false))], at)),
+        Some("a".into()),
+        "rebuilt under its name"
+    );
+
+    // An event after the dump began: the table may be the newer, not compared.
+    assert!(!t.apply(RouteNetlinkMessage::NewLink(link_msg("b", 2, true)).into()));
+    assert!(!t.apply(RouteNetlinkMessage::DelLink(link_msg("a", 1, true)).into()));
+    assert_eq!(t.disagrees(&check(&same, at)), None);
+    // A dump begun after those events is compared in full.
+    let later = std::time::Instant::now();
+    assert_eq!(
+        t.disagrees(&check(&[("b", end(2, false))], later)),
+        Some("b".into())
+    );
+    assert_eq!(
+        t.disagrees(&check(&[("b", end(2, true))], later)),
+        None,
+        "as the events left it"
+    );
+    assert!(
+        t.evented.is_empty(),
+        "events older than a check are forgotten"
+    );
+
+    // A check older than the table's own dump says nothing new.
+    t.since = Some(std::time::Instant::now());
+    assert_eq!(t.disagrees(&check(&[], later)), None);
+    assert_eq!(
+        t.disagrees(&check(&[], std::time::Instant::now())),
+        Some("b".into())
+    );
+}
+
+async fn wait_dumps(bay: &Patchbay, want: u64) {
+    for _ in 0..200 {
+        if bay.dumps() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the patchbay dumped {} times, not {want}", bay.dumps());
+}
+
+/// The patchbay takes the reconciler's dump of the node as a check of the table it keeps from
+/// events: one that agrees spares it a dump of its own, one that does not (an event lost)
+/// makes it read the node's links again, and one older than an event leaves that name alone.
+#[tokio::test]
+async fn the_patchbay_reads_the_node_again_only_when_a_check_disagrees() {
+    let node = TestNs::new("pchk");
+    let (name, path) = (node.0.clone(), node.path());
+    crate::netns::in_netns(&node.path(), move |_h| async move {
+        let bay = Patchbay::start(Arc::new(tokio::sync::Notify::new())).unwrap();
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(["-n", &name]).args(args).status();
+            assert!(ok.is_ok_and(|s| s.success()), "ip {args:?}");
+        };
+        // The first dump comes with the first table.
+        bay.set(Vec::new());
+        wait_dumps(&bay, 1).await;
+        ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d0p"]);
+        // Its events are in the table before the dumps below begin.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (The daemon reads its own namespace, NODE_NETNS; this test's thread is in another.)
+        let read = || Snapshot::read([path.clone()]);
+        let snap = read().await;
+        let check = |snap: &Snapshot, flip: bool| {
+            snap.dumped(&path, |at, ifaces| {
+                let mut ifaces = ifaces.clone();
+                let d0 = ifaces.get_mut("d0").expect("d0 in the dump");
+                d0.up ^= flip;
+                bay.check(at, &ifaces);
+            })
+            .expect("a dump of the node")
+        };
+        // The event of d0 may come after the dump began: then d0 is not compared, either way.
+        check(&snap, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(bay.dumps(), 1, "a check that agrees");
+
+        let snap = read().await;
+        check(&snap, true);
+        wait_dumps(&bay, 2).await;
+        check(&snap, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(bay.dumps(), 2, "the table, read again, agrees");
+
+        // d0 goes up after the dump began: the stale dump says nothing about it.
+        let stale = read().await;
+        ip(&["link", "set", "d0", "up"]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        check(&stale, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(bay.dumps(), 2, "a dump older than the event");
+        check(&read().await, false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(bay.dumps(), 2, "a new one agrees");
+    })
+    .await
+    .unwrap();
+}
+
 fn alias_of(ns: &str, ifname: &str) -> String {
     let out = Command::new("ip")
         .args(["-n", ns, "-d", "-o", "link", "show", ifname])
