@@ -754,10 +754,17 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
                 let check = checks.borrow_and_update().clone();
                 if let Some(c) = check {
                     resync.reset();
+                    // Events already queued are older than the check: applied first, they do
+                    // not count as a disagreement.
+                    let mut applied = false;
+                    while let Ok((m, _)) = events.try_recv() {
+                        dump_due |= bay.links.apply(m);
+                        applied = true;
+                    }
                     if let Some(name) = bay.links.disagrees(&c) {
                         tracing::info!(interface = %name, "patchbay: the node's links are not as its events said; reading them again");
                         dump_due = true;
-                    } else if next.is_none_or(|t| t > Instant::now()) {
+                    } else if !applied && !dump_due && next.is_none_or(|t| t > Instant::now()) {
                         // Nothing new: no pass is due.
                         continue;
                     }
