@@ -483,7 +483,7 @@ async fn the_patchbay_reads_the_node_again_only_when_a_check_disagrees() {
         wait_dumps(&bay, 2).await;
         check(&snap, false);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(bay.dumps(), 2, "the table, read again, agrees");
+        assert_eq!(bay.dumps(), 2, "a check older than the patchbay's own dump");
 
         // d0 goes up after the dump began: the stale dump says nothing about it.
         let stale = read().await;
