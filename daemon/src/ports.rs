@@ -208,17 +208,19 @@ pub async fn ensure_port(
     {
         let named = h.alias.as_deref() == Some(spec.alias.as_str());
         return match (end_drift(end, p, spec.mtu), mode) {
-            (None, Mode::Verify) => Ok(Outcome::Unchanged),
-            (None, Mode::Repair) if named => {
+            (None, mode) => {
+                // A node end made before ports named theirs (the kernel ignored the alias).
+                let rename = mode == Mode::Repair && !named;
+                if rename {
+                    name_node_end(node, spec).await?;
+                }
                 // Its patch looks the node end up next.
                 snap.confirm(Path::new(NODE_NETNS), &spec.node);
-                Ok(Outcome::Unchanged)
-            }
-            (None, Mode::Repair) => {
-                // A node end made before ports named theirs (the kernel ignored the alias).
-                name_node_end(node, spec).await?;
-                snap.confirm(Path::new(NODE_NETNS), &spec.node);
-                Ok(Outcome::Repaired)
+                Ok(if rename {
+                    Outcome::Repaired
+                } else {
+                    Outcome::Unchanged
+                })
             }
             (Some(detail), Mode::Verify) => Err(LinkError::Drift { detail }),
             (Some(_), Mode::Repair) => {
