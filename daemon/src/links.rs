@@ -1037,9 +1037,10 @@ pub fn connection() -> std::io::Result<(
 #[async_trait]
 impl LinkOps for Kernel {
     async fn snapshot(&self, netns: Vec<PathBuf>) -> snapshot::Snapshot {
-        let snap = snapshot::Snapshot::read(netns).await;
+        let node = Path::new(crate::ports::NODE_NETNS);
+        let snap = snapshot::Snapshot::read_with(netns, node, Some(self.bay.patch_memo())).await;
         // The node's dump checks the patchbay's table, which spares it a dump of its own.
-        snap.dumped(Path::new(crate::ports::NODE_NETNS), |at, ifaces| {
+        snap.dumped(node, |at, ifaces| {
             self.bay.check(at, ifaces);
         });
         snap
@@ -1403,6 +1404,7 @@ pub mod snapshot {
     use std::sync::{Arc, Mutex};
 
     use super::{IfaceState, OwnedAlias};
+    use crate::ports::PatchMemo;
 
     #[derive(Debug, Default)]
     struct Namespace {
@@ -1428,37 +1430,53 @@ pub mod snapshot {
 
     impl Snapshot {
         /// Dumps every namespace in `netns` (namespaces that cannot be read are left to
-        /// per-link lookups, which report the error).
+        /// per-link lookups, which report the error), the node's patches included.
         pub async fn read(netns: impl IntoIterator<Item = PathBuf>) -> Self {
+            Self::read_with(netns, Path::new(crate::ports::NODE_NETNS), None).await
+        }
+
+        /// [`Snapshot::read`] with `node` as the node's namespace, whose meshnet interfaces'
+        /// patches are read too: those `memo` still knows are not read again.
+        pub async fn read_with(
+            netns: impl IntoIterator<Item = PathBuf>,
+            node: &Path,
+            memo: Option<Arc<PatchMemo>>,
+        ) -> Self {
             use futures::StreamExt;
             let dumps: HashMap<PathBuf, Namespace> = futures::stream::iter(netns)
-                .map(|path| async move {
-                    // In the node's namespace, the patches of meshnet's interfaces too.
-                    let node = path == Path::new(crate::ports::NODE_NETNS);
-                    let r = crate::netns::in_netns_sync(&path, move || {
-                        let mut reader = super::dump::Reader::open()?;
-                        let at = std::time::Instant::now();
-                        let ifaces = reader.interfaces()?;
-                        let patches = if node {
-                            let ours = ifaces.values().filter(|s| super::is_owned(s));
-                            reader.patches(ours.map(|s| s.index).collect::<Vec<_>>())
-                        } else {
-                            HashMap::new()
-                        };
-                        std::io::Result::Ok((at, ifaces, patches))
-                    })
-                    .await;
-                    match r {
-                        Ok(Ok((at, ifaces, patches))) => Some((
-                            path,
-                            Namespace {
-                                ifaces,
-                                at: Some(at),
-                                patches,
-                                ..Namespace::default()
-                            },
-                        )),
-                        _ => None,
+                .map(|path| {
+                    let memo = memo.clone().filter(|_| path == node);
+                    let node = path == node;
+                    async move {
+                        let r = crate::netns::in_netns_sync(&path, move || {
+                            let mut reader = super::dump::Reader::open()?;
+                            let at = std::time::Instant::now();
+                            let ifaces = reader.interfaces()?;
+                            let patches = if node {
+                                let ours: Vec<u32> = ifaces
+                                    .values()
+                                    .filter(|s| super::is_owned(s))
+                                    .map(|s| s.index)
+                                    .collect();
+                                read_patches(&mut reader, &ours, memo.as_deref())
+                            } else {
+                                HashMap::new()
+                            };
+                            std::io::Result::Ok((at, ifaces, patches))
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok((at, ifaces, patches))) => Some((
+                                path,
+                                Namespace {
+                                    ifaces,
+                                    at: Some(at),
+                                    patches,
+                                    ..Namespace::default()
+                                },
+                            )),
+                            _ => None,
+                        }
                     }
                 })
                 // One at a time: the kernel serialises dumps on its netlink lock, and a thread
@@ -1547,6 +1565,24 @@ pub mod snapshot {
                     .collect(),
             )
         }
+    }
+
+    /// Where the patches of the interfaces `ours` point: from `memo` where it still knows,
+    /// read (and recorded) for the others.
+    fn read_patches(
+        reader: &mut super::dump::Reader,
+        ours: &[u32],
+        memo: Option<&PatchMemo>,
+    ) -> HashMap<u32, Option<u32>> {
+        let Some(memo) = memo else {
+            return reader.patches(ours.iter().copied());
+        };
+        let at = std::time::Instant::now();
+        let (mut known, unknown) = memo.split(ours, at);
+        let read = reader.patches(unknown);
+        memo.record(at, ours, &read);
+        known.extend(read);
+        known
     }
 
     /// [`Snapshot::take`] on the snapshot scoped by [`Snapshot::with`], if any.

@@ -36,6 +36,10 @@ pub fn describe() {
         "meshnet_patchbay_dumps_total",
         "Full reads of the node's links by the patchbay (at start, after lost events, or when no reconcile run checked its table for a minute)"
     );
+    describe_counter!(
+        "meshnet_patch_reads_total",
+        "Patch filters read by full runs (those that changed since their last reading, per the node's traffic-control events, or whose reading is older than five minutes)"
+    );
     // The beacon (VXLAN links' far-end state; carrier is meshnet_link_carrier).
     describe_counter!(
         "meshnet_beacon_datagrams_total",

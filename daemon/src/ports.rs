@@ -23,6 +23,9 @@
 //!   ([`Patchbay::check`]): a disagreement (an event lost without an overrun report) makes the
 //!   patchbay read the links again, and it dumps on its own only when no check came for
 //!   [`RESYNC`] — an idle node with a thousand ports is dumped once per resync, not twice.
+//!   The same socket follows the node's traffic-control events, which keep the patches' memo
+//!   ([`PatchMemo`]): a full run reads again only the patches that changed since it last read
+//!   them (or whose reading is older than [`memo::TRUST`]).
 //! * **The node end** has IPv6 disabled, no address, and the largest MTU a veth takes, so the MTU
 //!   the router chooses on its pod end is the one that counts. Its alias is the port's.
 //! * **The pod end** is configured once (address, MTU, up) and then belongs to the router
@@ -53,6 +56,9 @@ use crate::links::{
     self, EndSpec, IfaceState, Kernel, LinkError, Mode, Outcome, end_drift, is_owned,
 };
 use crate::netns;
+
+mod memo;
+pub use memo::PatchMemo;
 
 /// Shortest time a node end stays down once it went down: long enough for the pod's kernel to
 /// report the carrier loss (veth carrier changes are urgent events, reported at once) and for a
@@ -511,6 +517,8 @@ pub struct Patchbay {
     checks: watch::Sender<Option<Arc<Check>>>,
     /// Full reads of the node's links so far.
     dumps: Arc<AtomicU64>,
+    /// The node's patches as last read, kept from the same events ([`PatchMemo`]).
+    memo: Arc<PatchMemo>,
 }
 
 /// A dump of the node's namespace made elsewhere (the reconciler's), to check the patchbay's
@@ -554,9 +562,11 @@ impl Patchbay {
         let far_shut = Arc::new(std::sync::Mutex::new(HashSet::new()));
         let (checks, checks_rx) = watch::channel(None);
         let dumps = Arc::new(AtomicU64::new(0));
+        let memo = Arc::new(PatchMemo::default());
         let shared = Shared {
             checks: checks_rx,
             dumps: Arc::clone(&dumps),
+            memo: Arc::clone(&memo),
             wires: Arc::clone(&wires),
             on_shut: Arc::clone(&on_shut),
             far_shut: (Arc::clone(&far_shut), changed),
@@ -578,8 +588,9 @@ impl Patchbay {
                 };
                 rt.block_on(async move {
                     // The socket registers with the runtime it is made in: this one.
-                    let (conn, handle, events) = match rtnetlink::new_multicast_connection(&[
+                    let (mut conn, handle, events) = match rtnetlink::new_multicast_connection(&[
                         rtnetlink::MulticastGroup::Link,
+                        rtnetlink::MulticastGroup::Tc,
                     ]) {
                         Ok(c) => c,
                         Err(e) => {
@@ -587,6 +598,10 @@ impl Patchbay {
                             return;
                         }
                     };
+                    {
+                        use rtnetlink::sys::AsyncSocket as _;
+                        events_buffer(conn.socket_mut().socket_ref());
+                    }
                     let _ = ready.send(Ok(()));
                     tokio::spawn(conn);
                     run(handle, rx, events, shared).await;
@@ -603,7 +618,13 @@ impl Patchbay {
             far_shut,
             checks,
             dumps,
+            memo,
         }))
+    }
+
+    /// The node's patches as the patchbay's events leave them known, for the full runs' reads.
+    pub fn patch_memo(&self) -> Arc<PatchMemo> {
+        Arc::clone(&self.memo)
     }
 
     /// Hands the patchbay a dump of the node's namespace that began at `at` (the reconciler's),
@@ -699,6 +720,7 @@ type Events = futures::channel::mpsc::UnboundedReceiver<(
 struct Shared {
     checks: watch::Receiver<Option<Arc<Check>>>,
     dumps: Arc<AtomicU64>,
+    memo: Arc<PatchMemo>,
     wires: Arc<std::sync::Mutex<HashMap<String, WireState>>>,
     on_shut: Arc<std::sync::Mutex<Option<ShutHook>>>,
     far_shut: (Arc<std::sync::Mutex<HashSet<String>>>, Arc<Notify>),
@@ -710,6 +732,7 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
     let Shared {
         mut checks,
         dumps,
+        memo,
         wires,
         on_shut,
         far_shut: (far_shut, far_shut_changed),
@@ -717,6 +740,7 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
     } = sh;
     let mut bay = Bay {
         live: wires,
+        memo,
         ..Bay::default()
     };
     let mut next: Option<Instant> = None;
@@ -740,13 +764,18 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
                 None => {
                     tracing::warn!("node link events closed; carrier follows reconcile runs only");
                     events = futures::channel::mpsc::unbounded().1;
+                    bay.memo.blind();
                     dump_due = true;
                 }
                 Some((m, _)) => {
-                    // A burst (a namespace going away) is one evaluation.
-                    dump_due |= bay.links.apply(m);
+                    // A burst (a namespace going away) is one evaluation; traffic-control
+                    // events alone (the patches' memo) need none.
+                    let mut link = bay.apply(m, &mut dump_due);
                     while let Ok((m, _)) = events.try_recv() {
-                        dump_due |= bay.links.apply(m);
+                        link |= bay.apply(m, &mut dump_due);
+                    }
+                    if !link && !dump_due && next.is_none_or(|t| t > Instant::now()) {
+                        continue;
                     }
                 }
             },
@@ -760,8 +789,7 @@ async fn run(h: Handle, mut table: watch::Receiver<Vec<Cable>>, mut events: Even
                     // not count as a disagreement.
                     let mut applied = false;
                     while let Ok((m, _)) = events.try_recv() {
-                        dump_due |= bay.links.apply(m);
-                        applied = true;
+                        applied |= bay.apply(m, &mut dump_due);
                     }
                     if let Some(name) = bay.links.disagrees(&c) {
                         tracing::info!(interface = %name, "patchbay: the node's links are not as its events said; reading them again");
@@ -951,6 +979,43 @@ struct Bay {
     shut_changes: Vec<((String, i64), bool)>,
     /// Node ends of same-node ports whose far router has its port shut.
     far_shut: HashSet<String>,
+    /// The node's patches as last read, told of traffic-control events.
+    memo: Arc<PatchMemo>,
+}
+
+impl Bay {
+    /// Applies one event of the node's namespace: its link to the table, its traffic control
+    /// to the patches' memo. Returns whether it was not a traffic-control event (one the table
+    /// may change for); sets `lost` when events were lost (the socket overran) and only a new
+    /// dump tells the truth.
+    fn apply(
+        &mut self,
+        m: rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        lost: &mut bool,
+    ) -> bool {
+        use rtnetlink::packet_core::NetlinkPayload;
+        match &m.payload {
+            NetlinkPayload::InnerMessage(r) if self.memo.event(r) => return false,
+            NetlinkPayload::Overrun(_) => self.memo.lost(),
+            _ => {}
+        }
+        *lost |= self.links.apply(m);
+        true
+    }
+}
+
+/// Gives the patchbay's event socket room for a burst: a traffic-control event takes a page
+/// of the receive buffer, and a pod with a thousand ports sends a few thousand at once (an
+/// overrun costs a dump of the node's links and every patch reading). Forced past
+/// `net.core.rmem_max` where the daemon may (it runs privileged); the default otherwise.
+fn events_buffer(sock: &rtnetlink::sys::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const SIZE: usize = 8 << 20;
+    if let Err(e) = setsockopt(sock, sockopt::RcvBufForce, &SIZE)
+        .or_else(|_| setsockopt(sock, sockopt::RcvBuf, &SIZE))
+    {
+        tracing::debug!(error = %e, "patchbay: event buffer left at its default");
+    }
 }
 
 /// What one evaluation decided for a node end.

@@ -553,3 +553,86 @@ async fn a_node_end_carries_its_ports_alias() {
     .await
     .unwrap();
 }
+
+/// A full run reads a patch again only when the node's traffic-control events say it changed:
+/// a second snapshot reads no filter and answers as the first; a filter deleted by hand (not
+/// meshnet's doing) and a re-patch are read again, and only they.
+#[tokio::test]
+async fn a_full_run_reads_only_the_patches_that_changed() {
+    let node = TestNs::new("pmemo");
+    let (name, path) = (node.0.clone(), node.path());
+    crate::netns::in_netns(&node.path(), move |h| async move {
+        let bay = Patchbay::start(Arc::new(tokio::sync::Notify::new())).unwrap();
+        let memo = bay.patch_memo();
+        let run = |cmd: &str, args: &[&str]| {
+            let ok = Command::new(cmd).args(["-n", &name]).args(args).status();
+            assert!(ok.is_ok_and(|s| s.success()), "{cmd} {args:?}");
+        };
+        let mut st = Vec::new();
+        for (a, b) in [("na", "nb"), ("nc", "nd")] {
+            run("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+            for n in [a, b] {
+                run(
+                    "ip",
+                    &["link", "set", n, "alias", &format!("meshnet|t|1|veth|{n}")],
+                );
+                st.push(links::get_iface(&h, n).await.unwrap().unwrap());
+            }
+        }
+        let idx: Vec<u32> = st.iter().map(|s| s.index).collect();
+        let patch = |from: usize, to: usize| {
+            let (h, from, to) = (h.clone(), st[from].clone(), idx[to]);
+            async move {
+                patch(&h, &Snapshot::default(), &from, "x", to, Mode::Repair)
+                    .await
+                    .unwrap()
+            }
+        };
+        for (from, to) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
+            assert!(patch(from, to).await);
+        }
+        // Waits until the memo has the events of a change to `i` (its reading is stale), and
+        // a while for any that follow (a reading that began before one is read again).
+        let stale = |i: u32| {
+            let memo = Arc::clone(&memo);
+            async move {
+                for _ in 0..200 {
+                    if memo.split(&[i], std::time::Instant::now()).1 == [i] {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no event for interface {i}");
+            }
+        };
+        stale(idx[3]).await;
+        let read = || Snapshot::read_with([path.clone()], &path, Some(Arc::clone(&memo)));
+        let answers = |snap: &Snapshot| -> Vec<Option<u32>> {
+            idx.iter()
+                .map(|i| snap.take_patch(&path, *i).expect("a reading"))
+                .collect()
+        };
+        let (a, b, c, d) = (Some(idx[0]), Some(idx[1]), Some(idx[2]), Some(idx[3]));
+
+        assert_eq!(answers(&read().await), [b, a, d, c]);
+        assert_eq!(memo.reads(), 4);
+        assert_eq!(answers(&read().await), [b, a, d, c], "from the memo");
+        assert_eq!(memo.reads(), 4, "nothing changed: no filter read");
+
+        // Someone deletes nc's filter: nc alone is read again, and found unpatched.
+        run("tc", &["filter", "del", "dev", "nc", "ingress"]);
+        stale(idx[2]).await;
+        assert_eq!(answers(&read().await), [b, a, None, c]);
+        assert_eq!(memo.reads(), 5);
+
+        // meshnet re-patches nc (to na): read again, once.
+        assert!(patch(2, 0).await);
+        stale(idx[2]).await;
+        assert_eq!(answers(&read().await), [b, a, a, c]);
+        assert_eq!(answers(&read().await), [b, a, a, c]);
+        assert_eq!(memo.reads(), 6);
+    })
+    .await
+    .unwrap();
+}
